@@ -1,0 +1,255 @@
+"""The suite's one validated configuration: targets, profiles and waivers, versions and
+artifact pins, declared ports, and each team's policy.
+
+Every section has defaults that build the embedded scratch target; an operator's file
+(`settings/hetzner.example.toml`) overrides what differs. Each team owns one section class
+below; nothing else in the suite hard-codes versions, ports, CIDRs or tenants.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    # An unknown key is a typo an operator wants to hear about, not a silently ignored line.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Waiver(str, Enum):
+    """Capabilities a target profile may declare it cannot have."""
+
+    KVM = "kvm"
+    DEVMAPPER = "devmapper"
+    UPSTREAM_ARTIFACTS = "upstream-artifacts"
+
+
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a CIDR (write it like 203.0.113.0/24 or 2001:db8::/32)") from exc
+
+
+CIDR = Annotated[str, AfterValidator(_cidr)]
+
+
+class Profile(Strict):
+    """What a kind of target cannot provide. A check needing a waived capability is skipped
+    with the waiver's name; a profile with no waivers runs every check."""
+
+    waivers: frozenset[Waiver] = frozenset()
+    # Global sysctls (vm.*, kernel.*) change the machine a container-based target shares
+    # with its host; such targets keep host tuning to namespaced net.* keys.
+    namespaced_sysctls_only: bool = False
+
+
+class TargetSettings(Strict):
+    # "scratch": a local podman server the suite creates; "ssh": an existing server.
+    kind: Literal["scratch", "ssh"] = "scratch"
+    # ssh://user@host[:port] or an alias from ~/.ssh/config (for example "hetzner1").
+    url: str | None = None
+    profile: str = "scratch"
+
+
+class SSHSettings(Strict):
+    user: str = "root"
+    # Private key for ssh targets; scratch servers get a key the suite generates.
+    key: Path | None = None
+    port: int = Field(22, ge=1, le=65535)
+    config_file: Path = Path("~/.ssh/config")
+    connect_timeout: float = Field(10.0, gt=0)
+
+
+class ScratchSettings(Strict):
+    name: str = Field("hvs-scratch", pattern=r"^[a-z][a-z0-9-]{1,40}$")
+    network: str = Field("hvsuite", pattern=r"^[a-z][a-z0-9-]{1,40}$")
+    subnet: CIDR = "10.231.0.0/24"
+    image: str = "localhost/hvsuite-scratch:bookworm"
+    suite: str = "bookworm"
+    mirror: str = "http://deb.debian.org/debian"
+
+
+class ArtifactPin(Strict):
+    """A download that does not come from the OS package manager."""
+
+    version: str
+    url: str = Field(pattern=r"^(https?|file)://")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # Path of the wanted file inside a .tgz/.tar.gz, if the download is an archive.
+    member: str | None = None
+    # Where the file is installed on the target.
+    dest: str
+    mode: str = Field("0755", pattern=r"^0[0-7]{3}$")
+
+    @field_validator("sha256", mode="before")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower() if isinstance(value, str) else value
+
+
+class PortRule(Strict):
+    """One port a team opens. The firewall is derived from these declarations only."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    team: str
+    port: int = Field(ge=1, le=65535)
+    proto: Literal["tcp", "udp"] = "tcp"
+    # "world", "admin" (firewall.admin_sources) or CIDRs.
+    sources: list[str] = ["admin"]
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, values: list[str]) -> list[str]:
+        return [v if v in ("world", "admin") else _cidr(v) for v in values]
+
+
+class FirewallSettings(Strict):
+    # Where the operator (and the suite's controller) reach the host from. Empty on the
+    # scratch target: the suite fills in its own podman network.
+    admin_sources: list[CIDR] = []
+
+
+class TLSSettings(Strict):
+    cert_dir: str = "/etc/flintlock/certs"
+    ca_days: int = Field(3650, ge=30)
+    cert_days: int = Field(365, ge=7)
+    # Re-issue the server certificate when it expires within this many days.
+    renew_before_days: int = Field(30, ge=1)
+    key_type: Literal["rsa4096", "ec-p256"] = "ec-p256"
+    extra_sans: list[str] = []
+
+
+class SSHHardening(Strict):
+    # dev-sec ssh-hardening's modern set, limited to what OpenSSH 9.2 (Debian 12) and
+    # 9.6 (Ubuntu 24.04) both offer.
+    kex: list[str] = [
+        "sntrup761x25519-sha512@openssh.com",
+        "curve25519-sha256",
+        "curve25519-sha256@libssh.org",
+        "diffie-hellman-group16-sha512",
+        "diffie-hellman-group18-sha512",
+        "diffie-hellman-group-exchange-sha256",
+    ]
+    ciphers: list[str] = [
+        "chacha20-poly1305@openssh.com",
+        "aes256-gcm@openssh.com",
+        "aes128-gcm@openssh.com",
+        "aes256-ctr",
+        "aes192-ctr",
+        "aes128-ctr",
+    ]
+    macs: list[str] = [
+        "hmac-sha2-512-etm@openssh.com",
+        "hmac-sha2-256-etm@openssh.com",
+        "umac-128-etm@openssh.com",
+    ]
+    host_key_types: list[Literal["ed25519", "rsa", "ecdsa"]] = ["ed25519", "rsa"]
+    login_grace_time: int = Field(30, ge=5, le=600)
+    max_auth_tries: int = Field(3, ge=1, le=10)
+    client_alive_interval: int = Field(300, ge=0)
+    client_alive_count_max: int = Field(2, ge=0)
+
+
+class Fail2banSettings(Strict):
+    maxretry: int = Field(5, ge=1)
+    findtime: str = Field("10m", pattern=r"^\d+[smhd]?$")
+    bantime: str = Field("1h", pattern=r"^\d+[smhd]?$")
+    # Never ban these (the operator's own network), as CIDRs.
+    ignoreip: list[CIDR] = []
+
+
+class AlphaSettings(Strict):
+    tls: TLSSettings = TLSSettings()
+    ssh: SSHHardening = SSHHardening()
+    fail2ban: Fail2banSettings = Fail2banSettings()
+    # Network sysctls an auditor expects (all namespaced net.*).
+    sysctls: dict[str, str] = {
+        "net.ipv4.conf.all.rp_filter": "1",
+        "net.ipv4.conf.default.rp_filter": "1",
+        "net.ipv4.conf.all.accept_redirects": "0",
+        "net.ipv4.conf.default.accept_redirects": "0",
+        "net.ipv4.conf.all.send_redirects": "0",
+        "net.ipv4.conf.default.send_redirects": "0",
+        "net.ipv4.conf.all.accept_source_route": "0",
+        "net.ipv4.conf.default.accept_source_route": "0",
+        "net.ipv4.conf.all.log_martians": "1",
+        "net.ipv4.tcp_syncookies": "1",
+        "net.ipv4.icmp_echo_ignore_broadcasts": "1",
+        "net.ipv6.conf.all.accept_redirects": "0",
+        "net.ipv6.conf.default.accept_redirects": "0",
+        "net.ipv6.conf.all.accept_source_route": "0",
+    }
+
+
+class BaseSettings(Strict):
+    # Parent interface for flintlock's macvtap/tap devices; empty = detect the default route's.
+    parent_iface: str = ""
+    bridge: str = "flkbr0"
+    grpc_port: int = Field(9090, ge=1, le=65535)
+    microvm_boot_timeout: float = Field(60.0, gt=0)
+
+
+class SignalSettings(Strict):
+    # Optional chat webhook (Slack/Mattermost/Discord-compatible JSON {"text": ...}).
+    webhook_url: str | None = Field(None, pattern=r"^https?://")
+    timeout: float = Field(5.0, gt=0, le=60)
+
+
+def _default_ports() -> list[PortRule]:
+    return [
+        PortRule(name="ssh", team="Alpha", port=22, sources=["world"]),
+        PortRule(name="flintlock-grpc", team="Base", port=9090, sources=["admin"]),
+    ]
+
+
+class Settings(Strict):
+    target: TargetSettings = TargetSettings()
+    ssh: SSHSettings = SSHSettings()
+    scratch: ScratchSettings = ScratchSettings()
+    profiles: dict[str, Profile] = {
+        # Exactly what a podman scratch server on this kind of machine cannot provide.
+        "scratch": Profile(
+            waivers=frozenset({Waiver.KVM, Waiver.DEVMAPPER, Waiver.UPSTREAM_ARTIFACTS}),
+            namespaced_sysctls_only=True,
+        ),
+        "production": Profile(),
+    }
+    artifacts: dict[str, ArtifactPin] = {}
+    ports: list[PortRule] = Field(default_factory=_default_ports)
+    firewall: FirewallSettings = FirewallSettings()
+    base: BaseSettings = BaseSettings()
+    alpha: AlphaSettings = AlphaSettings()
+    signals: SignalSettings = SignalSettings()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.target.profile not in self.profiles:
+            known = ", ".join(sorted(self.profiles))
+            raise ValueError(f"target.profile {self.target.profile!r} is not defined; use one of: {known}")
+        seen: dict[tuple[int, str], str] = {}
+        for rule in self.ports:
+            key = (rule.port, rule.proto)
+            if key in seen:
+                raise ValueError(
+                    f"ports: {rule.port}/{rule.proto} is declared by both {seen[key]!r} and "
+                    f"{rule.name!r}; give one of them another port"
+                )
+            seen[key] = rule.name
+        if self.target.kind == "ssh" and not self.target.url:
+            raise ValueError(
+                "target.url is required when target.kind = 'ssh' (ssh://user@host:port or an ssh alias)"
+            )
+        return self
+
+    @property
+    def profile(self) -> Profile:
+        return self.profiles[self.target.profile]
+
+    def ports_of(self, team: str) -> list[PortRule]:
+        return [rule for rule in self.ports if rule.team == team]
