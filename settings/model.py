@@ -9,7 +9,7 @@ below; nothing else in the suite hard-codes versions, ports, CIDRs or tenants.
 from __future__ import annotations
 
 import ipaddress
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -21,7 +21,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Waiver(str, Enum):
+class Waiver(StrEnum):
     """Capabilities a target profile may declare it cannot have."""
 
     KVM = "kvm"
