@@ -54,7 +54,13 @@ class TargetSettings(Strict):
     kind: Literal["scratch", "ssh"] = "scratch"
     # ssh://user@host[:port] or an alias from ~/.ssh/config (for example "hetzner1").
     url: str | None = None
+    # Waivers in force. Left unset, a scratch target uses "scratch" and an ssh target
+    # "production" (a real server waives nothing unless the operator says so).
     profile: str = "scratch"
+    # Outside-in checks (port scans, refused logins) run from this second host. Unset on an
+    # ssh target: they run from the controller (the machine running pytest). A scratch
+    # target always gets a second scratch server, "<name>-probe", on the same network.
+    probe: str | None = None
 
 
 class SSHSettings(Strict):
@@ -72,7 +78,9 @@ class ScratchSettings(Strict):
     subnet: CIDR = "10.231.0.0/24"
     image: str = "localhost/hvsuite-scratch:bookworm"
     suite: str = "bookworm"
-    mirror: str = "http://deb.debian.org/debian"
+    mirror: str = Field("http://deb.debian.org/debian", pattern=r"^https?://")
+    # Bound on create-to-SSH-ready (about 1 s is normal; a cold image build is not counted).
+    ready_timeout: float = Field(90.0, gt=0, le=1800)
 
 
 class ArtifactPin(Strict):
