@@ -1,0 +1,540 @@
+"""The runner: one host, one reused SSH connection, three modes.
+
+Operations (``steps.ops``) read facts, compare them with the desired state and hand the
+runner the commands for what differs. The runner executes them (mode ``apply``), records
+what would run (mode ``check``), or is never asked (mode ``verify``: ops return before
+reading anything). "Changed" is derived here - at least one command ran or would run -
+never set by an op.
+
+Every remote command is an Allure step titled with the command, its exit code, stdout and
+stderr attached; everything logged, attached or raised passes through the host's
+:class:`~steps.redact.Redactor`. ``allure`` without the pytest plugin is inert, so this
+module stays pytest-free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import posixpath
+import re
+import shlex
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+
+import allure
+import filelock
+
+from steps.redact import Redactor
+
+if TYPE_CHECKING:
+    from steps.facts import Fact
+
+Mode = Literal["apply", "check", "verify"]
+MODES: tuple[Mode, ...] = ("apply", "check", "verify")
+
+# Host-wide resources serialized across xdist workers and the controller.
+HOST_LOCKS = ("apt", "firewall", "systemd")
+
+# Generous: a parallel team's apt-get install of a large package set can take minutes.
+DEFAULT_LOCK_TIMEOUT = 1800.0
+DEFAULT_COMMAND_TIMEOUT = 900.0
+# The targets plugin passes a lock_dir shared by the controller and its workers; this
+# default only serves direct use of the toolkit.
+DEFAULT_LOCK_DIR = Path(tempfile.gettempdir()) / "hvsuite-locks"
+_TITLE_LIMIT = 200
+_ATTACH_LIMIT = 64 * 1024
+
+T = TypeVar("T")
+
+
+class ApplyError(Exception):
+    """An apply step failed on the host. The message is redacted before it is stored."""
+
+    def __init__(self, message: str, result: CommandResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass(frozen=True)
+class OpResult:
+    """What one operation did (or, in check mode, would do) on one host."""
+
+    op: str
+    changed: bool
+    commands: list[str] = field(default_factory=list)
+    diff: str | None = None
+    reason: str = ""
+
+
+class Connection(Protocol):
+    """The part of ``fabric.Connection`` the runner uses; ``steps.testing.FakeConnection``
+    implements the same."""
+
+    def run(self, command: str, **kwargs: Any) -> Any: ...
+
+    def put(self, local: Any, remote: str) -> Any: ...
+
+    def get(self, remote: str, local: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Put:
+    """An atomic file write, as one command of an op (check, validate, swap)."""
+
+    path: str
+    data: bytes
+    mode: str = "0644"
+    owner: str = "root"
+    group: str = "root"
+    validate: str | None = None
+
+    def __str__(self) -> str:
+        digest = hashlib.sha256(self.data).hexdigest()[:12]
+        text = (
+            f"put {self.path} ({len(self.data)} bytes, sha256 {digest}…, "
+            f"{self.mode} {self.owner}:{self.group})"
+        )
+        return text + (f" validated by {self.validate!r}" if self.validate else "")
+
+
+Command = str | Put
+
+
+@dataclass
+class StepLog:
+    """Results of the ops that ran inside one ``Host.step`` block."""
+
+    title: str
+    results: list[OpResult] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return any(result.changed for result in self.results)
+
+
+def _check_mode(mode: str) -> Mode:
+    if mode not in MODES:
+        choices = ", ".join(MODES)
+        raise ValueError(f"mode {mode!r} is not one of {choices} (set it with --check/--verify-only)")
+    return mode  # type: ignore[return-value]
+
+
+def check_path(path: str) -> str:
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ValueError(f"remote path {path!r} must be absolute (start with '/')")
+    if "\n" in path or "\0" in path:
+        raise ValueError(f"remote path {path!r} contains a newline or NUL")
+    return posixpath.normpath(path)
+
+
+def check_file_mode(mode: str) -> str:
+    if not re.fullmatch(r"0?[0-7]{3,4}", mode):
+        raise ValueError(f"file mode {mode!r} must be octal like '0644'")
+    return mode
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Host:
+    """One target host reached over one reused connection.
+
+    ``connection`` is a ``fabric.Connection`` (or a fake with the same ``run``/``put``/
+    ``get``). ``connect`` builds a brand-new connection with the same parameters for
+    :meth:`fresh`; without it a fabric connection is cloned from its own attributes.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        connection: Connection,
+        *,
+        mode: Mode = "apply",
+        lock_dir: Path | str | None = None,
+        redactor: Redactor | None = None,
+        connect: Callable[[], Connection] | None = None,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+    ) -> None:
+        if not name:
+            raise ValueError("Host name must not be empty (it names the host in logs and lock files)")
+        self.name = name
+        self.connection = connection
+        self.mode: Mode = _check_mode(mode)
+        self.lock_dir = Path(lock_dir) if lock_dir is not None else DEFAULT_LOCK_DIR
+        self.redactor = redactor if redactor is not None else Redactor()
+        self.lock_timeout = lock_timeout
+        self.command_timeout = command_timeout
+        self._connect = connect
+        self._facts: dict[Fact[Any], Any] = {}
+        self._locks: dict[str, filelock.BaseFileLock] = {}
+        self._steps: list[StepLog] = []
+        self.results: list[OpResult] = []
+
+    def __repr__(self) -> str:
+        return f"Host({self.name!r}, mode={self.mode!r})"
+
+    # -- results ---------------------------------------------------------------------
+
+    @property
+    def changes(self) -> list[OpResult]:
+        """Ops that changed (or, in check mode, would change) something, in order."""
+        return [result for result in self.results if result.changed]
+
+    def record(self, result: OpResult) -> OpResult:
+        self.results.append(result)
+        for step in self._steps:
+            step.results.append(result)
+        return result
+
+    @contextlib.contextmanager
+    def step(self, title: str) -> Iterator[StepLog]:
+        """Group ops under one title (an Allure step); the log tells whether any changed."""
+        log = StepLog(title)
+        self._steps.append(log)
+        try:
+            with allure.step(self.redactor.redact(title)):
+                yield log
+        finally:
+            self._steps.remove(log)
+
+    # -- commands --------------------------------------------------------------------
+
+    def run(
+        self,
+        command: str,
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        stdin: str | None = None,
+        secrets: Iterable[str] = (),
+    ) -> CommandResult:
+        """Run a command on the host in every mode (reads, verification).
+
+        Output is attached to an Allure step, redacted with the host's secrets plus
+        ``secrets``. ``check=True`` raises :class:`ApplyError` on a non-zero exit.
+        """
+        redactor = self.redactor.extended(secrets)
+        title = f"[{self.name}] $ {_truncate(redactor.redact(command), _TITLE_LIMIT)}"
+        with allure.step(title):
+            result = self._exec(command, timeout=timeout, stdin=stdin, redactor=redactor)
+            allure.attach(
+                f"exit code: {result.exit_code}\nduration: {result.duration:.3f}s\n",
+                name="exit code",
+                attachment_type=allure.attachment_type.TEXT,
+            )
+            if result.stdout:
+                allure.attach(
+                    _truncate(redactor.redact(result.stdout), _ATTACH_LIMIT),
+                    name="stdout",
+                    attachment_type=allure.attachment_type.TEXT,
+                )
+            if result.stderr:
+                allure.attach(
+                    _truncate(redactor.redact(result.stderr), _ATTACH_LIMIT),
+                    name="stderr",
+                    attachment_type=allure.attachment_type.TEXT,
+                )
+        if check and not result.ok:
+            raise ApplyError(
+                redactor.redact(
+                    f"[{self.name}] command failed with exit code {result.exit_code}: {command}\n"
+                    f"{_truncate(result.stderr.strip() or result.stdout.strip(), 4000)}"
+                ),
+                result,
+            )
+        return result
+
+    def _exec(
+        self, command: str, *, timeout: float | None, stdin: str | None, redactor: Redactor
+    ) -> CommandResult:
+        kwargs: dict[str, Any] = {
+            "hide": True,
+            "warn": True,
+            "in_stream": io.StringIO(stdin) if stdin is not None else False,
+            "timeout": timeout if timeout is not None else self.command_timeout,
+        }
+        started = time.monotonic()
+        try:
+            raw = self.connection.run(command, **kwargs)
+        except (OSError, EOFError) as exc:
+            raise ApplyError(
+                redactor.redact(f"[{self.name}] connection failed running {command!r}: {exc}")
+            ) from exc
+        except Exception as exc:
+            # invoke's CommandTimedOut and paramiko's SSHException carry no common base
+            # worth importing here; name what failed and keep the cause chained.
+            raise ApplyError(
+                redactor.redact(f"[{self.name}] {type(exc).__name__} running {command!r}: {exc}")
+            ) from exc
+        return CommandResult(
+            command=command,
+            exit_code=int(raw.exited),
+            stdout=raw.stdout or "",
+            stderr=raw.stderr or "",
+            duration=time.monotonic() - started,
+        )
+
+    # -- facts -----------------------------------------------------------------------
+
+    def fact(self, fact: Fact[T]) -> T:
+        """The fact's value, read once and cached until the next change on this host."""
+        if fact in self._facts:
+            return self._facts[fact]
+        result = self.run(fact.command, check=False)
+        if result.exit_code not in fact.ok_exit_codes:
+            raise ApplyError(
+                self.redactor.redact(
+                    f"[{self.name}] reading fact {fact!r} failed (exit {result.exit_code}): "
+                    f"{_truncate(result.stderr.strip(), 2000)}"
+                ),
+                result,
+            )
+        try:
+            value = fact.parse(result.stdout)
+        except ValueError as exc:
+            message = f"[{self.name}] cannot parse fact {fact!r}: {exc}"
+            raise ApplyError(self.redactor.redact(message)) from exc
+        self._facts[fact] = value
+        return value
+
+    def invalidate_facts(self) -> None:
+        self._facts.clear()
+
+    # -- files -----------------------------------------------------------------------
+
+    def read(self, path: str) -> bytes | None:
+        """The content of a remote file (over SFTP, never logged), or None if it is absent."""
+        path = check_path(path)
+        buffer = io.BytesIO()
+        try:
+            self.connection.get(path, local=buffer)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ApplyError(self.redactor.redact(f"[{self.name}] cannot read {path}: {exc}")) from exc
+        return buffer.getvalue()
+
+    def put(
+        self,
+        path: str,
+        data: bytes | str,
+        *,
+        mode: str = "0644",
+        owner: str = "root",
+        group: str = "root",
+        validate: str | None = None,
+    ) -> None:
+        """Write a file atomically: a private temp file beside ``path``, owner and mode set,
+        ``validate`` (a command with ``{path}``) run against it, then ``mv`` into place.
+
+        A primitive that always writes: idempotent callers use ``steps.ops.file``. Refused
+        outside apply mode, since --check and --verify-only promise to change nothing.
+        """
+        if self.mode != "apply":
+            raise ApplyError(f"[{self.name}] put {path} refused in {self.mode} mode (use steps.ops.file)")
+        self._put(Put(check_path(path), _as_bytes(data), check_file_mode(mode), owner, group, validate))
+
+    def _put(self, put: Put) -> None:
+        directory, base = posixpath.split(put.path)
+        # mktemp creates the file 0600 before any content arrives; SFTP keeps that mode.
+        template = posixpath.join(directory, f".{base}.hvs-XXXXXXXX")
+        tmp = self.run(f"mktemp {shlex.quote(template)}").stdout.strip()
+        if not tmp.startswith(directory):
+            raise ApplyError(f"[{self.name}] mktemp returned an unexpected path {tmp!r}")
+        qtmp = shlex.quote(tmp)
+        try:
+            with allure.step(f"[{self.name}] upload {put.path} ({len(put.data)} bytes)"):
+                try:
+                    self.connection.put(io.BytesIO(put.data), remote=tmp)
+                except OSError as exc:
+                    message = f"[{self.name}] upload to {tmp} failed: {exc}"
+                    raise ApplyError(self.redactor.redact(message)) from exc
+            self.run(f"chown {shlex.quote(f'{put.owner}:{put.group}')} {qtmp} && chmod {put.mode} {qtmp}")
+            if put.validate:
+                result = self.run(put.validate.format(path=qtmp), check=False)
+                if not result.ok:
+                    raise ApplyError(
+                        self.redactor.redact(
+                            f"[{self.name}] new {put.path} rejected by {put.validate!r} "
+                            f"(exit {result.exit_code}); the old file is untouched:\n"
+                            f"{_truncate((result.stderr or result.stdout).strip(), 4000)}"
+                        ),
+                        result,
+                    )
+            self.run(f"mv -f -- {qtmp} {shlex.quote(put.path)}")
+        except BaseException:
+            self.run(f"rm -f -- {qtmp}", check=False)
+            raise
+
+    # -- operations ------------------------------------------------------------------
+
+    def execute(
+        self,
+        op: str,
+        commands: Sequence[Command],
+        *,
+        diff: str | None = None,
+        lock: str | None = None,
+        reason: str = "",
+        secrets: Iterable[str] = (),
+    ) -> OpResult:
+        """Run an op's commands (apply), or record them (check). No commands: unchanged.
+
+        ``lock`` names a host-wide resource ("apt", "firewall", "systemd") held while the
+        commands run. Facts are invalidated after any command ran. ``secrets`` are masked
+        in the recorded commands and in the commands' logged output.
+        """
+        if self.mode == "verify":
+            return self.record(OpResult(op, False, [], None, "verify-only"))
+        secrets = tuple(secrets)
+        redactor = self.redactor.extended(secrets)
+        op = redactor.redact(op)
+        shown = [redactor.redact(str(command)) for command in commands]
+        redacted_diff = redactor.redact(diff) if diff else None
+        if not commands:
+            return self.record(OpResult(op, False, [], None, reason or "already in the desired state"))
+        if self.mode == "check":
+            reason = reason or "would change (check mode)"
+            return self.record(OpResult(op, True, shown, redacted_diff, reason))
+        with self.lock(lock) if lock else contextlib.nullcontext():
+            try:
+                for command in commands:
+                    if isinstance(command, Put):
+                        self._put(command)
+                    else:
+                        self.run(command, secrets=secrets)
+            finally:
+                self.invalidate_facts()
+        return self.record(OpResult(op, True, shown, redacted_diff, reason or "changed"))
+
+    def unchanged(self, op: str, reason: str) -> OpResult:
+        """Record an op that decided to do nothing, with why (verify-only, in desired state)."""
+        return self.record(OpResult(op, False, [], None, reason))
+
+    # -- locks -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Hold a host-wide lock shared by the controller and every xdist worker.
+
+        Re-entrant within one Host; the lock file lives in ``lock_dir`` and is keyed by the
+        host name, so two targets never block each other.
+        """
+        if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
+            raise ValueError(f"lock name {name!r} must be lowercase letters, digits, '-' or '_'")
+        lock = self._locks.get(name)
+        if lock is None:
+            self.lock_dir.mkdir(parents=True, exist_ok=True)
+            safe_host = re.sub(r"[^A-Za-z0-9_.-]", "_", self.name)
+            lock = filelock.FileLock(
+                self.lock_dir / f"{safe_host}.{name}.lock", timeout=self.lock_timeout, poll_interval=0.01
+            )
+            self._locks[name] = lock
+        try:
+            lock.acquire()
+        except filelock.Timeout as exc:
+            raise ApplyError(
+                f"[{self.name}] waited {self.lock_timeout:.0f}s for the host-wide {name!r} lock "
+                f"({lock.lock_file}); another worker holds it"
+            ) from exc
+        try:
+            yield
+        finally:
+            lock.release()
+
+    # -- connections -----------------------------------------------------------------
+
+    def with_mode(self, mode: Mode) -> Host:
+        """The same host and connection in another mode, with its own results and facts."""
+        return Host(
+            self.name,
+            self.connection,
+            mode=mode,
+            lock_dir=self.lock_dir,
+            redactor=self.redactor,
+            connect=self._connect,
+            lock_timeout=self.lock_timeout,
+            command_timeout=self.command_timeout,
+        )
+
+    def fresh(self) -> Host:
+        """A Host over a brand-new connection with the same parameters, already logged in.
+
+        Used to prove that a new key login still works after SSH or firewall changes;
+        failing to log in raises :class:`ApplyError`.
+        """
+        connection = self._connect() if self._connect is not None else _clone_connection(self.connection)
+        host = Host(
+            self.name,
+            connection,
+            mode=self.mode,
+            lock_dir=self.lock_dir,
+            redactor=self.redactor,
+            connect=self._connect,
+            lock_timeout=self.lock_timeout,
+            command_timeout=self.command_timeout,
+        )
+        host.run("true")
+        return host
+
+    def close(self) -> None:
+        close = getattr(self.connection, "close", None)
+        if close is not None:
+            close()
+
+
+def _as_bytes(data: bytes | str) -> bytes:
+    return data.encode() if isinstance(data, str) else data
+
+
+def _clone_connection(connection: Connection) -> Connection:
+    clone = getattr(connection, "fresh", None)
+    if callable(clone):
+        return clone()
+    import fabric
+
+    if not isinstance(connection, fabric.Connection):
+        raise TypeError(
+            f"cannot open a fresh connection from {type(connection).__name__}; pass connect= to Host"
+        )
+    return fabric.Connection(
+        host=connection.host,
+        user=connection.user,
+        port=connection.port,
+        config=connection.config,
+        gateway=connection.gateway,
+        forward_agent=connection.forward_agent,
+        connect_timeout=connection.connect_timeout,
+        connect_kwargs=dict(connection.connect_kwargs),
+        inline_ssh_env=connection.inline_ssh_env,
+    )
+
+
+def idempotence_gate(host: Host, apply: Callable[[Host], object]) -> list[str]:
+    """Run ``apply`` again in check mode (Molecule's idempotence step) and return
+    ``"[host] => op"`` for every op that would still change something (empty = idempotent)."""
+    checker = host if host.mode == "check" else host.with_mode("check")
+    before = len(checker.results)
+    apply(checker)
+    return [f"[{host.name}] => {result.op}" for result in checker.results[before:] if result.changed]
