@@ -203,6 +203,95 @@ class BaseSettings(Strict):
     microvm_boot_timeout: float = Field(60.0, gt=0)
 
 
+class DevmapperSettings(Strict):
+    """containerd's devmapper snapshotter on a loop-backed LVM-less thin pool (flintlock's
+    layout). Files are sparse: sizes are upper bounds, not allocations."""
+
+    pool_name: str = Field("flintlock-thinpool", pattern=r"^[a-z][a-z0-9_-]{1,60}$")
+    # Backing files for the pool's data and metadata devices.
+    data_dir: str = Field("/var/lib/containerd-thinpool", pattern=r"^/[^\s]+$")
+    data_size: str = Field("100G", pattern=r"^[1-9][0-9]*[MGT]$")
+    metadata_size: str = Field("2G", pattern=r"^[1-9][0-9]*[MGT]$")
+    # Thin-pool chunk in 512-byte sectors (128 = 64 KiB) and low-water mark in chunks.
+    block_sectors: int = Field(128, ge=128, le=2097152)
+    low_water_mark: int = Field(32768, ge=0)
+    base_image_size: str = Field("10GB", pattern=r"^[1-9][0-9]*[KMGT]B$")
+
+
+class PullCheckSettings(Strict):
+    """The image Bravo pulls over the network and runs to a known output."""
+
+    # "suite-registry": the suite builds a tiny marker image, starts an OCI registry on the
+    # target (port "oci-registry") and pushes it there; "public": pull `public_reference`.
+    # "auto": suite-registry on scratch targets (no internet), public elsewhere.
+    source: Literal["auto", "suite-registry", "public"] = "auto"
+    public_reference: str = Field("docker.io/library/busybox:1.36.1", pattern=r"^[a-z0-9.-]+(:\d+)?/\S+$")
+    # Run as `<args> <marker>` in the public image; the container must print the marker.
+    public_args: list[str] = ["echo"]
+    # Repository of the suite's own image in the suite's registry.
+    repository: str = Field("hvsuite/marker", pattern=r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
+    pull_timeout: float = Field(300.0, gt=0)
+
+    def resolved_source(self, is_scratch: bool) -> Literal["suite-registry", "public"]:
+        if self.source == "auto":
+            return "suite-registry" if is_scratch else "public"
+        return self.source
+
+
+class BravoSettings(Strict):
+    """Team Bravo: containerd, runc and CNI plugins from the OS archive, one managed config."""
+
+    packages: list[str] = ["containerd", "runc", "containernetworking-plugins"]
+    config_path: str = "/etc/containerd/config.toml"
+    # kubelet (Team Delta) runs with the systemd cgroup driver; runc must match.
+    systemd_cgroup: bool = True
+    snapshotter: Literal["overlayfs", "native"] = "overlayfs"
+    # Debian and Ubuntu install the CNI plugins here (not upstream's /opt/cni/bin).
+    cni_bin_dir: str = "/usr/lib/cni"
+    cni_conf_dir: str = "/etc/cni/net.d"
+    sandbox_image: str = "registry.k8s.io/pause:3.6"
+    # containerd inside a container-based target lacks CAP_SYS_RESOURCE: runc then fails
+    # with "can't get final child's PID from pipe: EOF" unless containers may not lower
+    # their OOM score below containerd's. None: true on scratch targets, false elsewhere.
+    restrict_oom_score_adj: bool | None = None
+    # The suite's test containers live in their own namespace, apart from Kubernetes' k8s.io.
+    namespace: str = Field("hvsuite", pattern=r"^[a-z][a-z0-9._-]*$")
+    devmapper: DevmapperSettings = DevmapperSettings()
+    pull_check: PullCheckSettings = PullCheckSettings()
+    # Debian's docker-registry (distribution v2) for the suite's registry.
+    registry_package: str = "docker-registry"
+    registry_storage: str = "/var/lib/docker-registry"
+
+    def oom_score_adj_restricted(self, is_scratch: bool) -> bool:
+        return is_scratch if self.restrict_oom_score_adj is None else self.restrict_oom_score_adj
+
+
+class GrafanaSettings(Strict):
+    """Grafana from its pinned upstream .deb (not in Debian/Ubuntu archives)."""
+
+    # Key of the pin in [artifacts]: version, url, sha256 and dest (a .deb path on the target).
+    artifact: str = "grafana"
+    admin_user: str = Field("admin", pattern=r"^[a-z][a-z0-9_-]*$")
+    # The generated admin password is kept on the target, readable by root only.
+    admin_password_file: str = "/etc/grafana/hvsuite-admin-password"
+    datasource_uid: str = Field("hvsuite-prometheus", pattern=r"^[a-zA-Z0-9_-]{1,40}$")
+    dashboard_uid: str = Field("hvsuite-host", pattern=r"^[a-zA-Z0-9_-]{1,40}$")
+
+
+class CharlieSettings(Strict):
+    """Team Charlie: Prometheus and node_exporter from the OS archive, Grafana pinned.
+    Their ports are the rules named prometheus, node-exporter and grafana in [[ports]]."""
+
+    prometheus_package: str = "prometheus"
+    node_exporter_package: str = "prometheus-node-exporter"
+    scrape_interval: str = Field("15s", pattern=r"^[1-9][0-9]*(ms|s|m)$")
+    evaluation_interval: str = Field("15s", pattern=r"^[1-9][0-9]*(ms|s|m)$")
+    retention: str = Field("15d", pattern=r"^[1-9][0-9]*[hdwy]$")
+    # Label every series with the host's role so dashboards and alerts can select it.
+    external_labels: dict[str, str] = {"role": "hypervisor"}
+    grafana: GrafanaSettings = GrafanaSettings()
+
+
 class SignalSettings(Strict):
     # Optional chat webhook (Slack/Mattermost/Discord-compatible JSON {"text": ...}).
     webhook_url: str | None = Field(None, pattern=r"^https?://")
@@ -213,6 +302,12 @@ def _default_ports() -> list[PortRule]:
     return [
         PortRule(name="ssh", team="Alpha", port=22, sources=["world"]),
         PortRule(name="flintlock-grpc", team="Base", port=9090, sources=["admin"]),
+        # Metrics and the suite's registry: the operator's networks only, never the world.
+        # Prometheus moves off its default 9090, which flintlock's gRPC API holds.
+        PortRule(name="oci-registry", team="Bravo", port=5000, sources=["admin"]),
+        PortRule(name="prometheus", team="Charlie", port=9095, sources=["admin"]),
+        PortRule(name="node-exporter", team="Charlie", port=9100, sources=["admin"]),
+        PortRule(name="grafana", team="Charlie", port=3000, sources=["admin"]),
     ]
 
 
@@ -233,6 +328,8 @@ class Settings(Strict):
     firewall: FirewallSettings = FirewallSettings()
     base: BaseSettings = BaseSettings()
     alpha: AlphaSettings = AlphaSettings()
+    bravo: BravoSettings = BravoSettings()
+    charlie: CharlieSettings = CharlieSettings()
     signals: SignalSettings = SignalSettings()
 
     @model_validator(mode="after")
