@@ -27,7 +27,8 @@ from targets import Target, TargetError, cache
 from targets.resolve import effective_profile, resolve, resolve_probe, select_spec
 from targets.spec import ScratchSpec, SSHSpec
 
-TARGET_FIXTURES = frozenset({"target", "remote", "host", "probe"})
+# testinfra's pytest11 entry point name.
+TESTINFRA_PLUGIN = "pytest11.testinfra"
 
 
 @dataclass
@@ -73,7 +74,12 @@ class TargetsState:
 STATE = pytest.StashKey[TargetsState]()
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    # The suite uses testinfra as a library: its `host` fixture is the resolved target. Loaded
+    # early (`-p targets.plugin`), keep testinfra's own plugin and its local `host` fixture out;
+    # loaded from conftest.py (after entry points), ours overrides it anyway.
+    if pluginmanager.get_plugin(TESTINFRA_PLUGIN) is None:
+        pluginmanager.set_blocked(TESTINFRA_PLUGIN)
     group = parser.getgroup("hvsuite-targets", "hypervisor suite targets")
     group.addoption(
         "--config",
@@ -390,11 +396,16 @@ def remote(request: pytest.FixtureRequest, target: Target) -> Iterator[Any]:
 def _testinfra_host(target: Target) -> Any:
     import testinfra
 
-    config = cache.cache_dir() / "testinfra_ssh_config"
+    # An explicit ssh config keeps the operator's ~/.ssh/config from rewriting the resolved
+    # address, user or key. Scratch servers get new host keys at each creation on reused
+    # addresses: do not warn about them (testinfra warns about unknown keys otherwise).
+    kind = "scratch" if target.is_scratch else "ssh"
+    config = cache.cache_dir() / f"testinfra_ssh_config.{kind}"
     if not config.exists():
-        # An explicit (empty) ssh config keeps the operator's ~/.ssh/config from rewriting the
-        # resolved address, user or key.
-        config.write_text("# hvsuite: targets are resolved before testinfra connects\n")
+        text = "# hvsuite: targets are resolved before testinfra connects\n"
+        if target.is_scratch:
+            text += "Host *\n    StrictHostKeyChecking no\n"
+        config.write_text(text)
     return testinfra.get_host(
         target.testinfra_spec, ssh_identity_file=str(target.key_file), ssh_config=str(config)
     )
