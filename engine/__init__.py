@@ -1,0 +1,39 @@
+"""The hypervisor suite's engine: the plan as a dependency graph of teams, run under pytest
+(and pytest-xdist) in that order, with completion signals, a timeline and Allure labels.
+
+The small API for test modules and other plugins:
+
+- `task`: ``@engine.task("Firewall")`` marks the plan task a check belongs to (Allure story).
+- `add_environment(config, key, value)`: a line in Allure's environment.properties.
+- `set_target_name(config, name)`: the target team verdicts are recorded for (--resume).
+- `set_signal_webhook(config, url, timeout)`: the chat webhook for completion signals.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.config import ENVIRONMENT_KEY, TARGET_KEY, WEBHOOK_KEY
+
+task = pytest.mark.task
+
+
+def add_environment(config: pytest.Config, key: str, value: object) -> None:
+    """Add ``key=value`` to Allure's environment.properties. Only the controller writes the
+    file; values added on xdist workers reach it with the worker's output at the end."""
+    config.stash.setdefault(ENVIRONMENT_KEY, {})[str(key)] = str(value)
+
+
+def set_target_name(config: pytest.Config, name: str) -> None:
+    """Name the target (e.g. "scratch:hvs-scratch", "ssh:hetzner1") team verdicts are
+    recorded for in reports/state/; call it in pytest_configure."""
+    config.stash[TARGET_KEY] = name
+
+
+def set_signal_webhook(config: pytest.Config, url: str | None, timeout: float = 5.0) -> None:
+    """Post completion signals to `url` (used when --signal-webhook / the ini option is unset)."""
+    if url:
+        config.stash[WEBHOOK_KEY] = (url, timeout)
+
+
+__all__ = ["add_environment", "set_signal_webhook", "set_target_name", "task"]

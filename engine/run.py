@@ -1,0 +1,234 @@
+"""The controller's account of one run: which tests belong to which team, each team's
+verdict as reports arrive, and who is blocked by whom.
+
+A team is green when every report of every one of its tests passed or was skipped as a
+waiver (reason starting with ``waived:``). Any other skip, a failure or an error makes it
+not green; its transitive dependents are blocked at once (not when their turn comes), with
+the reason ``blocked by Team X (test id)`` naming the root-cause team and its first failing
+test. Pure bookkeeping: no pytest hooks, no I/O, so it is unit-testable with fake reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from engine.plan import Plan
+from engine.state import RecordedVerdict, TeamGate, Verdict
+
+WAIVED_PREFIX = "waived:"
+BLOCKED_PREFIX = "blocked by "
+CHANGES_PROPERTY = "hvs_changes"
+
+
+class ReportLike(Protocol):
+    nodeid: str
+    when: str
+    outcome: str
+    longrepr: object
+    start: float
+    stop: float
+    user_properties: list[tuple[str, object]]
+
+
+def skip_reason(report: ReportLike) -> str:
+    """The reason of a skipped report ("Skipped: " prefix removed)."""
+    longrepr = report.longrepr
+    text = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr or "")
+    return text.removeprefix("Skipped: ")
+
+
+def report_worker(report: object) -> str:
+    node = getattr(report, "node", None)
+    gateway = getattr(node, "gateway", None)
+    return str(getattr(gateway, "id", None) or getattr(report, "worker_id", None) or "main")
+
+
+def nodeid_file(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+@dataclass
+class TeamStatus:
+    name: str
+    phase: int
+    verdict: Verdict = Verdict.PENDING
+    nodeids: list[str] = field(default_factory=list)
+    finished: set[str] = field(default_factory=set)
+    # Root cause of a block: "Team X (test id)".
+    blocked_by: str | None = None
+    first_failure: str | None = None
+    failures: list[str] = field(default_factory=list)
+    waivers: list[str] = field(default_factory=list)
+    # Set when a failure is seen; the verdict is final when the last test finishes.
+    failing: bool = False
+    start: float | None = None
+    end: float | None = None
+    worker: str | None = None
+    changes: int = 0
+    recorded: RecordedVerdict | None = None
+    # Set when the verdict first became known (for live signals).
+    announced: bool = False
+
+    @property
+    def duration(self) -> float:
+        if self.start is None or self.end is None:
+            return 0.0
+        return max(0.0, self.end - self.start)
+
+    @property
+    def issues(self) -> list[str]:
+        return [*self.failures, *self.waivers]
+
+
+class TeamRun:
+    """Team verdicts for one run, fed with test reports by the controller."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        nodeids: Iterable[str],
+        module_of_team: dict[str, str],
+        implemented: set[str],
+        recorded_green: dict[str, RecordedVerdict] | None = None,
+    ) -> None:
+        """`module_of_team`: team -> its module as it appears in node ids (path relative to
+        rootdir); `implemented`: teams whose module file exists; `recorded_green`: teams not
+        selected that count green from an earlier run (--resume)."""
+        self.plan = plan
+        self.teams: dict[str, TeamStatus] = {t.name: TeamStatus(t.name, t.phase) for t in plan.teams}
+        self._team_of_file = {module: team for team, module in module_of_team.items()}
+        self._team_of_nodeid: dict[str, str] = {}
+        for nodeid in nodeids:
+            team = self._team_of_file.get(nodeid_file(nodeid))
+            if team is not None:
+                self.teams[team].nodeids.append(nodeid)
+                self._team_of_nodeid[nodeid] = team
+        # Verdicts settled in the order they became known; the plugin drains it for signals.
+        self.settled_order: list[str] = []
+        recorded_green = recorded_green or {}
+        for team in plan.topological_order():
+            status = self.teams[team]
+            if status.nodeids:
+                continue
+            if team not in implemented:
+                self._settle(team, Verdict.NOT_IMPLEMENTED)
+            elif team in recorded_green:
+                status.recorded = recorded_green[team]
+                self._settle(team, Verdict.RECORDED_GREEN)
+            else:
+                self._settle(team, Verdict.NOT_SELECTED)
+        for team in plan.topological_order():
+            verdict = self.teams[team].verdict
+            if verdict in (Verdict.NOT_IMPLEMENTED, Verdict.NOT_SELECTED):
+                self._block_descendants(team, f"Team {team} ({verdict.value})")
+
+    @property
+    def active(self) -> bool:
+        """Whether any team test was collected (otherwise the engine stays out of the way)."""
+        return bool(self._team_of_nodeid)
+
+    def team_of(self, nodeid: str) -> str | None:
+        return self._team_of_nodeid.get(nodeid)
+
+    def collected_teams(self) -> list[str]:
+        return [name for name in self.plan.topological_order() if self.teams[name].nodeids]
+
+    def gates(self) -> dict[str, TeamGate]:
+        gates = {}
+        for name, status in self.teams.items():
+            blocked_by = status.blocked_by
+            if status.verdict is Verdict.FAILED or (status.failing and not status.verdict.settled):
+                blocked_by = f"Team {name} ({status.first_failure})"
+            gates[name] = TeamGate(status.verdict, blocked_by)
+        return gates
+
+    def ready(self, team: str) -> bool:
+        """Whether `team` may be dispatched now: every prerequisite counts green, or the team
+        is already blocked (its tests then only record the block)."""
+        status = self.teams[team]
+        if status.verdict is Verdict.BLOCKED:
+            return True
+        return all(self.teams[req].verdict.counts_green for req in self.plan[team].requires)
+
+    def _settle(self, team: str, verdict: Verdict) -> None:
+        status = self.teams[team]
+        status.verdict = verdict
+        self.settled_order.append(team)
+
+    def _block_descendants(self, root: str, cause: str) -> list[str]:
+        newly = []
+        below = self.plan.descendants(root)
+        for name in self.plan.topological_order():
+            if name in below:
+                status = self.teams[name]
+                if status.verdict.settled:
+                    continue
+                status.blocked_by = cause
+                self._settle(name, Verdict.BLOCKED)
+                newly.append(name)
+        return newly
+
+    def add_report(self, report: ReportLike) -> None:
+        team = self._team_of_nodeid.get(report.nodeid)
+        if team is None:
+            return
+        status = self.teams[team]
+        start = getattr(report, "start", None)
+        stop = getattr(report, "stop", None)
+        if start is not None:
+            status.start = start if status.start is None else min(status.start, start)
+        if stop is not None:
+            status.end = stop if status.end is None else max(status.end, stop)
+        if status.worker is None:
+            status.worker = report_worker(report)
+        for key, value in getattr(report, "user_properties", ()) or ():
+            if key == CHANGES_PROPERTY and isinstance(value, int):
+                status.changes += value
+        problem: str | None = None
+        if report.outcome == "failed":
+            problem = report.nodeid if report.when in ("call", "???") else f"{report.nodeid} ({report.when})"
+        elif report.outcome == "skipped":
+            reason = skip_reason(report)
+            if reason.startswith(WAIVED_PREFIX):
+                status.waivers.append(f"{report.nodeid}: {reason}")
+            elif reason.startswith(BLOCKED_PREFIX) and status.verdict is Verdict.BLOCKED:
+                pass
+            else:
+                problem = f"{report.nodeid} (skipped: {reason})"
+        if problem is not None and status.verdict is not Verdict.BLOCKED:
+            status.failures.append(problem)
+            if not status.failing:
+                status.failing = True
+                status.first_failure = report.nodeid
+                self._block_descendants(team, f"Team {team} ({report.nodeid})")
+        if report.when in ("teardown", "???"):
+            status.finished.add(report.nodeid)
+            if not status.verdict.settled and status.finished >= set(status.nodeids):
+                self._settle(team, Verdict.FAILED if status.failing else Verdict.GREEN)
+
+    def stop_unfinished(self) -> list[str]:
+        """At the end of a run: teams collected but never finished are "not run"."""
+        stopped = []
+        for name in self.plan.topological_order():
+            status = self.teams[name]
+            if status.nodeids and not status.verdict.settled:
+                self._settle(name, Verdict.FAILED if status.failing else Verdict.NOT_RUN)
+                stopped.append(name)
+        return stopped
+
+    def take_settled(self) -> list[str]:
+        """Teams whose verdict became known since the last call, in order."""
+        settled, self.settled_order = self.settled_order, []
+        return settled
+
+    def next_teams(self, team: str) -> list[str]:
+        """Dependents of `team` that can start now that it is green."""
+        return [
+            dep
+            for dep in self.plan.dependents(team)
+            if self.teams[dep].nodeids
+            and not self.teams[dep].verdict.settled
+            and all(self.teams[req].verdict.counts_green for req in self.plan[dep].requires)
+        ]

@@ -1,0 +1,154 @@
+"""The run's timeline and the plan's "Timeline Comparison", computed from real durations.
+
+- sequential: every team one after the other (the plan's "Sequential Waterfall");
+- phase barrier: each phase waits for the slowest team of the phase before it (the plan's
+  "Parallel Execution" estimate);
+- critical path: the longest path through the dependency graph, the best any schedule can do;
+- actual makespan: first team start to last team end in this run.
+
+The same figures from the plan's estimated hours (upper bounds) are shown beside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from engine.plan import Plan
+from engine.run import TeamRun
+
+
+@dataclass(frozen=True)
+class TeamSpan:
+    team: str
+    phase: int
+    outcome: str
+    start: float | None
+    end: float | None
+    duration: float
+    worker: str | None
+    changes: int
+    tests: int
+    blocked_by: str | None
+    issues: list[str]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    sequential: float
+    phase_barrier: float
+    critical_path: float
+    critical_path_teams: list[str]
+    makespan: float
+
+
+def spans(run: TeamRun) -> list[TeamSpan]:
+    result = []
+    for name in run.plan.topological_order():
+        status = run.teams[name]
+        result.append(
+            TeamSpan(
+                team=name,
+                phase=status.phase,
+                outcome=status.verdict.value,
+                start=status.start,
+                end=status.end,
+                duration=status.duration,
+                worker=status.worker,
+                changes=status.changes,
+                tests=len(status.nodeids),
+                blocked_by=status.blocked_by,
+                issues=status.issues,
+            )
+        )
+    return result
+
+
+def compare(plan: Plan, durations: dict[str, float], makespan: float) -> Comparison:
+    length, path = plan.critical_path(durations)
+    return Comparison(
+        sequential=sum(durations.values()),
+        phase_barrier=plan.phase_barrier_total(durations),
+        critical_path=length,
+        critical_path_teams=path,
+        makespan=makespan,
+    )
+
+
+def measured(run: TeamRun) -> Comparison:
+    ran = [s for s in run.teams.values() if s.start is not None and s.end is not None]
+    durations = {s.name: s.duration for s in ran}
+    makespan = (max(s.end for s in ran) - min(s.start for s in ran)) if ran else 0.0  # type: ignore[type-var,operator]
+    return compare(run.plan, durations, makespan)
+
+
+def estimated(plan: Plan) -> Comparison:
+    """The plan's own figures in hours (upper estimates); its makespan is the critical path."""
+    durations = {team.name: team.hours[1] for team in plan.teams}
+    length, _ = plan.critical_path(durations)
+    return compare(plan, durations, length)
+
+
+def timeline_document(run: TeamRun, workers: int) -> dict[str, object]:
+    team_spans = spans(run)
+    starts = [s.start for s in team_spans if s.start is not None]
+    origin = min(starts) if starts else None
+    return {
+        "origin": origin,
+        "workers": workers,
+        "teams": [asdict(span) for span in team_spans],
+        "comparison": asdict(measured(run)),
+        "plan_estimate_hours": asdict(estimated(run.plan)),
+    }
+
+
+def comparison_table(run: TeamRun) -> list[str]:
+    real = measured(run)
+    plan = estimated(run.plan)
+    rows = [
+        ("Sequential (sum of teams)", real.sequential, plan.sequential),
+        ("Phase barriers (sum of phase maxima)", real.phase_barrier, plan.phase_barrier),
+        ("Critical path (DAG lower bound)", real.critical_path, plan.critical_path),
+        ("Actual makespan (this run)", real.makespan, None),
+    ]
+    lines = ["| Schedule | This run (s) | Plan estimate (h) |", "|---|---:|---:|"]
+    for label, seconds, hours in rows:
+        lines.append(f"| {label} | {seconds:.1f} | {'' if hours is None else f'{hours:g}'} |")
+    path = " → ".join(real.critical_path_teams) or "none"
+    lines.append("")
+    lines.append(f"Critical path: {path}")
+    if real.sequential > 0 and real.makespan > 0:
+        lines.append(f"Speed-up over sequential: {real.sequential / real.makespan:.2f}x")
+    return lines
+
+
+def team_table(run: TeamRun) -> list[str]:
+    team_spans = spans(run)
+    starts = [s.start for s in team_spans if s.start is not None]
+    origin = min(starts) if starts else 0.0
+    lines = [
+        "| Team | Phase | Outcome | Start (s) | Duration (s) | Worker | Changes | Tests |",
+        "|---|---:|---|---:|---:|---|---:|---:|",
+    ]
+    for span in team_spans:
+        start = "" if span.start is None else f"{span.start - origin:.1f}"
+        outcome = span.outcome if not span.blocked_by else f"{span.outcome}: {span.blocked_by}"
+        lines.append(
+            f"| {span.team} | {span.phase} | {outcome} | {start} | {span.duration:.1f} | "
+            f"{span.worker or ''} | {span.changes} | {span.tests} |"
+        )
+    return lines
+
+
+def timeline_markdown(run: TeamRun) -> str:
+    return "\n".join(
+        [
+            "# Team timeline",
+            "",
+            *team_table(run),
+            "",
+            "## Timeline Comparison",
+            "",
+            *comparison_table(run),
+            "",
+        ]
+    )
