@@ -19,8 +19,9 @@ import tarfile
 import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import filelock
 import requests
@@ -138,12 +139,14 @@ class ArtifactStore:
             f"{candidates[0].name!r} (the URL's basename) or {pin.sha256!r}"
         )
 
-    def _store_verified(self, name: str, source: str, expected: str, write: object) -> None:
-        handle = tempfile.NamedTemporaryFile(dir=self.cache_dir, prefix=f".{expected[:12]}-", delete=False)
-        tmp = Path(handle.name)
+    def _store_verified(
+        self, name: str, source: str, expected: str, write: Callable[[BinaryIO], None]
+    ) -> None:
+        fd, tmp_name = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{expected[:12]}-")
+        tmp = Path(tmp_name)
         try:
-            with handle:
-                write(handle)  # type: ignore[operator]
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)
             actual = sha256_file(tmp)
             if actual != expected:
                 raise ChecksumMismatch(name, source, expected, actual)
@@ -151,7 +154,7 @@ class ArtifactStore:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _get(self, name: str, url: str, out: object) -> None:
+    def _get(self, name: str, url: str, out: BinaryIO) -> None:
         scheme = urllib.parse.urlparse(url).scheme
         try:
             if scheme == "file":
@@ -161,7 +164,7 @@ class ArtifactStore:
             with requests.get(url, stream=True, timeout=self.timeout) as response:
                 response.raise_for_status()
                 for chunk in response.iter_content(_CHUNK):
-                    out.write(chunk)  # type: ignore[attr-defined]
+                    out.write(chunk)
         except (OSError, requests.RequestException) as exc:
             raise ArtifactError(f"artifact {name!r}: cannot fetch {url}: {exc}") from exc
 
@@ -199,9 +202,9 @@ class ArtifactStore:
         return target
 
 
-def _copy_into(path: Path, out: object) -> None:
+def _copy_into(path: Path, out: BinaryIO) -> None:
     with path.open("rb") as source:
-        shutil.copyfileobj(source, out, _CHUNK)  # type: ignore[arg-type]
+        shutil.copyfileobj(source, out, _CHUNK)
 
 
 def install(
