@@ -1,0 +1,165 @@
+"""Team Charlie: Prometheus and node_exporter from the OS archive, on the declared ports.
+
+Order matters on a host where flintlock already serves gRPC on 9090 (Prometheus' default):
+the systemd drop-ins that move Prometheus to its declared port are written *before* the
+package is installed, so the package's own first start already uses them. The scrape config
+is checked with ``promtool check config`` before it replaces the live one; a config change
+reloads Prometheus, a flag change restarts it.
+
+Outside-in verification helpers (controller -> target over HTTP) live here too, so they can
+be reused outside pytest: readiness, scrape targets, an instant PromQL query.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from settings.model import CharlieSettings, Settings
+from steps import ops
+from steps.runner import Host
+
+PROMETHEUS = "prometheus"
+NODE_EXPORTER = "prometheus-node-exporter"
+CONFIG_PATH = "/etc/prometheus/prometheus.yml"
+STORAGE_PATH = "/var/lib/prometheus/metrics2"
+VALIDATE = "promtool check config {path}"
+PORT_NAMES = ("prometheus", "node-exporter", "grafana")
+
+
+def charlie_port(settings: Settings, name: str) -> int:
+    """The port Team Charlie declared under ``name``; a clear error if it is missing."""
+    for rule in settings.ports_of("Charlie"):
+        if rule.name == name:
+            return rule.port
+    raise ValueError(
+        f"ports: no rule named {name!r} for team Charlie; declare it in [[ports]], e.g. "
+        f'{{ name = "{name}", team = "Charlie", port = N, sources = ["admin"] }}'
+    )
+
+
+def dropin_path(unit: str) -> str:
+    return f"/etc/systemd/system/{unit}.service.d/hvsuite.conf"
+
+
+def render_config(
+    charlie: CharlieSettings, *, prometheus_port: int, node_exporter_port: int, hostname: str
+) -> str:
+    return ops.render(
+        "prometheus.yml.j2",
+        {
+            "scrape_interval": charlie.scrape_interval,
+            "evaluation_interval": charlie.evaluation_interval,
+            "external_labels": charlie.external_labels,
+            "prometheus_port": prometheus_port,
+            "node_exporter_port": node_exporter_port,
+            "hostname": hostname,
+        },
+    )
+
+
+def apply(host: Host, settings: Settings) -> bool:
+    """Prometheus and node_exporter installed, configured and serving; True when changed."""
+    charlie = settings.charlie
+    prometheus_port = charlie_port(settings, "prometheus")
+    node_exporter_port = charlie_port(settings, "node-exporter")
+    with host.step("Prometheus and node_exporter") as log:
+        with host.step("systemd drop-ins before the packages' first start") as flags:
+            for unit in (PROMETHEUS, NODE_EXPORTER):
+                ops.directory(host, f"/etc/systemd/system/{unit}.service.d")
+            ops.template(
+                host,
+                dropin_path(PROMETHEUS),
+                "prometheus.service.conf.j2",
+                {
+                    "config_path": CONFIG_PATH,
+                    "listen": f"0.0.0.0:{prometheus_port}",
+                    "storage_path": STORAGE_PATH,
+                    "retention": charlie.retention,
+                },
+            )
+            ops.template(
+                host,
+                dropin_path(NODE_EXPORTER),
+                "node-exporter.service.conf.j2",
+                {"listen": f"0.0.0.0:{node_exporter_port}"},
+            )
+            ops.daemon_reload(host, force=flags.changed)
+        ops.packages(host, [charlie.prometheus_package, charlie.node_exporter_package])
+        hostname = host.run("hostname").stdout.strip()
+        config = ops.file(
+            host,
+            CONFIG_PATH,
+            render_config(
+                charlie,
+                prometheus_port=prometheus_port,
+                node_exporter_port=node_exporter_port,
+                hostname=hostname,
+            ),
+            validate=VALIDATE,
+        )
+        ops.service(host, NODE_EXPORTER, enabled=True, running=True, restart=flags.changed)
+        ops.service(
+            host,
+            PROMETHEUS,
+            enabled=True,
+            running=True,
+            restart=flags.changed,
+            reload=config.changed and not flags.changed,
+        )
+    return log.changed
+
+
+# -- outside-in verification ---------------------------------------------------------------
+
+
+class PrometheusError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ScrapeTarget:
+    job: str
+    url: str
+    health: str
+    last_error: str
+
+
+class PrometheusAPI:
+    """The HTTP API of one Prometheus server (``http://address:port``)."""
+
+    def __init__(self, base_url: str, *, timeout: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+
+    def ready(self) -> tuple[int, str]:
+        response = requests.get(f"{self.base_url}/-/ready", timeout=self.timeout)
+        return response.status_code, response.text.strip()
+
+    def _api(self, path: str, params: dict[str, str] | None = None) -> Any:
+        response = requests.get(f"{self.base_url}/api/v1/{path}", params=params, timeout=self.timeout)
+        body = response.json()
+        if response.status_code != 200 or body.get("status") != "success":
+            raise PrometheusError(f"GET /api/v1/{path} {params or ''}: {response.status_code} {body}")
+        return body["data"]
+
+    def targets(self) -> list[ScrapeTarget]:
+        data = self._api("targets", {"state": "active"})
+        return [
+            ScrapeTarget(
+                job=target["labels"].get("job", ""),
+                url=target.get("scrapeUrl", ""),
+                health=target.get("health", ""),
+                last_error=target.get("lastError", ""),
+            )
+            for target in data["activeTargets"]
+        ]
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """An instant query's vector result: [{"metric": {...}, "value": [ts, "v"]}, ...]."""
+        data = self._api("query", {"query": promql})
+        if data.get("resultType") != "vector":
+            raise PrometheusError(f"query {promql!r} returned {data.get('resultType')}, not a vector")
+        return list(data["result"])
