@@ -282,3 +282,36 @@ def test_host_lock_serializes_across_processes(lock_dir: Path) -> None:
     # The same measurement without the lock must see overlap, or it could not fail.
     assert _overlap(lock_dir, use_lock=False) > 0.05
     assert _overlap(lock_dir, use_lock=True) == 0.0
+
+
+def test_allure_step_and_attachments_are_redacted(lock_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import steps.runner as runner
+
+    titles: list[str] = []
+    attached: list[tuple[str, str]] = []
+
+    class RecordingStep:
+        def __init__(self, title: str) -> None:
+            titles.append(title)
+
+        def __enter__(self) -> None:
+            return None
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    monkeypatch.setattr(runner.allure, "step", RecordingStep)
+    monkeypatch.setattr(
+        runner.allure, "attach", lambda body, name, attachment_type: attached.append((name, body))
+    )
+    conn = FakeConnection(
+        {re.compile("curl .*"): (0, "token=abc-123-xyz\n", "Authorization: Bearer zzz999\n")}
+    )
+    host = fake_host(conn, lock_dir=lock_dir, secrets=["hostsecret"])
+    host.run("curl -u admin:hostsecret https://10.0.0.1/ --key-pass perkey99", secrets=["perkey99"])
+    assert titles == [f"[fake] $ curl -u admin:{MASK} https://10.0.0.1/ --key-pass {MASK}"]
+    names = [name for name, _ in attached]
+    assert names == ["exit code", "stdout", "stderr"]
+    everything = " ".join(titles) + " ".join(body for _, body in attached)
+    for leaked in ("hostsecret", "perkey99", "abc-123-xyz", "zzz999"):
+        assert leaked not in everything
