@@ -183,7 +183,8 @@ class TeamCollector:
                 _register_prerequisites(item, self.settings.plan[team].requires)
         reason = self.decisions[team]
         if reason is not None:
-            pytest.skip(reason)
+            # Reported at the test's own location, as pytest does for skip markers.
+            raise pytest.skip.Exception(reason, _use_item_location=True)
 
 
 def _register_prerequisites(item: pytest.Item, requires: Sequence[str]) -> None:

@@ -208,7 +208,7 @@ class EngineController:
             self.poster.close()
             if self.poster.failures:
                 self.notes.append(
-                    f"signal webhook: {len(self.poster.failures)} post(s) failed (the run's result is unaffected): "
+                    f"signal webhook: {len(self.poster.failures)} post(s) failed (the result is unaffected): "
                     + "; ".join(self.poster.failures)
                 )
         if self.scheduler is not None and self.scheduler.forced:
