@@ -1,0 +1,198 @@
+"""The targets plugin in a pytester sandbox (`-p targets.plugin`): waivers, options, early
+errors, change counts, the hand-off to xdist workers. No target is created here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import targets.plugin as plugin
+from targets import Target
+
+WAIVER_TESTS = """
+import pytest
+
+@pytest.mark.requires("kvm")
+def test_needs_kvm():
+    pass
+
+@pytest.mark.requires("devmapper")
+def test_needs_devmapper():
+    pass
+
+def test_plain():
+    pass
+"""
+
+
+@pytest.fixture(autouse=True)
+def no_target_creation(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a target was resolved in a run that requests no target fixture")
+
+    monkeypatch.setattr(plugin, "resolve", refuse)
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    pytester.makeini("[pytest]\nmarkers =\n    requires(capability): waivable capability\n")
+    return pytester.runpytest_inprocess("-p", "targets.plugin", "-p", "no:cacheprovider", "-rs", *args)
+
+
+def test_waived_capability_is_skipped_with_its_name(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(WAIVER_TESTS)
+    result = run(pytester, "-v")
+    result.assert_outcomes(passed=1, skipped=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*::test_needs_kvm SKIPPED (waived: kvm (profile scratch))*",
+            "*::test_needs_devmapper SKIPPED (waived: devmapper (profile scratch))*",
+            "*::test_plain PASSED*",
+        ]
+    )
+
+
+def test_production_profile_runs_every_check(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(WAIVER_TESTS)
+    config = pytester.makefile(".toml", suite='[target]\nprofile = "production"\n')
+    run(pytester, "--config", str(config)).assert_outcomes(passed=3)
+
+
+def test_profile_with_one_waiver(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(WAIVER_TESTS)
+    config = pytester.makefile(
+        ".toml", suite='[target]\nprofile = "lab"\n[profiles.lab]\nwaivers = ["devmapper"]\n'
+    )
+    result = run(pytester, "--config", str(config))
+    result.assert_outcomes(passed=2, skipped=1)
+    result.stdout.fnmatch_lines(["*waived: devmapper (profile lab)"])
+
+
+def test_unknown_capability_is_an_error_naming_the_test(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile('import pytest\n\n@pytest.mark.requires("gpu")\ndef test_needs_gpu():\n    pass\n')
+    result = run(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*test_unknown_capability_is_an_error_naming_the_test.py::test_needs_gpu*"
+            "requires('gpu')*known waivers: devmapper, kvm, upstream-artifacts*"
+        ]
+    )
+
+
+def test_bad_config_fails_early(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_never():\n    raise AssertionError\n")
+    config = pytester.makefile(".toml", suite='[ssh]\nport = 0\n[scratch]\nsubnet = "nope"\n')
+    result = run(pytester, "--config", str(config))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*suite.toml: ssh.port: *Fix:*", "*suite.toml: scratch.subnet: *"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--check", "--verify-only"), "*--check and --verify-only exclude each other*"),
+        (("--target", "ftp://x"), "*scheme 'ftp' is not supported*"),
+        (("--artifacts-dir", "/nonexistent/dir"), "*--artifacts-dir /nonexistent/dir: not a directory*"),
+    ],
+)
+def test_bad_options_fail_early(pytester: pytest.Pytester, args: tuple[str, ...], message: str) -> None:
+    pytester.makepyfile("def test_never():\n    raise AssertionError\n")
+    result = run(pytester, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_options_are_in_their_group(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_inprocess("-p", "targets.plugin", "--help")
+    result.stdout.fnmatch_lines(
+        [
+            "hypervisor suite targets:",
+            "*--config=PATH*",
+            "*--target=TARGET*",
+            "*--scratch-rebuild*",
+            "*--check*",
+            "*--verify-only*",
+            "*--artifacts-dir=DIR*",
+        ]
+    )
+
+
+def test_mode_and_settings_fixture(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import targets.plugin as plugin
+
+        def test_mode(request, settings):
+            assert request.config.stash[plugin.STATE].mode == "verify"
+            assert settings.scratch.name == "hvs-scratch"
+        """
+    )
+    run(pytester, "--verify-only").assert_outcomes(passed=1)
+
+
+def test_changes_are_reported_per_phase(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        import json
+        import pytest
+        import targets.plugin as plugin
+
+        class FakeHost:
+            def __init__(self):
+                self.changes = []
+
+        @pytest.fixture(scope="module")
+        def fake(request):
+            host = FakeHost()
+            request.config.stash[plugin.STATE].hosts.append(host)
+            host.changes.append("setup op")
+            yield host
+            host.changes.extend(["teardown op 1", "teardown op 2"])
+
+        def pytest_runtest_logreport(report):
+            with open("changes.jsonl", "a") as out:
+                out.write(json.dumps([report.nodeid, report.when, report.user_properties]) + "\\n")
+        """
+    )
+    pytester.makepyfile(
+        """
+        def test_first(fake):
+            fake.changes.extend(["a", "b", "c"])
+
+        def test_second(fake):
+            pass
+        """
+    )
+    run(pytester).assert_outcomes(passed=2)
+    import json
+
+    lines = [json.loads(line) for line in (pytester.path / "changes.jsonl").read_text().splitlines()]
+    counts = [(nodeid.split("::")[1], when, dict(props)["hvs_changes"]) for nodeid, when, props in lines]
+    assert counts == [
+        ("test_first", "setup", 1),
+        ("test_first", "call", 3),
+        ("test_first", "teardown", 0),
+        ("test_second", "setup", 0),
+        ("test_second", "call", 0),
+        ("test_second", "teardown", 2),
+    ]
+
+
+def test_target_goes_to_workers_as_json(tmp_path: Path) -> None:
+    target = Target("hvs-scratch", "10.231.0.9", 22, "root", tmp_path / "key", "scratch", True)
+    state = SimpleNamespace(run_id="run-1", target=target)
+    stash = {plugin.STATE: state}
+    node = SimpleNamespace(config=SimpleNamespace(stash=stash), workerinput={})
+    plugin.pytest_configure_node(node)
+    assert node.workerinput["hvs_run_id"] == "run-1"
+    assert Target.from_json(node.workerinput["hvs_target"]) == target
+
+
+def test_lazy_target_is_not_sent_before_it_exists(tmp_path: Path) -> None:
+    state = SimpleNamespace(run_id="run-2", target=None)
+    node = SimpleNamespace(config=SimpleNamespace(stash={plugin.STATE: state}), workerinput={})
+    plugin.pytest_configure_node(node)
+    assert node.workerinput == {"hvs_run_id": "run-2"}
