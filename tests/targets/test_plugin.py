@@ -48,10 +48,11 @@ def test_waived_capability_is_skipped_with_its_name(pytester: pytest.Pytester) -
     passed, skipped, failed = recorder.listoutcomes()
     assert not failed
     assert [r.nodeid.split("::")[1] for r in passed] == ["test_plain"]
+    # pytest stores a skip's reason as "Skipped: <reason>" in the report.
     reasons = {r.nodeid.split("::")[1]: r.longrepr[2] for r in skipped}  # type: ignore[index]
     assert reasons == {
-        "test_needs_kvm": "waived: kvm (profile scratch)",
-        "test_needs_devmapper": "waived: devmapper (profile scratch)",
+        "test_needs_kvm": "Skipped: waived: kvm (profile scratch)",
+        "test_needs_devmapper": "Skipped: waived: devmapper (profile scratch)",
     }
 
 
