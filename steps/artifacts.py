@@ -30,7 +30,16 @@ from settings.model import ArtifactPin
 from steps.facts import FileInfo, FileSha256
 from steps.runner import ApplyError, Command, Host, OpResult, Put, check_path
 
-DEFAULT_CACHE_DIR = Path(".cache/hvsuite/artifacts")
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_cache_dir() -> Path:
+    """``$HVSUITE_CACHE_DIR/artifacts``, else ``<repo>/.cache/hvsuite/artifacts`` (the same
+    root the targets package caches keys and images under)."""
+    root = os.environ.get("HVSUITE_CACHE_DIR")
+    return (Path(root) if root else _REPO_ROOT / ".cache" / "hvsuite") / "artifacts"
+
+
 _CHUNK = 1024 * 1024
 
 
@@ -72,12 +81,12 @@ class ArtifactStore:
         self,
         pins: Mapping[str, ArtifactPin] | None = None,
         *,
-        cache_dir: Path | str = DEFAULT_CACHE_DIR,
+        cache_dir: Path | str | None = None,
         artifacts_dir: Path | str | None = None,
         timeout: float = 60.0,
     ) -> None:
         self.pins: dict[str, ArtifactPin] = dict(pins or {})
-        self.cache_dir = Path(cache_dir)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.artifacts_dir = Path(artifacts_dir) if artifacts_dir is not None else None
         if self.artifacts_dir is not None and not self.artifacts_dir.is_dir():
             raise ValueError(f"--artifacts-dir {self.artifacts_dir} is not a directory")

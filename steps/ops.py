@@ -51,7 +51,8 @@ def _verify_only(host: Host, op: str) -> OpResult | None:
     return None
 
 
-def _unified_diff(path: str, old: bytes | None, new: bytes) -> str:
+def unified_diff(path: str, old: bytes | None, new: bytes) -> str:
+    """A unified diff of a file's old (None: absent) and new content; a one-line note for binary."""
     try:
         old_text = (old or b"").decode()
         new_text = new.decode()
@@ -65,6 +66,10 @@ def _unified_diff(path: str, old: bytes | None, new: bytes) -> str:
     )
     no_newline = "\n\\ No newline at end of file\n"
     return "".join(line if line.endswith("\n") else line + no_newline for line in lines)
+
+
+# Kept for team steps written against the earlier private name.
+_unified_diff = unified_diff
 
 
 # -- packages ---------------------------------------------------------------------------
@@ -152,7 +157,7 @@ def _write(
         diff = (
             f"content of {path} changes (not shown: sensitive)\n"
             if sensitive
-            else _unified_diff(path, current, data)
+            else unified_diff(path, current, data)
         )
     else:
         assert stat is not None  # current is not None only when the file exists
@@ -448,7 +453,7 @@ def sysctls(
     diff = None
     if current != content:
         commands.insert(0, Put(persist_file, content, "0644", "root", "root"))
-        diff = _unified_diff(persist_file, current, content)
+        diff = unified_diff(persist_file, current, content)
     elif stat is not None:
         commands[:0] = _metadata_commands(persist_file, stat, "root", "root", "0644")
     return host.execute(op, commands, diff=diff)
