@@ -130,7 +130,21 @@ class TLSSettings(Strict):
     # Re-issue the server certificate when it expires within this many days.
     renew_before_days: int = Field(30, ge=1)
     key_type: Literal["rsa4096", "ec-p256"] = "ec-p256"
+    # Names or IPs added to the server certificate's SANs (hostname and the IP of the
+    # default route are always in).
     extra_sans: list[str] = []
+    # Mutual TLS: flintlockd accepts only clients with a certificate from the suite's CA
+    # (a client certificate is issued next to the server's for the operator and CAPI).
+    client_auth: bool = True
+
+    @model_validator(mode="after")
+    def _renew_window(self) -> TLSSettings:
+        if self.renew_before_days >= self.cert_days:
+            raise ValueError(
+                f"alpha.tls.renew_before_days ({self.renew_before_days}) must be below cert_days "
+                f"({self.cert_days}), or every run re-issues the certificate"
+            )
+        return self
 
 
 class SSHHardening(Strict):
@@ -157,7 +171,10 @@ class SSHHardening(Strict):
         "hmac-sha2-256-etm@openssh.com",
         "umac-128-etm@openssh.com",
     ]
-    host_key_types: list[Literal["ed25519", "rsa", "ecdsa"]] = ["ed25519", "rsa"]
+    host_key_types: list[Literal["ed25519", "rsa", "ecdsa"]] = Field(["ed25519", "rsa"], min_length=1)
+    permit_root_login: Literal["prohibit-password", "no"] = "prohibit-password"
+    # dev-sec disables TCP forwarding; an operator tunnelling to a dashboard turns it on.
+    allow_tcp_forwarding: bool = False
     login_grace_time: int = Field(30, ge=5, le=600)
     max_auth_tries: int = Field(3, ge=1, le=10)
     client_alive_interval: int = Field(300, ge=0)
@@ -170,12 +187,20 @@ class Fail2banSettings(Strict):
     bantime: str = Field("1h", pattern=r"^\d+[smhd]?$")
     # Never ban these (the operator's own network), as CIDRs.
     ignoreip: list[CIDR] = []
+    # Also never ban the address the suite manages the host from (read from the SSH
+    # session): a run's own probes must not lock the suite out for bantime.
+    ignore_controller: bool = True
 
 
 class AlphaSettings(Strict):
     tls: TLSSettings = TLSSettings()
     ssh: SSHHardening = SSHHardening()
     fail2ban: Fail2banSettings = Fail2banSettings()
+    # Dead man's switch for SSH and firewall changes: the host restores the previous
+    # configuration after this many seconds unless a new login was proven.
+    guard_seconds: int = Field(120, ge=30, le=1800)
+    # unattended-upgrades with apt's periodic timers (security updates only).
+    unattended_upgrades: bool = True
     # Network sysctls an auditor expects (all namespaced net.*).
     sysctls: dict[str, str] = {
         "net.ipv4.conf.all.rp_filter": "1",
@@ -197,10 +222,22 @@ class AlphaSettings(Strict):
 
 class BaseSettings(Strict):
     # Parent interface for flintlock's macvtap/tap devices; empty = detect the default route's.
-    parent_iface: str = ""
-    bridge: str = "flkbr0"
+    parent_iface: str = Field("", pattern=r"^[A-Za-z0-9_.@-]{0,15}$")
+    bridge: str = Field("flkbr0", pattern=r"^[A-Za-z0-9_.-]{1,15}$")
+    # Must match the port declared as "flintlock-grpc" in [[ports]].
     grpc_port: int = Field(9090, ge=1, le=65535)
     microvm_boot_timeout: float = Field(60.0, gt=0)
+    # Keys into [artifacts] installed by Base. Each needs version, url, sha256 and dest.
+    firecracker: str = "firecracker"
+    cloud_hypervisor: str = "cloud-hypervisor"
+    flintlockd: str = "flintlockd"
+    microvm_kernel: str = "microvm-kernel"
+    microvm_rootfs: str = "microvm-rootfs"
+    # Text on the microVM's serial console that proves the guest's userspace came up.
+    microvm_boot_marker: str = Field("login:", min_length=3)
+    microvm_boot_args: str = "console=ttyS0 reboot=k panic=1 pci=off"
+    containerd_socket: str = "/run/containerd/containerd.sock"
+    state_dir: str = "/var/lib/flintlock"
 
 
 class DevmapperSettings(Strict):

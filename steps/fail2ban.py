@@ -1,0 +1,66 @@
+"""fail2ban with an sshd jail reading the journal and banning with nftables.
+
+The jail file is validated with ``fail2ban-client -t`` after it is written and restored if
+the check fails; the service restarts only when the jail changed. Loopback, the
+configured ``ignoreip`` and (``ignore_controller``) the address the suite manages the host
+from are never banned, so the suite's own probes cannot lock it out.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from settings.model import Fail2banSettings
+from steps import ops
+from steps.firewall import SSHSession
+from steps.runner import ApplyError, Host, OpResult
+
+JAIL = "/etc/fail2ban/jail.d/hvsuite-sshd.local"
+
+
+def ignore_list(f2b: Fail2banSettings, controller: str | None) -> list[str]:
+    entries = ["127.0.0.1/8", "::1", *f2b.ignoreip]
+    if f2b.ignore_controller and controller:
+        entries.append(controller)
+    return list(dict.fromkeys(entries))
+
+
+def render(f2b: Fail2banSettings, *, ssh_port: int, controller: str | None) -> str:
+    return ops.render(
+        "fail2ban-sshd.local.j2",
+        {"f2b": f2b, "ssh_port": ssh_port, "ignoreip": ignore_list(f2b, controller)},
+    )
+
+
+def apply(host: Host, f2b: Fail2banSettings, *, ssh_port: int) -> list[OpResult]:
+    # python3-systemd: the journal backend; nftables: the ban action.
+    results = [ops.packages(host, ["fail2ban", "python3-systemd", "nftables"])]
+    if host.mode == "verify":
+        return [*results, host.unchanged(f"file {JAIL}", "verify-only")]
+    controller = host.fact(SSHSession())[0] if f2b.ignore_controller else None
+    previous = host.read(JAIL)
+    jail = ops.file(host, JAIL, render(f2b, ssh_port=ssh_port, controller=controller))
+    results.append(jail)
+    if jail.changed and host.mode == "apply":
+        check = host.run("fail2ban-client -t", check=False)
+        if not check.ok:
+            if previous is None:
+                host.run(f"rm -f -- {shlex.quote(JAIL)}")
+            else:
+                host.put(JAIL, previous)
+            raise ApplyError(
+                f"[{host.name}] fail2ban rejected {JAIL}; the previous jail was restored:\n"
+                f"{(check.stderr or check.stdout).strip()[-2000:]}"
+            )
+    results.append(ops.service(host, "fail2ban.service", enabled=True, running=True, restart=jail.changed))
+    return results
+
+
+_BANNED = re.compile(r"Banned IP list:\s*(?P<ips>.*)$", re.MULTILINE)
+
+
+def parse_banned(status_output: str) -> set[str]:
+    """IPs in ``fail2ban-client status <jail>`` output."""
+    match = _BANNED.search(status_output)
+    return set(match["ips"].split()) if match else set()

@@ -1,0 +1,161 @@
+"""flintlockd as a systemd service serving gRPC with TLS, and a firecracker boot test.
+
+Plan order: Base (phase 0) installs binaries, the bridge and the unit; Alpha (phase 1)
+issues the certificates. flintlockd is never started without TLS: the unit names the
+certificate paths and has ``ConditionPathExists`` on them, Base only enables it, and
+Alpha's "Flintlock TLS" task starts it (restarting when the certificate on disk is newer
+than the running service). Both render the same unit from settings, so they never undo
+each other.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+
+from settings.model import Settings
+from steps import ops
+from steps.facts import CommandSucceeds, Fact
+from steps.runner import ApplyError, Host, OpResult
+from steps.tls import Paths
+
+UNIT = "flintlockd.service"
+UNIT_FILE = f"/etc/systemd/system/{UNIT}"
+BRIDGE_UNIT = "hvsuite-flkbr0.service"
+BRIDGE_UNIT_FILE = f"/etc/systemd/system/{BRIDGE_UNIT}"
+
+
+@dataclass(frozen=True)
+class DefaultRouteInterface(Fact[str | None]):
+    """The interface of the IPv4 default route (flintlock's parent interface)."""
+
+    @property
+    def command(self) -> str:
+        return "ip -o -4 route show default"
+
+    def parse(self, output: str) -> str | None:
+        for line in output.splitlines():
+            words = line.split()
+            if "dev" in words:
+                return words[words.index("dev") + 1]
+        return None
+
+
+def grpc_port_declared(settings: Settings) -> None:
+    declared = {rule.port for rule in settings.ports if rule.proto == "tcp"}
+    if settings.base.grpc_port not in declared:
+        raise ApplyError(
+            f"base.grpc_port {settings.base.grpc_port} is not declared in [[ports]]: add "
+            f'{{ name = "flintlock-grpc", team = "Base", port = {settings.base.grpc_port} }} '
+            "so the firewall opens it"
+        )
+
+
+def parent_interface(host: Host, settings: Settings) -> str:
+    if settings.base.parent_iface:
+        return settings.base.parent_iface
+    iface = host.fact(DefaultRouteInterface())
+    if not iface:
+        raise ApplyError(
+            f"[{host.name}] no IPv4 default route to take flintlock's parent interface from; "
+            "set base.parent_iface"
+        )
+    return iface
+
+
+def render_unit(settings: Settings, parent_iface: str) -> str:
+    base, tls = settings.base, settings.alpha.tls
+    paths = Paths(tls.cert_dir)
+    return ops.render(
+        "flintlockd.service.j2",
+        {
+            "flintlockd": settings.artifacts[base.flintlockd].dest,
+            "firecracker": settings.artifacts[base.firecracker].dest,
+            "cloud_hypervisor": settings.artifacts[base.cloud_hypervisor].dest,
+            "grpc_endpoint": f"0.0.0.0:{base.grpc_port}",
+            "parent_iface": parent_iface,
+            "bridge": base.bridge,
+            "bridge_unit": BRIDGE_UNIT,
+            "containerd_socket": base.containerd_socket,
+            "state_dir": base.state_dir,
+            "tls_cert": paths.cert("server"),
+            "tls_key": paths.key("server"),
+            "tls_client_ca": paths.cert("ca") if tls.client_auth else "",
+        },
+    )
+
+
+def install_units(host: Host, settings: Settings) -> list[OpResult]:
+    """Bridge and flintlockd units written (the same text Base and Alpha render)."""
+    grpc_port_declared(settings)
+    iface = parent_interface(host, settings) if host.mode != "verify" else "(verify)"
+    bridge_context = {"bridge": settings.base.bridge}
+    bridge = ops.template(host, BRIDGE_UNIT_FILE, "hvsuite-bridge.service.j2", bridge_context)
+    unit = ops.file(host, UNIT_FILE, render_unit(settings, iface))
+    reload = ops.daemon_reload(host, force=bridge.changed or unit.changed)
+    return [bridge, unit, reload, ops.service(host, BRIDGE_UNIT, enabled=True, running=True)]
+
+
+def base_service(host: Host, settings: Settings) -> list[OpResult]:
+    """Base: units installed and flintlockd enabled (it starts once TLS exists)."""
+    return [*install_units(host, settings), ops.service(host, UNIT, enabled=True, running=None)]
+
+
+def serve_with_tls(host: Host, settings: Settings) -> list[OpResult]:
+    """Alpha: flintlockd running with the issued certificate; restarted when the
+    certificate on disk is newer than the running process."""
+    results = install_units(host, settings)
+    cert = shlex.quote(Paths(settings.alpha.tls.cert_dir).cert("server"))
+    newer = CommandSucceeds(
+        f"started=$(systemctl show -p ActiveEnterTimestamp --timestamp=unix {UNIT} | sed 's/.*=@//'); "
+        f'[ -n "$started" ] && [ "$(stat -c %Y {cert})" -gt "$started" ]'
+    )
+    stale = host.mode != "verify" and host.fact(newer)
+    results.append(ops.service(host, UNIT, enabled=True, running=True, restart=stale))
+    return results
+
+
+def boot_script(settings: Settings) -> str:
+    """A POSIX sh script booting a firecracker microVM from a copy of the test rootfs and
+    waiting for the boot marker on its serial console, bounded by microvm_boot_timeout.
+    Exits 0 and prints the console tail when the marker appeared."""
+    base = settings.base
+    firecracker = shlex.quote(settings.artifacts[base.firecracker].dest)
+    kernel = settings.artifacts[base.microvm_kernel].dest
+    rootfs = shlex.quote(settings.artifacts[base.microvm_rootfs].dest)
+    config = ops.render(
+        "firecracker-boot.json.j2",
+        {
+            "kernel": kernel,
+            "rootfs": "__ROOTFS__",
+            "boot_args": base.microvm_boot_args,
+        },
+    )
+    json.loads(config)  # the template must stay valid JSON
+    marker = shlex.quote(base.microvm_boot_marker)
+    timeout = int(base.microvm_boot_timeout)
+    return f"""set -u
+d=$(mktemp -d /run/hvsuite-microvm.XXXXXX) || exit 2
+pid=
+cleanup() {{
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; fi
+  rm -rf "$d"
+}}
+trap cleanup EXIT
+cp -- {rootfs} "$d/rootfs.ext4" || exit 2
+cat > "$d/vm.json" <<'HVSUITE_JSON'
+{config.replace("__ROOTFS__", "ROOTFS_PATH")}HVSUITE_JSON
+sed -i "s|ROOTFS_PATH|$d/rootfs.ext4|" "$d/vm.json"
+{firecracker} --no-api --config-file "$d/vm.json" > "$d/console.log" 2>&1 </dev/null &
+pid=$!
+start=$(date +%s)
+while [ $(( $(date +%s) - start )) -lt {timeout} ]; do
+  if grep -qF -- {marker} "$d/console.log"; then
+    echo "boot marker after $(( $(date +%s) - start ))s"; tail -n 20 "$d/console.log"; exit 0
+  fi
+  kill -0 "$pid" 2>/dev/null || break
+  sleep 0.5
+done
+echo "no boot marker within {timeout}s"; tail -n 60 "$d/console.log"; exit 1
+"""
