@@ -38,7 +38,7 @@ class EngineController:
         self.shared = SharedState(self.state_dir / "gates.json")
         self.run: TeamRun | None = None
         self.scheduler: DAGScheduling | None = None
-        self.lost: dict[str, tuple[list[str], str]] = {}
+        self.lost_tests: dict[str, tuple[list[str], str]] = {}
         self.signal_log = SignalLog(settings.reports_dir)
         self.poster: WebhookPoster | None = None
         self.notes: list[str] = []
@@ -87,7 +87,7 @@ class EngineController:
         return self.priorities.get(unit.removeprefix(TEAM_UNIT), 0.0) if unit.startswith(TEAM_UNIT) else 0.0
 
     def lost(self, crashitem: str, nodeids: Sequence[str], worker: str) -> None:
-        self.lost[crashitem] = (list(nodeids), worker)
+        self.lost_tests[crashitem] = (list(nodeids), worker)
 
     # -- the run ------------------------------------------------------------------------
 
@@ -146,7 +146,9 @@ class EngineController:
         self.signal_log.append(signal)
         terminal = self.config.pluginmanager.get_plugin("terminalreporter")
         if terminal is not None:
-            terminal.ensure_newline()
+            # A line of its own even after progress dots (which xdist's reporter does not
+            # track for ensure_newline); at the start of a line this is a blank separator.
+            terminal.write_line("")
             for line in signal.render().splitlines():
                 terminal.write_line(line, bold=line == signal.headline)
         poster = self._poster()
@@ -172,11 +174,11 @@ class EngineController:
             return
         self.run.add_report(report)
         self.publish()
-        if report.when == "???" and report.nodeid in self.lost:
+        if report.when == "???" and report.nodeid in self.lost_tests:
             self._fail_lost(report)
 
     def _fail_lost(self, crash: pytest.TestReport) -> None:
-        nodeids, worker = self.lost.pop(crash.nodeid)
+        nodeids, worker = self.lost_tests.pop(crash.nodeid)
         for nodeid in nodeids:
             path = nodeid.split("::", 1)[0]
             lost = pytest.TestReport(
