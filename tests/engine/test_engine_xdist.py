@@ -4,7 +4,6 @@ signals and timeline, under xdist and without it."""
 from __future__ import annotations
 
 import pytest
-
 from synthetic import run, signals, sleeper, stamps, timeline, write_suite
 
 pytest_plugins = ["pytester"]
@@ -50,7 +49,8 @@ def test_order_and_real_overlap_under_xdist(pytester: pytest.Pytester) -> None:
     assert {name: entry["outcome"] for name, entry in teams.items()} == dict.fromkeys(DIAMOND, "green")
     assert teams["Delta"]["start"] >= max(teams["Bravo"]["end"], teams["Charlie"]["end"])
     sent = signals(pytester)
-    assert [s["team"] for s in sent][0] == "Alpha" and [s["team"] for s in sent][-1] == "Delta"
+    order = [s["team"] for s in sent]
+    assert order[0] == "Alpha" and order[-1] == "Delta"
     alpha = sent[0]
     assert alpha["text"].splitlines() == [
         "✅ ALPHA COMPLETE",
