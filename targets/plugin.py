@@ -151,6 +151,7 @@ def pytest_configure(config: pytest.Config) -> None:
         rootpath=config.rootpath,
     )
     config.stash[STATE] = state
+    _tell_engine(config, state)
     if workerinput and "hvs_target" in workerinput:
         state.target = Target.from_json(workerinput["hvs_target"])
     elif state.is_controller and _runs_phases(config):
@@ -158,6 +159,18 @@ def pytest_configure(config: pytest.Config) -> None:
             _resolve_target(config, state)
         except TargetError as exc:
             raise pytest.UsageError(str(exc)) from None
+
+
+def _tell_engine(config: pytest.Config, state: TargetsState) -> None:
+    """Name the target the engine records team verdicts for; hand it the signal webhook."""
+    try:
+        from engine import set_signal_webhook, set_target_name
+    except ImportError:
+        return
+    spec = state.spec
+    set_target_name(config, f"scratch:{spec.name}" if isinstance(spec, ScratchSpec) else f"ssh:{spec.label}")
+    signals = state.settings.signals
+    set_signal_webhook(config, signals.webhook_url, signals.timeout)
 
 
 def _runs_phases(config: pytest.Config) -> bool:
@@ -216,7 +229,7 @@ def _add_environment(config: pytest.Config, state: TargetsState, target: Target)
         return
     state.environment_added = True
     try:
-        from engine import add_environment  # type: ignore[attr-defined]
+        from engine import add_environment
     except ImportError:
         return
     try:
