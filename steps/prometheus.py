@@ -135,7 +135,12 @@ class PrometheusAPI:
         self.timeout = timeout
 
     def ready(self) -> tuple[int, str]:
-        response = requests.get(f"{self.base_url}/-/ready", timeout=self.timeout)
+        """(HTTP status, body) of /-/ready; status 0 while nothing accepts connections
+        (a restarted server opens its port only after loading its TSDB)."""
+        try:
+            response = requests.get(f"{self.base_url}/-/ready", timeout=self.timeout)
+        except requests.ConnectionError as exc:
+            return 0, str(exc)
         return response.status_code, response.text.strip()
 
     def _api(self, path: str, params: dict[str, str] | None = None) -> Any:

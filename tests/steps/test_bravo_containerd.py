@@ -1,0 +1,214 @@
+"""Team Bravo's steps as data: settings in, config and commands out, no SSH."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from settings.model import BravoSettings, Settings
+from steps import containerd, ops, registry
+from steps.facts import AptListsAge, DebPackages, FileInfo, ServiceState
+from steps.runner import Host
+from steps.testing import FakeConnection, fake_host
+
+CRI = "io.containerd.grpc.v1.cri"
+DEVMAPPER = "io.containerd.snapshotter.v1.devmapper"
+ACTIVE = "LoadState=loaded\nActiveState=active\nUnitFileState=enabled\nNeedDaemonReload=no\n"
+INACTIVE = "LoadState=loaded\nActiveState=inactive\nUnitFileState=disabled\nNeedDaemonReload=no\n"
+# `ctr plugins ls` as containerd 1.6 prints it: padded columns, trailing blanks included.
+PLUGINS_LS = "".join(
+    f"{kind:<32}{name:<25}{platforms:<15}{status:<10}\n"
+    for kind, name, platforms, status in [
+        ("TYPE", "ID", "PLATFORMS", "STATUS"),
+        ("io.containerd.content.v1", "content", "-", "ok"),
+        ("io.containerd.snapshotter.v1", "aufs", "linux/amd64", "skip"),
+        ("io.containerd.snapshotter.v1", "devmapper", "linux/amd64", "error"),
+        ("io.containerd.snapshotter.v1", "overlayfs", "linux/amd64", "ok"),
+        ("io.containerd.grpc.v1", "cri", "linux/amd64", "ok"),
+    ]
+)
+
+
+def _config(bravo: BravoSettings, *, scratch: bool, devmapper: bool) -> dict:
+    text = containerd.render_config(
+        bravo, restrict_oom_score_adj=bravo.oom_score_adj_restricted(scratch), devmapper=devmapper
+    )
+    return tomllib.loads(text)
+
+
+def test_config_has_systemd_cgroups_overlayfs_and_debians_cni_dir() -> None:
+    config = _config(BravoSettings(), scratch=False, devmapper=False)
+    assert config["version"] == 2
+    cri = config["plugins"][CRI]
+    assert cri["containerd"]["snapshotter"] == "overlayfs"
+    runc = cri["containerd"]["runtimes"]["runc"]
+    assert runc["runtime_type"] == "io.containerd.runc.v2"
+    assert runc["options"]["SystemdCgroup"] is True
+    assert cri["cni"] == {"bin_dir": "/usr/lib/cni", "conf_dir": "/etc/cni/net.d"}
+
+
+@pytest.mark.parametrize(
+    ("setting", "scratch", "expected"),
+    [(None, True, True), (None, False, False), (True, False, True), (False, True, False)],
+)
+def test_restrict_oom_score_adj_follows_the_target_unless_set(
+    setting: bool | None, scratch: bool, expected: bool
+) -> None:
+    config = _config(BravoSettings(restrict_oom_score_adj=setting), scratch=scratch, devmapper=False)
+    assert config["plugins"][CRI]["restrict_oom_score_adj"] is expected
+
+
+def test_devmapper_section_only_where_device_mapper_exists() -> None:
+    assert DEVMAPPER not in _config(BravoSettings(), scratch=True, devmapper=False)["plugins"]
+    section = _config(BravoSettings(), scratch=False, devmapper=True)["plugins"][DEVMAPPER]
+    assert section["pool_name"] == "flintlock-thinpool"
+    assert section["base_image_size"] == "10GB"
+
+
+def _fresh_host(tmp_path: Path) -> tuple[Host, FakeConnection]:
+    conn = FakeConnection()
+    conn.set_fact(DebPackages(), "")
+    conn.set_fact(AptListsAge(), "now=1000\nnewest=900\n")
+    conn.set_fact(ServiceState("containerd"), INACTIVE)
+    conn.set_fact(ServiceState(containerd.THINPOOL_UNIT), INACTIVE)
+    return fake_host(conn, lock_dir=tmp_path), conn
+
+
+def _changing(host: Host) -> list[str]:
+    return [command for result in host.changes for command in result.commands]
+
+
+def test_fresh_host_installs_validates_the_config_and_starts_containerd(tmp_path: Path) -> None:
+    host, conn = _fresh_host(tmp_path)
+    assert containerd.apply(host, BravoSettings(), is_scratch=True, devmapper=False)
+    commands = _changing(host)
+    assert (
+        commands[0]
+        == f"{ops.APT_GET} install --no-install-recommends containerd containernetworking-plugins runc"
+    )
+    config_put = next(c for c in commands if c.startswith("put /etc/containerd/config.toml"))
+    assert "validated by 'containerd --config {path} config dump >/dev/null'" in config_put
+    assert commands[-2:] == ["systemctl enable -- containerd", "systemctl start -- containerd"]
+    assert not any("thinpool" in c or "dmsetup" in c for c in commands)
+    # The validator ran against the temp file before the swap.
+    validate = next(i for i, c in enumerate(conn.commands) if c.startswith("containerd --config"))
+    swap = next(i for i, c in enumerate(conn.commands) if c.startswith("mv -f --") and "config.toml" in c)
+    assert validate < swap
+
+
+def test_devmapper_hosts_get_the_thin_pool_unit_before_containerd_is_configured(tmp_path: Path) -> None:
+    host, _ = _fresh_host(tmp_path)
+    containerd.apply(host, BravoSettings(), is_scratch=False, devmapper=True)
+    commands = _changing(host)
+    pool_start = commands.index(f"systemctl start -- {containerd.THINPOOL_UNIT}")
+    config = next(i for i, c in enumerate(commands) if c.startswith("put /etc/containerd/config.toml"))
+    assert pool_start < config
+    assert f"{ops.APT_GET} install --no-install-recommends dmsetup" in commands
+    assert any(c.startswith(f"put {containerd.THINPOOL_SCRIPT}") and "sh -n" in c for c in commands)
+
+
+def test_thin_pool_script_is_idempotent_and_uses_the_settings() -> None:
+    bravo = BravoSettings()
+    script = ops.render(
+        "hvsuite-thinpool.sh.j2",
+        {
+            "pool_name": "pool-x",
+            "data_dir": "/srv/pool",
+            "data_size": "50G",
+            "metadata_size": "1G",
+            "block_sectors": bravo.devmapper.block_sectors,
+            "low_water_mark": bravo.devmapper.low_water_mark,
+        },
+    )
+    # Exits early when the pool exists; never truncates an existing backing file.
+    assert script.index('dmsetup status "$pool"') < script.index("dmsetup create")
+    assert '[ -f "$dir/data" ] || truncate -s 50G "$dir/data"' in script
+    assert re.search(r"thin-pool \$metadata_dev \$data_dev 128 32768 1 skip_block_zeroing", script)
+
+
+def _converged_host(tmp_path: Path, bravo: BravoSettings, config: str) -> tuple[Host, FakeConnection]:
+    conn = FakeConnection(files={bravo.config_path: config.encode()})
+    conn.set_fact(DebPackages(), "".join(f"{p}\t1.0\tii \n" for p in bravo.packages))
+    conn.set_fact(FileInfo(bravo.cni_conf_dir), "directory|root|root|755|4096\n")
+    conn.set_fact(FileInfo(bravo.config_path), f"regular file|root|root|644|{len(config)}\n")
+    conn.set_fact(ServiceState("containerd"), ACTIVE)
+    return fake_host(conn, lock_dir=tmp_path), conn
+
+
+def test_converged_host_changes_nothing(tmp_path: Path) -> None:
+    bravo = BravoSettings()
+    config = containerd.render_config(bravo, restrict_oom_score_adj=True, devmapper=False)
+    host, _ = _converged_host(tmp_path, bravo, config)
+    assert containerd.apply(host, bravo, is_scratch=True, devmapper=False) is False
+    assert host.changes == []
+
+
+def test_changed_config_restarts_containerd(tmp_path: Path) -> None:
+    bravo = BravoSettings()
+    old = containerd.render_config(bravo, restrict_oom_score_adj=False, devmapper=False)
+    host, _ = _converged_host(tmp_path, bravo, old)
+    containerd.apply(host, bravo, is_scratch=True, devmapper=False)
+    assert [result.op for result in host.changes] == [f"file {bravo.config_path}", "service containerd"]
+    assert host.changes[1].commands == ["systemctl restart -- containerd"]
+    assert "-    restrict_oom_score_adj = false" in (host.changes[0].diff or "")
+
+
+def test_check_mode_reports_the_change_and_runs_nothing(tmp_path: Path) -> None:
+    host, conn = _fresh_host(tmp_path)
+    host = host.with_mode("check")
+    containerd.apply(host, BravoSettings(), is_scratch=True, devmapper=False)
+    assert host.changes
+    assert not conn.uploads
+    assert not any(c.startswith(("systemctl start", "mv -f", ops.APT_GET)) for c in conn.commands)
+
+
+def test_plugin_table_parses_and_reports_snapshotter_status() -> None:
+    plugins = containerd.ContainerdPlugins().parse(PLUGINS_LS)
+    assert containerd.snapshotter_status(plugins, "overlayfs") == "ok"
+    assert containerd.snapshotter_status(plugins, "devmapper") == "error"
+    assert containerd.snapshotter_status(plugins, "zfs") == "absent"
+    with pytest.raises(ValueError, match="not a 'ctr plugins ls' table"):
+        containerd.ContainerdPlugins().parse("ctr: failed to dial\n")
+
+
+def test_run_container_closes_stdin_and_rejects_bad_ids(tmp_path: Path) -> None:
+    conn = FakeConnection()
+    host = fake_host(conn, lock_dir=tmp_path)
+    containerd.run_container(
+        host, "hvsuite", "r:5000/a/b:t", "hvsuite-pull-1", ["echo", "x y"], snapshotter="overlayfs"
+    )
+    assert conn.commands == [
+        "ctr -n hvsuite run --rm --snapshotter overlayfs r:5000/a/b:t hvsuite-pull-1 echo 'x y' </dev/null"
+    ]
+    with pytest.raises(ValueError, match="container id"):
+        containerd.run_container(host, "hvsuite", "r/a:t", "bad id; rm -rf /", snapshotter="overlayfs")
+
+
+def test_registry_config_is_valid_json_on_the_declared_port() -> None:
+    settings = Settings()
+    text = registry.render_config(settings.bravo, registry.registry_port(settings))
+    header, _, body = text.partition("\n")
+    assert header.startswith("#")
+    config = json.loads(body)
+    assert config["http"]["addr"] == ":5000"
+    assert config["storage"]["filesystem"]["rootdirectory"] == "/var/lib/docker-registry"
+    assert "auth" not in config
+
+
+def test_registry_port_missing_is_a_clear_error() -> None:
+    settings = Settings(ports=[{"name": "ssh", "team": "Alpha", "port": 22, "sources": ["world"]}])
+    with pytest.raises(ValueError, match="ports: no rule named 'oci-registry' for team Bravo"):
+        registry.registry_port(settings)
+
+
+def test_settings_reject_prometheus_on_flintlocks_port() -> None:
+    ports = [rule.model_dump() for rule in Settings().ports]
+    for rule in ports:
+        if rule["name"] == "prometheus":
+            rule["port"] = 9090
+    with pytest.raises(ValueError, match="9090/tcp is declared by both 'flintlock-grpc' and 'prometheus'"):
+        Settings(ports=ports)

@@ -1,0 +1,166 @@
+"""Team Charlie's steps as data: settings in, configs and commands out, no SSH."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from settings.model import ArtifactPin, Settings
+from steps import grafana, ops, prometheus
+from steps.facts import AptListsAge, DebPackages, FileInfo, ServiceState
+from steps.runner import Host
+from steps.testing import FakeConnection, fake_host
+
+ACTIVE = "LoadState=loaded\nActiveState=active\nUnitFileState=enabled\nNeedDaemonReload=no\n"
+NOT_FOUND = "LoadState=not-found\nActiveState=inactive\nUnitFileState=\nNeedDaemonReload=no\n"
+UNITS = (prometheus.PROMETHEUS, prometheus.NODE_EXPORTER)
+
+
+def _config(settings: Settings) -> str:
+    return prometheus.render_config(
+        settings.charlie, prometheus_port=9095, node_exporter_port=9100, hostname="hv-1"
+    )
+
+
+def test_scrape_config_targets_the_declared_ports_and_labels_the_host() -> None:
+    text = _config(Settings())
+    assert 'targets: ["127.0.0.1:9095"]' in text
+    assert 'targets: ["127.0.0.1:9100"]' in text
+    assert 'instance: "hv-1"' in text
+    assert 'role: "hypervisor"' in text
+    assert "9090" not in text  # flintlock's port, never Prometheus'
+    assert re.search(r"^  scrape_interval: 15s$", text, re.MULTILINE)
+
+
+def test_ports_come_from_the_declarations_and_a_missing_one_names_the_fix() -> None:
+    settings = Settings()
+    assert prometheus.charlie_port(settings, "prometheus") == 9095
+    assert prometheus.charlie_port(settings, "node-exporter") == 9100
+    bare = Settings(ports=[{"name": "ssh", "team": "Alpha", "port": 22, "sources": ["world"]}])
+    with pytest.raises(ValueError, match=r"ports: no rule named 'prometheus' for team Charlie; declare it"):
+        prometheus.charlie_port(bare, "prometheus")
+
+
+def test_metrics_ports_are_declared_for_admin_sources_only() -> None:
+    rules = {rule.name: rule for rule in Settings().ports_of("Charlie")}
+    assert set(rules) == {"prometheus", "node-exporter", "grafana"}
+    assert all(rule.sources == ["admin"] for rule in rules.values())
+
+
+def _fresh_host(tmp_path: Path) -> tuple[Host, FakeConnection]:
+    conn = FakeConnection()
+    conn.set_fact(DebPackages(), "")
+    conn.set_fact(AptListsAge(), "now=1000\nnewest=900\n")
+    for unit in UNITS:
+        conn.set_fact(ServiceState(unit), NOT_FOUND)
+    conn.respond("hostname", (0, "hv-1\n", ""))
+    return fake_host(conn, lock_dir=tmp_path), conn
+
+
+def test_drop_ins_are_written_before_the_packages_first_start(tmp_path: Path) -> None:
+    host, conn = _fresh_host(tmp_path)
+    # After the install, systemd knows the units.
+    original_run = conn.run
+
+    def run(command: str, **kwargs: object):  # type: ignore[no-untyped-def]
+        if command.startswith(ops.APT_GET + " install"):
+            for unit in UNITS:
+                conn.set_fact(ServiceState(unit), ACTIVE)
+        return original_run(command, **kwargs)
+
+    conn.run = run  # type: ignore[method-assign]
+    prometheus.apply(host, Settings())
+    commands = [command for result in host.changes for command in result.commands]
+    install = commands.index(
+        f"{ops.APT_GET} install --no-install-recommends prometheus prometheus-node-exporter"
+    )
+    dropin = next(
+        i for i, c in enumerate(commands) if c.startswith(f"put {prometheus.dropin_path('prometheus')}")
+    )
+    assert dropin < install
+    assert commands.index("systemctl daemon-reload") < install
+    config = next(c for c in commands if c.startswith(f"put {prometheus.CONFIG_PATH}"))
+    assert "validated by 'promtool check config {path}'" in config
+    dropin_text = conn.files[prometheus.dropin_path("prometheus")].decode()
+    assert "--web.listen-address=0.0.0.0:9095" in dropin_text
+    assert "ExecStart=\n" in dropin_text  # clears the packaged ExecStart before replacing it
+    assert (
+        "--web.listen-address=0.0.0.0:9100"
+        in conn.files[prometheus.dropin_path(prometheus.NODE_EXPORTER)].decode()
+    )
+
+
+def _converged(tmp_path: Path, settings: Settings, config: str) -> tuple[Host, FakeConnection]:
+    dropins = {
+        prometheus.dropin_path(prometheus.PROMETHEUS): ops.render(
+            "prometheus.service.conf.j2",
+            {
+                "config_path": prometheus.CONFIG_PATH,
+                "listen": "0.0.0.0:9095",
+                "storage_path": prometheus.STORAGE_PATH,
+                "retention": settings.charlie.retention,
+            },
+        ),
+        prometheus.dropin_path(prometheus.NODE_EXPORTER): ops.render(
+            "node-exporter.service.conf.j2", {"listen": "0.0.0.0:9100"}
+        ),
+        prometheus.CONFIG_PATH: config,
+    }
+    conn = FakeConnection(files={path: text.encode() for path, text in dropins.items()})
+    for path, text in dropins.items():
+        conn.set_fact(FileInfo(path), f"regular file|root|root|644|{len(text)}\n")
+    for unit in UNITS:
+        conn.set_fact(FileInfo(f"/etc/systemd/system/{unit}.service.d"), "directory|root|root|755|4096\n")
+        conn.set_fact(ServiceState(unit), ACTIVE)
+    conn.set_fact(DebPackages(), "prometheus\t2.42\tii \nprometheus-node-exporter\t1.5\tii \n")
+    conn.respond("hostname", (0, "hv-1\n", ""))
+    return fake_host(conn, lock_dir=tmp_path), conn
+
+
+def test_converged_host_changes_nothing(tmp_path: Path) -> None:
+    settings = Settings()
+    host, _ = _converged(tmp_path, settings, _config(settings))
+    assert prometheus.apply(host, settings) is False
+    assert host.changes == []
+
+
+def test_scrape_config_change_reloads_prometheus_without_restarting_anything(tmp_path: Path) -> None:
+    settings = Settings()
+    host, _ = _converged(tmp_path, settings, "# an operator's hand edit\n")
+    prometheus.apply(host, settings)
+    assert [result.op for result in host.changes] == [f"file {prometheus.CONFIG_PATH}", "service prometheus"]
+    assert host.changes[1].commands == ["systemctl reload-or-restart -- prometheus"]
+
+
+def test_grafana_without_a_pin_tells_the_operator_what_to_add() -> None:
+    with pytest.raises(ValueError) as error:
+        grafana.grafana_pin(Settings())
+    message = str(error.value)
+    assert "artifacts.grafana is not set" in message
+    assert "sha256" in message and "waive upstream-artifacts" in message
+    assert not re.search(r"[0-9a-f]{64}", message), "the hint must not carry a checksum of its own"
+
+
+def test_grafana_pin_must_name_a_deb_on_the_target() -> None:
+    pin = ArtifactPin(version="11.0.0", url="https://example.invalid/g.tgz", sha256="a" * 64, dest="/opt/g")
+    with pytest.raises(ValueError, match=r"artifacts.grafana.dest must be the path of the .deb"):
+        grafana.grafana_pin(Settings(artifacts={"grafana": pin}))
+
+
+def test_host_dashboard_queries_node_series_through_the_provisioned_datasource() -> None:
+    board = grafana.dashboard("hvsuite-host", "hvsuite-prometheus")
+    assert board["uid"] == "hvsuite-host"
+    json.dumps(board)  # serializable as provisioned
+    assert len(board["panels"]) >= 4
+    for panel in board["panels"]:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "hvsuite-prometheus"}
+        assert all("node_" in target["expr"] for target in panel["targets"])
+    assert len({panel["id"] for panel in board["panels"]}) == len(board["panels"])
+
+
+def test_grafana_datasource_points_at_prometheus_on_its_declared_port() -> None:
+    text = ops.render("grafana-datasource.yaml.j2", {"uid": "ds-1", "url": "http://127.0.0.1:9095"})
+    assert "uid: ds-1" in text and "url: http://127.0.0.1:9095" in text and "type: prometheus" in text
