@@ -166,10 +166,10 @@ def apply(host: Host, settings: Settings, *, scratch: bool) -> list[OpResult]:
     if current_rules != rules_text.encode():
         commands.append(f"install -d -m 0755 {INCLUDE_DIR}")
         commands.append(Put(RULES_FILE, rules_text.encode(), "0644", validate="nft -c -f {path}"))
-        diffs.append(ops._unified_diff(RULES_FILE, current_rules, rules_text.encode()))
+        diffs.append(ops.unified_diff(RULES_FILE, current_rules, rules_text.encode()))
     if current_main != main_text.encode():
         commands.append(Put(MAIN_CONFIG, main_text.encode(), "0755", validate="nft -c -f {path}"))
-        diffs.append(ops._unified_diff(MAIN_CONFIG, current_main, main_text.encode()))
+        diffs.append(ops.unified_diff(MAIN_CONFIG, current_main, main_text.encode()))
     if commands or live != digest_of(rules_text):
         commands.append(f"nft -f {RULES_FILE}")
     saved = f"/run/hvsuite/rollback/firewall/live-{TABLE}.nft"

@@ -249,6 +249,8 @@ class TLSHandshake:
     cipher: str
     # The leaf certificate the server presented, DER-encoded.
     certificate_der: bytes
+    # The application protocol negotiated with ALPN ("h2" for gRPC), if any.
+    alpn: str | None = None
 
     @property
     def sha256(self) -> str:
@@ -288,4 +290,6 @@ def tls_handshake(
         if der is None:
             raise ValueError(f"{address}:{port} presented no certificate")
         cipher = tls.cipher()
-        return TLSHandshake(tls.version() or "", cipher[0] if cipher else "", der)
+        return TLSHandshake(
+            tls.version() or "", cipher[0] if cipher else "", der, tls.selected_alpn_protocol()
+        )

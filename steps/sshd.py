@@ -148,7 +148,7 @@ def install_config(host: Host, ssh: SSHHardening, text: str, *, guard_seconds: i
         RELOAD,
     ]
     guard = Guard("sshd", files=(DROPIN,), restore=(RELOAD,), seconds=guard_seconds)
-    diff = ops._unified_diff(DROPIN, current, data)
+    diff = ops.unified_diff(DROPIN, current, data)
     return guarded_change(host, op, commands, guard, diff=diff)
 
 

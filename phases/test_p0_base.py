@@ -1,0 +1,82 @@
+"""Phase 0, Base: the plan's "base installation complete" (install-all.sh), owned by the suite.
+
+Apply: check CPU virtualization and /dev/kvm; install firecracker, cloud-hypervisor,
+flintlockd and a test kernel + rootfs from pinned, checksummed artifacts; write the
+flintlockd unit (parent interface detected, bridge flkbr0) and enable it. flintlockd only
+ever serves with TLS, so it first runs once Alpha has issued its certificate: Alpha's
+"Flintlock TLS" task starts it and proves the gRPC port from outside.
+
+Verify: the CPU and /dev/kvm; versions match the pins; the unit is sound and never
+insecure; a firecracker microVM boots to a marker on its serial console within a bound.
+Waivers: kvm, upstream-artifacts (a scratch server has neither).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import task
+from settings.model import Settings
+from steps import flintlock, hypervisors
+from steps.artifacts import ArtifactStore
+
+
+@pytest.fixture(scope="module")
+def binaries(request: pytest.FixtureRequest, remote, settings: Settings) -> None:
+    store = ArtifactStore(
+        settings.artifacts, artifacts_dir=request.config.getoption("hvs_artifacts_dir", None)
+    )
+    hypervisors.install(remote, store, settings)
+
+
+@pytest.fixture(scope="module")
+def flintlock_unit(remote, settings: Settings, binaries) -> None:
+    flintlock.base_service(remote, settings)
+
+
+@task("Virtualization")
+@pytest.mark.requires("kvm")
+def test_cpu_virtualization_and_kvm_device(host) -> None:
+    virt = hypervisors.VirtualizationFact()
+    found = virt.parse(host.check_output(virt.command))
+    assert hypervisors.virtualization_problems(found) == []
+    assert host.file("/dev/kvm").is_character_device
+
+
+@task("Hypervisor binaries")
+@pytest.mark.requires("upstream-artifacts")
+@pytest.mark.parametrize("role", ["firecracker", "cloud-hypervisor", "flintlockd"])
+def test_binary_version_matches_its_pin(host, settings: Settings, binaries, role: str) -> None:
+    pin = hypervisors.pins(settings)[role]
+    output = host.check_output(hypervisors.version_command(role, pin))
+    assert hypervisors.same_version(hypervisors.parse_version(output), pin.version), (
+        f"{pin.dest} reports {output!r}, pinned {pin.version}"
+    )
+    assert host.file(pin.dest).sha256sum == pin.sha256 or pin.member is not None
+
+
+@task("Flintlock service")
+@pytest.mark.requires("upstream-artifacts")
+def test_flintlockd_unit_is_enabled_tls_only_and_on_the_host_network(
+    host, settings: Settings, flintlock_unit
+) -> None:
+    assert host.service("flintlockd").is_enabled
+    exec_start = host.check_output("systemctl show -p ExecStart flintlockd")
+    assert "--insecure" not in exec_start and "--tls-cert" in exec_start
+    parent = exec_start.split("--parent-iface=", 1)[1].split()[0]
+    assert host.interface(parent).exists, f"parent interface {parent} does not exist"
+    assert host.interface(settings.base.bridge).exists
+    host.run_expect([0], f"systemd-analyze verify {flintlock.UNIT_FILE}")
+
+
+@task("MicroVM boot")
+@pytest.mark.requires("kvm")
+@pytest.mark.requires("upstream-artifacts")
+def test_a_firecracker_microvm_boots_to_its_marker(remote, settings: Settings, binaries) -> None:
+    result = remote.run(
+        "sh -s",
+        stdin=flintlock.boot_script(settings),
+        check=False,
+        timeout=settings.base.microvm_boot_timeout + 30,
+    )
+    assert result.exit_code == 0, result.stdout[-4000:]
