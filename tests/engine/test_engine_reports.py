@@ -34,7 +34,9 @@ def test_selection_without_prerequisites_is_refused_then_resumed(pytester: pytes
     assert recorded["teams"]["Alpha"]["verdict"] == "green"
     resumed = run(pytester, "-p", "no:xdist", "-k", "charlie", "--resume")
     resumed.assert_outcomes(passed=2)
-    resumed.stdout.fnmatch_lines(["--resume: counted green from target 'default': Team Alpha (recorded green at *)"])
+    resumed.stdout.fnmatch_lines(
+        ["--resume: counted green from target 'default': Team Alpha (recorded green at *)"]
+    )
     # A partly selected prerequisite is not verified either.
     partial = run(pytester, "-p", "no:xdist", "-k", "test_1")
     assert partial.ret == pytest.ExitCode.USAGE_ERROR
