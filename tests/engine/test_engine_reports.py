@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-
 from synthetic import run, sleeper, timeline, write_suite
 
 pytest_plugins = ["pytester"]
