@@ -99,8 +99,8 @@ def test_port_scan_shows_exactly_the_allowed_ports(
     allowed = firewall.allowed_ports(settings, admins, controller_address)
     listening = {
         listener.port
-        for listener in hardening.parse_ss(host.check_output("ss -tlnpH"))
-        if not listener.loopback_only
+        for listener in hardening.parse_ss(host.check_output("ss -tulpnH"))
+        if listener.proto == "tcp" and not listener.loopback_only
     }
     declared = [rule.port for rule in settings.ports]
     scan = probes.scan_ports(target.address, probes.scan_plan(declared), timeout=1.0, concurrency=128)
@@ -258,6 +258,8 @@ def banned_probe(host, probe, target) -> Iterator[str]:
     if probe.target is None:
         pytest.fail("the fail2ban check needs a second host: set target.probe in the config")
     address = probe.target.address
+    # Start clean: an earlier run's ban (bantime outlasts a run) must not decide this one.
+    host.run(f"fail2ban-client set sshd unbanip {address}")
     yield address
     host.run(f"fail2ban-client set sshd unbanip {address}")
 
@@ -270,7 +272,8 @@ def test_failed_logins_from_a_second_host_get_it_banned(
     probe.host.run_expect([0], reach)
     attempts = settings.alpha.fail2ban.maxretry + 1
     probe.host.run(
-        f"for i in $(seq {attempts}); do ssh -n -o BatchMode=yes -o StrictHostKeyChecking=no "
+        # Each attempt bounded: once banned, packets of a half-open session vanish.
+        f"for i in $(seq {attempts}); do timeout 8 ssh -n -o BatchMode=yes -o StrictHostKeyChecking=no "
         "-o UserKnownHostsFile=/dev/null -o ConnectTimeout=5 -o PubkeyAuthentication=no "
         f"-p {target.port} hvs-no-such-user@{target.address} true; done"
     )
