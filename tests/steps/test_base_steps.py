@@ -1,0 +1,102 @@
+"""Base's step logic as data: virtualization facts, version pins, the flintlockd unit."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from settings.model import ArtifactPin, PortRule, Settings
+from steps import flintlock, hypervisors
+from steps.runner import ApplyError
+from steps.testing import FakeConnection, fake_host
+
+SHA = "0" * 64
+
+
+def _pin(version: str, dest: str) -> ArtifactPin:
+    return ArtifactPin(version=version, url="https://example.invalid/x", sha256=SHA, dest=dest)
+
+
+def _settings(**changes) -> Settings:
+    artifacts = {
+        "firecracker": _pin("v1.10.0", "/usr/local/bin/firecracker"),
+        "cloud-hypervisor": _pin("v49.0", "/usr/local/bin/cloud-hypervisor"),
+        "flintlockd": _pin("v0.9.0", "/usr/local/bin/flintlockd"),
+        "microvm-kernel": _pin("6.1", "/var/lib/hvsuite/microvm/vmlinux"),
+        "microvm-rootfs": _pin("22.04", "/var/lib/hvsuite/microvm/rootfs.ext4"),
+    }
+    return Settings(artifacts=artifacts, **changes)
+
+
+def test_virtualization_fact_and_problems() -> None:
+    fact = hypervisors.VirtualizationFact()
+    assert hypervisors.virtualization_problems(fact.parse("vmx\nkvm=yes\n")) == []
+    problems = hypervisors.virtualization_problems(fact.parse("kvm=no\n"))
+    assert len(problems) == 2 and "vmx nor svm" in problems[0] and "/dev/kvm" in problems[1]
+
+
+def test_missing_artifact_declarations_are_named() -> None:
+    with pytest.raises(ApplyError, match=r"\[artifacts.firecracker\]"):
+        hypervisors.pins(Settings())
+
+
+@pytest.mark.parametrize(
+    ("output", "pinned", "same"),
+    [
+        ("Firecracker v1.10.0\n", "v1.10.0", True),
+        ("cloud-hypervisor v49.0.0\n", "v49.0", True),
+        ("cloud-hypervisor v48.0.0\n", "v49.0", False),
+        ("no version here", "v0.9.0", False),
+    ],
+)
+def test_version_comparison(output: str, pinned: str, same: bool) -> None:
+    assert hypervisors.same_version(hypervisors.parse_version(output), pinned) is same
+
+
+def test_unit_serves_tls_never_insecure_with_detected_parent() -> None:
+    settings = _settings()
+    unit = flintlock.render_unit(settings, "enp6s0")
+    assert "--insecure" not in unit
+    assert "--parent-iface=enp6s0" in unit and "--bridge-name=flkbr0" in unit
+    assert "--tls-cert=/etc/flintlock/certs/server.pem" in unit
+    assert (
+        "--tls-client-validate" in unit and "ConditionPathExists=/etc/flintlock/certs/server-key.pem" in unit
+    )
+
+
+def test_parent_interface_from_the_default_route() -> None:
+    conn = FakeConnection(
+        {flintlock.DefaultRouteInterface().command: (0, "default via 10.0.0.1 dev eno1 proto static\n", "")}
+    )
+    assert flintlock.parent_interface(fake_host(conn), _settings()) == "eno1"
+
+
+def test_undeclared_grpc_port_is_a_clear_error() -> None:
+    settings = _settings(ports=[PortRule(name="ssh", team="Alpha", port=22, sources=["world"])])
+    with pytest.raises(ApplyError, match=r"base\.grpc_port 9090 is not declared"):
+        flintlock.grpc_port_declared(settings)
+
+
+def test_base_enables_but_does_not_start_flintlockd() -> None:
+    conn = FakeConnection(
+        {
+            flintlock.DefaultRouteInterface().command: (0, "default via 10.0.0.1 dev eno1\n", ""),
+            re.compile(r"systemctl show .*"): (
+                0,
+                "LoadState=loaded\nActiveState=inactive\nUnitFileState=disabled\nNeedDaemonReload=no\n",
+                "",
+            ),
+        }
+    )
+    flintlock.base_service(fake_host(conn), _settings())
+    assert "systemctl enable -- flintlockd.service" in conn.commands
+    assert "systemctl start -- flintlockd.service" not in conn.commands
+
+
+def test_boot_script_is_bounded_and_uses_a_copy_of_the_rootfs() -> None:
+    script = flintlock.boot_script(_settings())
+    assert "-lt 60 ]" in script and "cp -- /var/lib/hvsuite/microvm/rootfs.ext4" in script
+    config = script.split("<<'HVSUITE_JSON'\n", 1)[1].split("HVSUITE_JSON", 1)[0]
+    assert json.loads(config)["boot-source"]["kernel_image_path"] == "/var/lib/hvsuite/microvm/vmlinux"
