@@ -41,12 +41,14 @@ def test_second_run_of_base_and_alpha_changes_nothing(tmp_path: Path) -> None:
         first = _run(name, tmp_path / "first")
         second = _run(name, tmp_path / "second")
     finally:
-        subprocess.run(
-            [sys.executable, "-m", "targets", "destroy", name],
-            cwd=ROOT,
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
+        # The run also created the fail2ban check's second server, "<name>-probe".
+        for server in (name, f"{name}-probe"):
+            subprocess.run(
+                [sys.executable, "-m", "targets", "destroy", server],
+                cwd=ROOT,
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
     assert first["Alpha"] > 0, first
     assert second == {"Base": 0, "Alpha": 0}, second
