@@ -281,6 +281,12 @@ class EngineController:
         if missing:
             write("")
             write("not implemented (no test module): " + ", ".join(f"Team {name}" for name in missing))
+        waived = [entry for status in run.teams.values() for entry in status.waivers]
+        if waived:
+            write("")
+            write(f"waived ({len(waived)}; skipped because the target's profile cannot provide them):")
+            for entry in waived:
+                write(f"  WAIVED {entry}")
         terminalreporter.write_sep("-", "Timeline Comparison")
         for line in timeline.comparison_table(run):
             write(line)

@@ -32,6 +32,7 @@ from engine.collection import TeamCollector
 from engine.config import ENVIRONMENT_KEY, EngineSettings
 from engine.controller import EngineController
 from engine.plan import PlanError, load_plan
+from engine.run import WAIVED_PREFIX, skip_reason
 from engine.state import SharedState, write_json_atomic
 
 SETTINGS_KEY = pytest.StashKey[EngineSettings]()
@@ -78,6 +79,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("plan_file", "the plan (teams, phases, prerequisites) as TOML", default="phases/plan.toml")
     parser.addini("reports_dir", "directory for signals, timeline and recorded verdicts", default="reports")
     parser.addini("signal_webhook", "chat webhook URL for completion signals", default="")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, tuple[str, dict]] | None:
+    # A waiver is not an ordinary skip: count and show it as its own outcome ("12 waived").
+    if report.skipped and skip_reason(report).startswith(WAIVED_PREFIX):
+        return "waived", "w", ("WAIVED", {"yellow": True})
+    return None
 
 
 def _resolve(config: pytest.Config, value: str) -> Path:

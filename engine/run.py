@@ -10,6 +10,7 @@ test. Pure bookkeeping: no pytest hooks, no I/O, so it is unit-testable with fak
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -79,7 +80,9 @@ class TeamStatus:
 
     @property
     def issues(self) -> list[str]:
-        return [*self.failures, *self.waivers]
+        """Failures one by one; waivers counted per reason (the full list is in the timeline)."""
+        reasons = Counter(entry.split(": ", 1)[1] for entry in self.waivers)
+        return [*self.failures, *(f"{count} check(s) {reason}" for reason, count in reasons.items())]
 
 
 class TeamRun:

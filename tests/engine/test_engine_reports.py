@@ -123,3 +123,30 @@ def test_allure_results_carry_plan_labels_and_categories(pytester: pytest.Pytest
     assert {"blocked", "waived", "apply failed", "verification failed"} <= categories
     environment = (results_dir / "environment.properties").read_text()
     assert "profile=scratch password=" in environment and "hunter2" not in environment
+
+
+def test_waivers_count_green_and_show_as_their_own_outcome(pytester: pytest.Pytester) -> None:
+    waived = "\n".join(
+        [
+            "import pytest",
+            "",
+            "@pytest.mark.task('Main task')",
+            "def test_needs_kvm():",
+            "    pytest.skip('waived: kvm (profile scratch)')",
+            "",
+            "@pytest.mark.task('Main task')",
+            "def test_plain():",
+            "    pass",
+        ]
+    )
+    write_suite(
+        pytester,
+        {"Alpha": (1, []), "Bravo": (2, ["Alpha"])},
+        {"Alpha": waived, "Bravo": sleeper("Bravo")},
+    )
+    result = run(pytester, "-p", "no:xdist")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*3 passed, 1 waived*"])
+    result.stdout.fnmatch_lines(["Issues: 1 check(s) waived: kvm (profile scratch)"])
+    result.stdout.fnmatch_lines(["  WAIVED test_alpha.py::test_needs_kvm: waived: kvm (profile scratch)"])
+    assert timeline(pytester)["Bravo"]["outcome"] == "green"
