@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,13 @@ def test_profile_defaults_by_target_kind() -> None:
     assert effective_profile(default, SSHSpec("h", "root", 22, None)) == "production"
     explicit = load_settings(None, {"target.profile": "scratch"})
     assert effective_profile(explicit, SSHSpec("h", "root", 22, None)) == "scratch"
+
+
+def test_hetzner_example_is_valid_once_its_checksums_are_filled_in(tmp_path: Path) -> None:
+    text = (REPO / "settings" / "hetzner.example.toml").read_text()
+    filled = tmp_path / "hetzner.toml"
+    filled.write_text(re.sub(r'"FILL-IN-[^"]*"', '"' + "0" * 64 + '"', text))
+    settings = load_settings(filled)
+    pins = ("firecracker", "cloud-hypervisor", "flintlockd", "microvm-kernel", "microvm-rootfs", "grafana")
+    for name in pins:
+        assert settings.artifacts[name].url.startswith("https://"), name
