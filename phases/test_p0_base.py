@@ -17,7 +17,7 @@ import pytest
 
 from engine import task
 from settings.model import Settings
-from steps import flintlock, hypervisors
+from steps import flintlock, hypervisors, probes
 from steps.artifacts import ArtifactStore
 
 
@@ -37,8 +37,7 @@ def flintlock_unit(remote, settings: Settings, binaries) -> None:
 @task("Virtualization")
 @pytest.mark.requires("kvm")
 def test_cpu_virtualization_and_kvm_device(host) -> None:
-    virt = hypervisors.VirtualizationFact()
-    found = virt.parse(host.check_output(virt.command))
+    found = probes.read_fact(host, hypervisors.VirtualizationFact())
     assert hypervisors.virtualization_problems(found) == []
     assert host.file("/dev/kvm").is_character_device
 
@@ -61,10 +60,10 @@ def test_flintlockd_unit_is_enabled_tls_only_and_on_the_host_network(
     host, settings: Settings, flintlock_unit
 ) -> None:
     assert host.service("flintlockd").is_enabled
-    exec_start = host.check_output("systemctl show -p ExecStart flintlockd")
-    assert "--insecure" not in exec_start and "--tls-cert" in exec_start
-    parent = exec_start.split("--parent-iface=", 1)[1].split()[0]
-    assert host.interface(parent).exists, f"parent interface {parent} does not exist"
+    exec_start = host.check_output(flintlock.EXEC_START)
+    assert flintlock.tls_only(exec_start), exec_start
+    parent = flintlock.parent_iface_of(exec_start)
+    assert parent and host.interface(parent).exists, f"parent interface {parent} does not exist"
     assert host.interface(settings.base.bridge).exists
     host.run_expect([0], f"systemd-analyze verify {flintlock.UNIT_FILE}")
 
@@ -73,10 +72,5 @@ def test_flintlockd_unit_is_enabled_tls_only_and_on_the_host_network(
 @pytest.mark.requires("kvm")
 @pytest.mark.requires("upstream-artifacts")
 def test_a_firecracker_microvm_boots_to_its_marker(remote, settings: Settings, binaries) -> None:
-    result = remote.run(
-        "sh -s",
-        stdin=flintlock.boot_script(settings),
-        check=False,
-        timeout=settings.base.microvm_boot_timeout + 30,
-    )
+    result = flintlock.boot_microvm(remote, settings)
     assert result.exit_code == 0, result.stdout[-4000:]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import time
+from collections.abc import Callable
 
 from settings.model import Fail2banSettings
 from steps import ops
@@ -17,6 +19,8 @@ from steps.firewall import SSHSession
 from steps.runner import ApplyError, Host, OpResult
 
 JAIL = "/etc/fail2ban/jail.d/hvsuite-sshd.local"
+STATUS = "fail2ban-client status sshd"
+ACTIONS = "fail2ban-client get sshd actions"
 
 
 def ignore_list(f2b: Fail2banSettings, controller: str | None) -> list[str]:
@@ -64,3 +68,37 @@ def parse_banned(status_output: str) -> set[str]:
     """IPs in ``fail2ban-client status <jail>`` output."""
     match = _BANNED.search(status_output)
     return set(match["ips"].split()) if match else set()
+
+
+def unban_command(address: str) -> str:
+    return f"fail2ban-client set sshd unbanip {shlex.quote(address)}"
+
+
+# -- the ban drill, run from a second host -----------------------------------------------------
+
+
+def reach_command(address: str, port: int) -> str:
+    """Exits 0 when a TCP connection to ``address:port`` opens within 3 s (bash, no ssh)."""
+    return f"timeout 3 bash -c {shlex.quote(f'exec 3<>/dev/tcp/{address}/{port}')}"
+
+
+def failed_logins_command(address: str, port: int, attempts: int) -> str:
+    """``attempts`` password-less logins as a user that does not exist, each bounded: once
+    banned, the packets of a half-open session vanish."""
+    ssh = (
+        "timeout 8 ssh -n -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+        f"-o ConnectTimeout=5 -o PubkeyAuthentication=no -p {int(port)} "
+        f"hvs-no-such-user@{shlex.quote(address)} true"
+    )
+    return f"for i in $(seq {int(attempts)}); do {ssh}; done"
+
+
+def wait_for_ban(status: Callable[[], str], address: str, *, timeout: float = 30.0) -> bool:
+    """Poll ``status()`` (``STATUS`` output) once a second until ``address`` is banned;
+    False if it is not within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while address not in parse_banned(status()):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(1)
+    return True

@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from settings.model import Settings
 from steps import ops
 from steps.facts import CommandSucceeds, Fact
-from steps.runner import ApplyError, Host, OpResult
+from steps.runner import ApplyError, CommandResult, Host, OpResult
 from steps.tls import Paths
 
 UNIT = "flintlockd.service"
 UNIT_FILE = f"/etc/systemd/system/{UNIT}"
 BRIDGE_UNIT = "hvsuite-flkbr0.service"
 BRIDGE_UNIT_FILE = f"/etc/systemd/system/{BRIDGE_UNIT}"
+# The command line systemd runs (read by checks: the unit as systemd loaded it).
+EXEC_START = f"systemctl show -p ExecStart {UNIT}"
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,17 @@ def parent_interface(host: Host, settings: Settings) -> str:
             "set base.parent_iface"
         )
     return iface
+
+
+def tls_only(exec_start: str) -> bool:
+    """flintlockd's command line names a TLS certificate and never ``--insecure``."""
+    return "--tls-cert" in exec_start and "--insecure" not in exec_start
+
+
+def parent_iface_of(exec_start: str) -> str | None:
+    """The ``--parent-iface=`` value of flintlockd's command line."""
+    _, found, rest = exec_start.partition("--parent-iface=")
+    return rest.split()[0] if found and rest.split() else None
 
 
 def render_unit(settings: Settings, parent_iface: str) -> str:
@@ -114,6 +127,14 @@ def serve_with_tls(host: Host, settings: Settings) -> list[OpResult]:
     stale = host.mode != "verify" and host.fact(newer)
     results.append(ops.service(host, UNIT, enabled=True, running=True, restart=stale))
     return results
+
+
+def boot_microvm(host: Host, settings: Settings) -> CommandResult:
+    """Run ``boot_script`` on the target (read-only for the host: a temporary copy of the
+    rootfs); exit 0 when the marker appeared. Bounded by the boot timeout plus 30 s."""
+    return host.run(
+        "sh -s", stdin=boot_script(settings), check=False, timeout=settings.base.microvm_boot_timeout + 30
+    )
 
 
 def boot_script(settings: Settings) -> str:

@@ -46,6 +46,10 @@ class Guard:
         return f"hvsuite-guard-{self.name}"
 
     @property
+    def timer(self) -> str:
+        return f"{self.unit}.timer"
+
+    @property
     def directory(self) -> str:
         return f"{ROLLBACK_DIR}/{self.name}"
 

@@ -15,10 +15,13 @@ from dataclasses import dataclass
 
 from settings.model import Settings
 from steps import ops
+from steps.facts import Fact
 from steps.runner import Host, OpResult
 
 SYSCTL_FILE = "/etc/sysctl.d/60-hvsuite-alpha-net.conf"
 AUTO_UPGRADES = "/etc/apt/apt.conf.d/20auto-upgrades"
+# apt's timers that run unattended-upgrades.
+APT_TIMERS = ("apt-daily.timer", "apt-daily-upgrade.timer")
 
 
 def sysctl_selection(values: Mapping[str, str], *, namespaced_only: bool) -> tuple[dict[str, str], list[str]]:
@@ -29,10 +32,13 @@ def sysctl_selection(values: Mapping[str, str], *, namespaced_only: bool) -> tup
     return chosen, sorted(set(values) - set(chosen))
 
 
+def selected_sysctls(settings: Settings) -> tuple[dict[str, str], list[str]]:
+    """``sysctl_selection`` of Alpha's sysctls under the target's profile."""
+    return sysctl_selection(settings.alpha.sysctls, namespaced_only=settings.profile.namespaced_sysctls_only)
+
+
 def sysctls(host: Host, settings: Settings) -> OpResult:
-    chosen, skipped = sysctl_selection(
-        settings.alpha.sysctls, namespaced_only=settings.profile.namespaced_sysctls_only
-    )
+    chosen, skipped = selected_sysctls(settings)
     result = ops.sysctls(host, chosen, persist_file=SYSCTL_FILE)
     if skipped:
         return OpResult(
@@ -51,8 +57,7 @@ def automatic_updates(host: Host) -> list[OpResult]:
     return [
         ops.packages(host, ["unattended-upgrades"]),
         ops.template(host, AUTO_UPGRADES, "20auto-upgrades.j2", {}),
-        ops.service(host, "apt-daily.timer", enabled=True, running=True),
-        ops.service(host, "apt-daily-upgrade.timer", enabled=True, running=True),
+        *(ops.service(host, timer, enabled=True, running=True) for timer in APT_TIMERS),
     ]
 
 
@@ -94,6 +99,23 @@ def parse_ss(output: str) -> list[Listener]:
         process = _PROCESS.search(match["rest"])
         listeners.append(Listener(match["proto"], address, int(port), process["name"] if process else ""))
     return listeners
+
+
+@dataclass(frozen=True)
+class Listeners(Fact[list[Listener]]):
+    """Every TCP and UDP listener with its process (``ss -tulpnH``)."""
+
+    @property
+    def command(self) -> str:
+        return "ss -tulpnH"
+
+    def parse(self, output: str) -> list[Listener]:
+        return parse_ss(output)
+
+
+def public_tcp_ports(listeners: list[Listener]) -> set[int]:
+    """TCP ports something listens on beyond loopback."""
+    return {listener.port for listener in listeners if listener.proto == "tcp" and not listener.loopback_only}
 
 
 def undeclared_listeners(listeners: list[Listener], settings: Settings) -> list[Listener]:

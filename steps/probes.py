@@ -3,6 +3,10 @@ SSH server's offered authentication methods and algorithms, and a TLS handshake.
 
 Probes never log in successfully, never send a password that could be real, and only talk
 to the one address they are given. Every probe is bounded in count and time.
+
+Also the small helpers checks use on the target itself through a testinfra host (anything
+with ``run``, ``run_expect`` and ``check_output``): reading a fact independently of the
+runner's cache, and a throwaway listener the firewall must drop.
 """
 
 from __future__ import annotations
@@ -10,14 +14,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import shlex
 import socket
 import ssl
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import paramiko
+
+from steps.facts import Fact
+
+T = TypeVar("T")
 
 # High ports services commonly leave open by accident (Docker, etcd, Kubernetes, Grafana,
 # Prometheus, databases, dev servers). Scanned in addition to 1-1024 and the declared ports.
@@ -293,3 +303,37 @@ def tls_handshake(
         return TLSHandshake(
             tls.version() or "", cipher[0] if cipher else "", der, tls.selected_alpn_protocol()
         )
+
+
+# -- on the target, for checks (a testinfra host) --------------------------------------------
+
+
+def read_fact(host: Any, fact: Fact[T]) -> T:
+    """``fact`` read afresh through a testinfra host: what the target says now, not the
+    runner's cached view that the apply steps acted on."""
+    result = host.run(fact.command)
+    if result.rc not in fact.ok_exit_codes:
+        raise AssertionError(f"{fact.command!r} exited {result.rc}: {result.stderr.strip()}")
+    return fact.parse(result.stdout)
+
+
+@contextlib.contextmanager
+def temporary_listener(
+    host: Any, port: int, *, unit: str = "hvsuite-undeclared-listener", timeout: float = 5.0
+) -> Iterator[int]:
+    """A throwaway TCP listener on ``0.0.0.0:port`` of the target (a transient systemd unit),
+    listening before it is yielded and stopped afterwards. Raises TimeoutError if it does not
+    listen within ``timeout`` seconds (a check against it would prove nothing)."""
+    quoted = shlex.quote(unit)
+    host.run_expect(
+        [0], f"systemd-run --quiet --collect --unit={quoted} python3 -m http.server --bind 0.0.0.0 {port}"
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while f":{port} " not in host.check_output("ss -tlnH"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on port {port} {timeout:.0f} s after starting {unit}")
+            time.sleep(0.1)
+        yield port
+    finally:
+        host.run(f"systemctl stop {quoted}")

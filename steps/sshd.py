@@ -42,10 +42,26 @@ HOST_KEY_ALGORITHMS: dict[str, tuple[str, ...]] = {
     "ecdsa": ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521"),
 }
 ALL_HOST_KEY_TYPES = ("dsa", "ecdsa", "ed25519", "rsa")
+# The effective configuration for a root login from a documentation address (RFC 5737).
+EFFECTIVE = "sshd -T -C user=root,host=hvsuite.invalid,addr=192.0.2.1"
 
 
 def host_key_path(kind: str) -> str:
     return f"/etc/ssh/ssh_host_{kind}_key"
+
+
+def host_key_algorithms(ssh: SSHHardening) -> list[str]:
+    """Host key signature algorithms of the allowed key types."""
+    return [alg for kind in ssh.host_key_types for alg in HOST_KEY_ALGORITHMS[kind]]
+
+
+def disallowed_host_key_types(ssh: SSHHardening) -> list[str]:
+    return sorted(set(ALL_HOST_KEY_TYPES) - set(ssh.host_key_types))
+
+
+def config_guard(seconds: int = 120) -> Guard:
+    """The dead man's switch of a drop-in change: restore the drop-in, reload sshd."""
+    return Guard("sshd", files=(DROPIN,), restore=(RELOAD,), seconds=seconds)
 
 
 def render(ssh: SSHHardening, *, extra: Sequence[str] = ()) -> str:
@@ -58,7 +74,7 @@ def render(ssh: SSHHardening, *, extra: Sequence[str] = ()) -> str:
         {
             "ssh": ssh,
             "permit_root_login": ssh.permit_root_login,
-            "host_key_algorithms": [alg for kind in ssh.host_key_types for alg in HOST_KEY_ALGORITHMS[kind]],
+            "host_key_algorithms": host_key_algorithms(ssh),
             "host_keys": [host_key_path(kind) for kind in ssh.host_key_types],
             "extra": list(extra),
         },
@@ -87,6 +103,18 @@ def expected_effective(ssh: SSHHardening) -> dict[str, tuple[str, ...]]:
         "ciphers": (",".join(ssh.ciphers),),
         "macs": (",".join(ssh.macs),),
     }
+
+
+@dataclass(frozen=True)
+class EffectiveConfig(Fact[dict[str, str]]):
+    """What sshd would apply (``sshd -T``), keyword -> value."""
+
+    @property
+    def command(self) -> str:
+        return EFFECTIVE
+
+    def parse(self, output: str) -> dict[str, str]:
+        return parse_effective(output)
 
 
 def parse_effective(output: str) -> dict[str, str]:
@@ -124,10 +152,7 @@ def effective_check_command(ssh: SSHHardening) -> str:
         "grep -qxiE " + shlex.quote(f"{key} ({'|'.join(re.escape(value) for value in accepted)})") + ' "$out"'
         for key, accepted in expected_effective(ssh).items()
     )
-    return (
-        'out=$(mktemp) && sshd -T -C user=root,host=hvsuite.invalid,addr=192.0.2.1 > "$out" && '
-        f'{{ {checks}; }}; status=$?; rm -f "$out"; exit $status'
-    )
+    return f'out=$(mktemp) && {EFFECTIVE} > "$out" && {{ {checks}; }}; status=$?; rm -f "$out"; exit $status'
 
 
 def install_config(host: Host, ssh: SSHHardening, text: str, *, guard_seconds: int = 120) -> OpResult:
@@ -147,9 +172,22 @@ def install_config(host: Host, ssh: SSHHardening, text: str, *, guard_seconds: i
         effective_check_command(ssh),
         RELOAD,
     ]
-    guard = Guard("sshd", files=(DROPIN,), restore=(RELOAD,), seconds=guard_seconds)
     diff = ops.unified_diff(DROPIN, current, data)
-    return guarded_change(host, op, commands, guard, diff=diff)
+    return guarded_change(host, op, commands, config_guard(guard_seconds), diff=diff)
+
+
+def refused_install(host: Host, ssh: SSHHardening, text: str, *, guard_seconds: int = 120) -> str:
+    """A rollback drill: push a bad drop-in through the real install path on a connection of
+    its own (the drill's change is undone, not one of the team's convergence changes) and
+    return the ApplyError's message. Raises AssertionError if the drop-in was kept."""
+    drill = host.fresh()
+    try:
+        install_config(drill, ssh, text, guard_seconds=guard_seconds)
+    except ApplyError as exc:
+        return str(exc)
+    finally:
+        drill.close()
+    raise AssertionError(f"sshd kept the drill's drop-in:\n{text}")
 
 
 @dataclass(frozen=True)

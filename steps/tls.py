@@ -11,6 +11,7 @@ written beside the old ones and moved into place only when complete.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 import shlex
 from collections.abc import Sequence
@@ -106,6 +107,29 @@ def cert_sans(cert: x509.Certificate) -> set[str]:
     }
 
 
+def extended_key_usages(cert: x509.Certificate) -> list[x509.ObjectIdentifier] | None:
+    """The certificate's extended key usages in order; None without the extension."""
+    try:
+        return list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        return None
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 of the DER encoding (what a TLS client sees on the wire)."""
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def days_left(cert: x509.Certificate, now: dt.datetime | None = None) -> int:
+    """Whole days until the certificate expires (negative once expired)."""
+    return (cert.not_valid_after_utc - (now or dt.datetime.now(dt.UTC))).days
+
+
+def verify_command(paths: Paths, role: str) -> str:
+    """Exits 0 when the ``role`` certificate chains to the CA (openssl on the target)."""
+    return f"openssl verify -CAfile {shlex.quote(paths.cert('ca'))} {shlex.quote(paths.cert(role))}"
+
+
 def public_pem(cert: x509.Certificate) -> str:
     return (
         cert.public_key()
@@ -115,11 +139,17 @@ def public_pem(cert: x509.Certificate) -> str:
     )
 
 
-def load_cert(data: bytes | None) -> x509.Certificate | None:
+def parse_cert(data: bytes) -> x509.Certificate:
+    """A PEM certificate; ValueError when ``data`` is empty or not one."""
     if not data:
-        return None
+        raise ValueError("no certificate data")
+    return x509.load_pem_x509_certificate(data)
+
+
+def load_cert(data: bytes | None) -> x509.Certificate | None:
+    """Like ``parse_cert``, but None for a missing or unreadable certificate."""
     try:
-        return x509.load_pem_x509_certificate(data)
+        return parse_cert(data or b"")
     except ValueError:
         return None
 
@@ -176,12 +206,11 @@ def leaf_problems(
     missing = [name for name in sans if name not in cert_sans(leaf)]
     if missing:
         problems.append(f"SANs missing: {', '.join(missing)}")
-    try:
-        usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        if usage not in usages:
-            problems.append(f"extended key usage lacks {usage._name}")
-    except x509.ExtensionNotFound:
+    usages = extended_key_usages(leaf)
+    if usages is None:
         problems.append("no extended key usage")
+    elif usage not in usages:
+        problems.append(f"extended key usage lacks {usage._name}")
     days = _remaining_days(leaf, now)
     if days < tls.renew_before_days:
         problems.append(f"expires in {days:.0f} days (renew window {tls.renew_before_days})")

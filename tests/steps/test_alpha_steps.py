@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -199,6 +201,27 @@ def test_effective_config_mismatches_are_named() -> None:
     ]
 
 
+def test_a_rollback_drill_returns_the_refusal_and_fails_when_the_drop_in_is_kept() -> None:
+    conn = FakeConnection({re.compile(r".*printf 'Include.*"): (255, "", "Bad configuration option")})
+    host = fake_host(conn)
+    host.fresh = lambda: host  # type: ignore[method-assign]
+    assert "rejected" in sshd.refused_install(host, SSHHardening(), "Bogus yes\n")
+    accepted = fake_host(FakeConnection())
+    accepted.fresh = lambda: accepted  # type: ignore[method-assign]
+    with pytest.raises(AssertionError, match="kept the drill's drop-in"):
+        sshd.refused_install(accepted, SSHHardening(), "MaxAuthTries 3\n")
+
+
+def test_host_key_algorithms_and_weak_types_follow_the_allowed_types() -> None:
+    ssh = SSHHardening()
+    assert sshd.host_key_algorithms(ssh) == [
+        alg for kind in ssh.host_key_types for alg in sshd.HOST_KEY_ALGORITHMS[kind]
+    ]
+    assert sshd.disallowed_host_key_types(SSHHardening(host_key_types=["ed25519"])) == ["dsa", "ecdsa", "rsa"]
+    assert sshd.EffectiveConfig().parse("PasswordAuthentication no\n") == {"passwordauthentication": "no"}
+    assert sshd.config_guard().timer == "hvsuite-guard-sshd.timer"
+
+
 def test_weak_host_keys_are_removed_and_missing_allowed_ones_generated() -> None:
     conn = FakeConnection({sshd.HostKeyFiles().command: (0, "ssh_host_ecdsa_key\nssh_host_rsa_key\n", "")})
     host = fake_host(conn)
@@ -241,6 +264,55 @@ def test_port_scan_tells_open_from_refused_on_loopback() -> None:
     assert result.open == {port} and result.refused == {closed}
 
 
+@dataclass(frozen=True)
+class _Ran:
+    rc: int
+    stdout: str
+    stderr: str
+
+
+_RAN_OK = _Ran(0, "", "")
+
+
+class _FakeTestinfraHost:
+    """What the check helpers use of a testinfra host: ``run`` answers ``ran``, and
+    ``check_output`` the ``ss`` outputs in turn (the last one repeats)."""
+
+    def __init__(self, ss_outputs: list[str], ran: _Ran = _RAN_OK) -> None:
+        self.ss_outputs, self.ran, self.commands = ss_outputs, ran, []
+
+    def run(self, command: str) -> _Ran:
+        self.commands.append(command)
+        return self.ran
+
+    def run_expect(self, codes: list[int], command: str) -> None:
+        self.commands.append(command)
+
+    def check_output(self, command: str) -> str:
+        self.commands.append(command)
+        return self.ss_outputs.pop(0) if len(self.ss_outputs) > 1 else self.ss_outputs[0]
+
+
+def test_read_fact_parses_fresh_output_and_fails_on_a_bad_exit() -> None:
+    session = _FakeTestinfraHost([], _Ran(0, "10.0.0.9 5000 10.0.0.5 22\n", ""))
+    assert probes.read_fact(session, firewall.SSHSession()) == ("10.0.0.9", "10.0.0.5")
+    broken = _FakeTestinfraHost([], _Ran(1, "", "no ss"))
+    with pytest.raises(AssertionError, match="exited 1: no ss"):
+        probes.read_fact(broken, hardening.Listeners())
+
+
+def test_temporary_listener_waits_for_the_port_and_always_stops() -> None:
+    host = _FakeTestinfraHost(["", "LISTEN 0 5 0.0.0.0:18737 0.0.0.0:*\n"])
+    with probes.temporary_listener(host, 18737) as port:
+        assert port == 18737
+    assert host.commands[0].startswith("systemd-run --quiet --collect --unit=hvsuite-undeclared-listener ")
+    assert host.commands[-1] == "systemctl stop hvsuite-undeclared-listener"
+    silent = _FakeTestinfraHost([""])
+    with pytest.raises(TimeoutError), probes.temporary_listener(silent, 18737, timeout=0.2):
+        pass
+    assert silent.commands[-1] == "systemctl stop hvsuite-undeclared-listener"
+
+
 # -- TLS --------------------------------------------------------------------------------------
 
 
@@ -263,7 +335,7 @@ def issued(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _load(path: Path) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(path.read_bytes())
+    return tls.parse_cert(path.read_bytes())
 
 
 def _public(path: Path) -> str:
@@ -331,6 +403,27 @@ def test_tls_step_issues_only_what_is_missing(issued: Path) -> None:
     assert changed["tls client certificate"] == "no certificate"
 
 
+def test_certificate_readers_for_checks(issued: Path) -> None:
+    server = tls.parse_cert((issued / "server.pem").read_bytes())
+    client = tls.parse_cert((issued / "client.pem").read_bytes())
+    assert tls.extended_key_usages(client) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert tls.extended_key_usages(tls.parse_cert((issued / "ca.pem").read_bytes())) is None
+    assert tls.days_left(server, server.not_valid_after_utc - dt.timedelta(days=3, hours=1)) == 3
+    der = subprocess.run(
+        ["openssl", "x509", "-in", str(issued / "server.pem"), "-outform", "DER"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    assert tls.fingerprint(server) == hashlib.sha256(der).hexdigest()
+    assert (
+        tls.verify_command(tls.Paths("/etc/x"), "client")
+        == "openssl verify -CAfile /etc/x/ca.pem /etc/x/client.pem"
+    )
+    with pytest.raises(ValueError):
+        tls.parse_cert(b"")
+    assert tls.load_cert(b"not a certificate") is None and tls.load_cert(None) is None
+
+
 def test_renew_window_must_be_below_lifetime() -> None:
     with pytest.raises(ValueError, match="renew_before_days"):
         TLSSettings(cert_days=30, renew_before_days=30)
@@ -359,6 +452,25 @@ def test_ss_parser_and_undeclared_listeners() -> None:
         ("udp", 5353, "avahi"),
     ]
     assert [x.port for x in hardening.undeclared_listeners(listeners, Settings())] == [5353]
+
+
+def test_public_tcp_ports_leave_out_loopback_and_udp() -> None:
+    output = (
+        'tcp   LISTEN 0 128 0.0.0.0:22 0.0.0.0:* users:(("sshd",pid=1,fd=3))\n'
+        'tcp   LISTEN 0 128 [::1]:631 [::]:* users:(("cupsd",pid=2,fd=3))\n'
+        'udp   UNCONN 0 0 0.0.0.0:68 0.0.0.0:* users:(("dhclient",pid=3,fd=3))\n'
+    )
+    assert hardening.public_tcp_ports(hardening.Listeners().parse(output)) == {22}
+
+
+def test_ban_drill_commands_are_bounded_and_the_wait_gives_up() -> None:
+    assert fail2ban.reach_command("10.0.0.5", 22) == "timeout 3 bash -c 'exec 3<>/dev/tcp/10.0.0.5/22'"
+    logins = fail2ban.failed_logins_command("10.0.0.5", 22, 4)
+    assert logins.startswith("for i in $(seq 4); do timeout 8 ssh ") and "hvs-no-such-user@10.0.0.5" in logins
+    assert fail2ban.unban_command("10.0.0.7") == "fail2ban-client set sshd unbanip 10.0.0.7"
+    answers = iter(["Banned IP list:\t\n", "Banned IP list:\t10.0.0.7\n"])
+    assert fail2ban.wait_for_ban(lambda: next(answers), "10.0.0.7", timeout=5)
+    assert not fail2ban.wait_for_ban(lambda: "Banned IP list:\t\n", "10.0.0.7", timeout=0)
 
 
 def test_fail2ban_never_bans_loopback_or_the_controller() -> None:

@@ -100,3 +100,18 @@ def test_boot_script_is_bounded_and_uses_a_copy_of_the_rootfs() -> None:
     assert "-lt 60 ]" in script and "cp -- /var/lib/hvsuite/microvm/rootfs.ext4" in script
     config = script.split("<<'HVSUITE_JSON'\n", 1)[1].split("HVSUITE_JSON", 1)[0]
     assert json.loads(config)["boot-source"]["kernel_image_path"] == "/var/lib/hvsuite/microvm/vmlinux"
+
+
+def test_exec_start_readers() -> None:
+    line = "ExecStart={ argv[]=/usr/local/bin/flintlockd run --parent-iface=eno1 --tls-cert=x }"
+    assert flintlock.tls_only(line) and flintlock.parent_iface_of(line) == "eno1"
+    assert not flintlock.tls_only(line + " --insecure")
+    assert flintlock.parent_iface_of("ExecStart={ argv[]=flintlockd run }") is None
+
+
+def test_microvm_boot_runs_the_bounded_script_on_the_target() -> None:
+    conn = FakeConnection({"sh -s": (0, "boot marker after 2s\n", "")})
+    result = flintlock.boot_microvm(fake_host(conn), _settings())
+    assert result.exit_code == 0 and conn.commands == ["sh -s"]
+    assert conn.run_kwargs[-1]["in_stream"].getvalue() == flintlock.boot_script(_settings())
+    assert conn.run_kwargs[-1]["timeout"] == _settings().base.microvm_boot_timeout + 30
