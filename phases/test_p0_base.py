@@ -2,11 +2,11 @@
 
 Apply: check CPU virtualization and /dev/kvm; install firecracker, cloud-hypervisor,
 flintlockd and a test kernel + rootfs from pinned, checksummed artifacts; write the
-flintlockd unit (parent interface detected, bridge flkbr0) and enable it. flintlockd only
-ever serves with TLS, so it first runs once Alpha has issued its certificate: Alpha's
-"Flintlock TLS" task starts it and proves the gRPC port from outside.
+flintlockd unit (parent interface detected, bridge flkbr0) without enabling or starting it.
+flintlockd needs its TLS certificate (Alpha) and containerd with the devmapper snapshotter
+(Bravo), so Bravo's "Flintlock runtime" task starts it and proves the gRPC port from outside.
 
-Verify: the CPU and /dev/kvm; versions match the pins; the unit is sound and never
+Verify: the CPU and /dev/kvm; versions match the pins; the unit loads, is sound and never
 insecure; a firecracker microVM boots to a marker on its serial console within a bound.
 Waivers: kvm, upstream-artifacts (a scratch server has neither).
 """
@@ -56,10 +56,10 @@ def test_binary_version_matches_its_pin(host, settings: Settings, binaries, role
 
 @task("Flintlock service")
 @pytest.mark.requires("upstream-artifacts")
-def test_flintlockd_unit_is_enabled_tls_only_and_on_the_host_network(
+def test_flintlockd_unit_is_loaded_tls_only_and_on_the_host_network(
     host, settings: Settings, flintlock_unit
 ) -> None:
-    assert host.service("flintlockd").is_enabled
+    assert host.check_output(f"systemctl show -p LoadState --value {flintlock.UNIT}") == "loaded"
     exec_start = host.check_output(flintlock.EXEC_START)
     assert flintlock.tls_only(exec_start), exec_start
     parent = flintlock.parent_iface_of(exec_start)

@@ -4,6 +4,13 @@ Apply containerd, runc and the CNI plugins with a managed config; then prove fro
 that containerd serves, its snapshotters load, and that an OCI image pulled over the network
 from a registry runs to a marker chosen for this run. On scratch (no internet) the registry
 is the suite's own and the image one the suite builds; elsewhere a public image.
+
+Flintlock runtime: flintlockd needs containerd (its socket and the devmapper snapshotter), so
+Bravo, not Base or Alpha, enables and starts the unit Base installed, once containerd serves
+(restarting it when Alpha's certificate on disk is newer than the process, or its unit or
+containerd changed), and proves from the controller that its gRPC port completes a TLS
+handshake presenting the certificate Alpha issued. Needs the upstream artifacts (flintlockd)
+and device-mapper (flintlock's snapshotter).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from dataclasses import dataclass
 import pytest
 
 from settings.model import Settings, Waiver
-from steps import containerd, registry
+from steps import containerd, flintlock, probes, registry, tls
 from steps.oci_image import UNAME_TO_OCI_ARCH, build_marker_image
 from steps.registry_client import RegistryClient
 
@@ -24,11 +31,23 @@ pytestmark = pytest.mark.usefixtures("applied")
 
 
 @pytest.fixture(scope="module")
-def applied(remote, settings: Settings, target) -> None:
+def applied(remote, settings: Settings, target) -> bool:
+    """containerd applied; True when it changed (flintlockd then restarts on it)."""
     devmapper = Waiver.DEVMAPPER not in settings.profiles[target.profile].waivers
-    containerd.apply(remote, settings.bravo, is_scratch=target.is_scratch, devmapper=devmapper)
+    changed = containerd.apply(remote, settings.bravo, is_scratch=target.is_scratch, devmapper=devmapper)
     if settings.bravo.pull_check.resolved_source(target.is_scratch) == "suite-registry":
         registry.apply(remote, settings)
+    return changed
+
+
+@pytest.fixture(scope="module")
+def flintlock_served(remote, settings: Settings, applied: bool) -> None:
+    flintlock.serve(remote, settings, containerd_changed=applied)
+
+
+@pytest.fixture(scope="module")
+def certs(settings: Settings) -> tls.Paths:
+    return tls.Paths(settings.alpha.tls.cert_dir)
 
 
 @dataclass(frozen=True)
@@ -142,3 +161,30 @@ def test_image_pulled_over_the_network_runs_to_its_marker(
         assert result.stdout == pull_case.expected_output
     finally:
         containerd.remove_image(remote, namespace, pull_case.reference)
+
+
+@pytest.mark.task("Flintlock runtime")
+@pytest.mark.requires("upstream-artifacts")
+@pytest.mark.requires("devmapper")
+def test_flintlockd_runs_tls_only_on_containerd(host, settings: Settings, flintlock_served) -> None:
+    service = host.service(flintlock.UNIT)
+    assert service.is_running and service.is_enabled
+    exec_start = host.check_output(flintlock.EXEC_START)
+    assert flintlock.tls_problems(exec_start, settings) == [], exec_start
+    socket = flintlock.exec_flag(exec_start, "--containerd-socket")
+    assert socket and host.file(socket).is_socket, f"containerd socket {socket} is not a socket"
+    assert containerd.SERVICE + ".service" in host.check_output(f"systemctl show -p After {flintlock.UNIT}")
+
+
+@pytest.mark.task("Flintlock runtime")
+@pytest.mark.requires("upstream-artifacts")
+@pytest.mark.requires("devmapper")
+def test_grpc_port_presents_the_issued_certificate(
+    host, settings: Settings, target, certs: tls.Paths, flintlock_served
+) -> None:
+    ca_pem = host.file(certs.cert("ca")).content_string
+    handshake = probes.tls_handshake(
+        target.address, settings.base.grpc_port, server_name=target.address, ca_pem=ca_pem
+    )
+    assert handshake.sha256 == tls.fingerprint(tls.parse_cert(host.file(certs.cert("server")).content))
+    assert handshake.alpn == "h2", "the gRPC port did not negotiate HTTP/2"

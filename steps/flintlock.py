@@ -1,11 +1,14 @@
 """flintlockd as a systemd service serving gRPC with TLS, and a firecracker boot test.
 
-Plan order: Base (phase 0) installs binaries, the bridge and the unit; Alpha (phase 1)
-issues the certificates. flintlockd is never started without TLS: the unit names the
-certificate paths and has ``ConditionPathExists`` on them, Base only enables it, and
-Alpha's "Flintlock TLS" task starts it (restarting when the certificate on disk is newer
-than the running service). Both render the same unit from settings, so they never undo
-each other.
+Plan order, because flintlockd needs containerd (its socket and the devmapper snapshotter):
+Base (phase 0) installs the binaries, the bridge and the unit, and neither enables nor starts
+flintlockd; Alpha (phase 1) issues the certificates and proves, from the unit as systemd loaded
+it, that flintlockd would serve them and never ``--insecure``; Bravo (phase 2), once containerd
+(and, where the kernel has device-mapper, its thin pool and snapshotter) is up, enables and
+starts flintlockd (restarting it when the certificate on disk is newer than the running
+process, its unit changed or containerd changed) and waits for its gRPC port. The unit has
+``ConditionPathExists`` on the certificate and key, so it never starts without TLS. Base and
+Bravo render the same unit from settings, so they never undo each other.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import shlex
 from dataclasses import dataclass
 
 from settings.model import Settings
-from steps import ops
+from steps import containerd, ops
 from steps.facts import CommandSucceeds, Fact
 from steps.runner import ApplyError, CommandResult, Host, OpResult
 from steps.tls import Paths
@@ -26,6 +29,10 @@ BRIDGE_UNIT = "hvsuite-flkbr0.service"
 BRIDGE_UNIT_FILE = f"/etc/systemd/system/{BRIDGE_UNIT}"
 # The command line systemd runs (read by checks: the unit as systemd loaded it).
 EXEC_START = f"systemctl show -p ExecStart {UNIT}"
+# Whether that loaded view is stale against the unit file on disk ("yes"/"no").
+NEED_DAEMON_RELOAD = f"systemctl show -p NeedDaemonReload --value {UNIT}"
+# How long Bravo waits for the gRPC port to listen after starting flintlockd.
+LISTEN_TIMEOUT = 30
 
 
 @dataclass(frozen=True)
@@ -71,10 +78,39 @@ def tls_only(exec_start: str) -> bool:
     return "--tls-cert" in exec_start and "--insecure" not in exec_start
 
 
+def exec_flag(exec_start: str, flag: str) -> str | None:
+    """The value of ``--flag=value`` on flintlockd's command line (None when absent)."""
+    for word in exec_start.split():
+        name, found, value = word.partition("=")
+        if found and name == flag:
+            return value or None
+    return None
+
+
 def parent_iface_of(exec_start: str) -> str | None:
     """The ``--parent-iface=`` value of flintlockd's command line."""
-    _, found, rest = exec_start.partition("--parent-iface=")
-    return rest.split()[0] if found and rest.split() else None
+    return exec_flag(exec_start, "--parent-iface")
+
+
+def tls_problems(exec_start: str, settings: Settings) -> list[str]:
+    """What keeps flintlockd's command line (``systemctl show -p ExecStart``) from serving
+    exactly the certificates Alpha issues: empty when it serves the server certificate and
+    key (and, with client auth, validates clients against the CA) and never ``--insecure``."""
+    tls = settings.alpha.tls
+    paths = Paths(tls.cert_dir)
+    problems = []
+    if "--insecure" in exec_start:
+        problems.append("--insecure is set")
+    wanted = {"--tls-cert": paths.cert("server"), "--tls-key": paths.key("server")}
+    if tls.client_auth:
+        wanted["--tls-client-ca"] = paths.cert("ca")
+        if "--tls-client-validate" not in exec_start.split():
+            problems.append("--tls-client-validate is missing (alpha.tls.client_auth is on)")
+    for flag, path in wanted.items():
+        found = exec_flag(exec_start, flag)
+        if found != path:
+            problems.append(f"{flag} is {found!r}, expected {path!r}")
+    return problems
 
 
 def render_unit(settings: Settings, parent_iface: str) -> str:
@@ -100,7 +136,7 @@ def render_unit(settings: Settings, parent_iface: str) -> str:
 
 
 def install_units(host: Host, settings: Settings) -> list[OpResult]:
-    """Bridge and flintlockd units written (the same text Base and Alpha render)."""
+    """Bridge and flintlockd units written (the same text Base and Bravo render)."""
     grpc_port_declared(settings)
     iface = parent_interface(host, settings) if host.mode != "verify" else "(verify)"
     bridge_context = {"bridge": settings.base.bridge}
@@ -111,21 +147,63 @@ def install_units(host: Host, settings: Settings) -> list[OpResult]:
 
 
 def base_service(host: Host, settings: Settings) -> list[OpResult]:
-    """Base: units installed and flintlockd enabled (it starts once TLS exists)."""
-    return [*install_units(host, settings), ops.service(host, UNIT, enabled=True, running=None)]
+    """Base: units installed and loaded by systemd; flintlockd's enablement and state are left
+    alone (Bravo enables and starts it once containerd serves: enabled here, it would start at
+    the next boot before containerd exists and fail)."""
+    return [*install_units(host, settings), ops.service(host, UNIT, enabled=None, running=None)]
 
 
-def serve_with_tls(host: Host, settings: Settings) -> list[OpResult]:
-    """Alpha: flintlockd running with the issued certificate; restarted when the
-    certificate on disk is newer than the running process."""
-    results = install_units(host, settings)
+def certificate_newer(settings: Settings) -> CommandSucceeds:
+    """Succeeds when the server certificate on disk is newer than flintlockd's last start
+    (false while flintlockd is not running: it has no start time)."""
     cert = shlex.quote(Paths(settings.alpha.tls.cert_dir).cert("server"))
-    newer = CommandSucceeds(
+    return CommandSucceeds(
         f"started=$(systemctl show -p ActiveEnterTimestamp --timestamp=unix {UNIT} | sed 's/.*=@//'); "
         f'[ -n "$started" ] && [ "$(stat -c %Y {cert})" -gt "$started" ]'
     )
-    stale = host.mode != "verify" and host.fact(newer)
-    results.append(ops.service(host, UNIT, enabled=True, running=True, restart=stale))
+
+
+def containerd_serves(settings: Settings) -> CommandSucceeds:
+    """containerd is active and its socket (the one flintlockd dials) exists."""
+    socket = shlex.quote(settings.base.containerd_socket)
+    return CommandSucceeds(f"systemctl is-active --quiet {containerd.SERVICE} && test -S {socket}")
+
+
+def listen_command(port: int, timeout: int = LISTEN_TIMEOUT) -> str:
+    """Exits 0 once a TCP socket listens on ``port``; 1 after ``timeout`` seconds."""
+    return (
+        f"i=0; while [ $i -lt {timeout * 2} ]; do "
+        f"ss -Hltn 'sport = :{port}' | grep -q . && exit 0; i=$((i+1)); sleep 0.5; done; exit 1"
+    )
+
+
+def serve(host: Host, settings: Settings, *, containerd_changed: bool = False) -> list[OpResult]:
+    """Bravo: flintlockd enabled and running on containerd with Alpha's certificate.
+
+    Refuses to start it while containerd does not serve. Restarted when the certificate on
+    disk is newer than the running process, when its units changed or when containerd changed
+    (``containerd_changed``: its config or packages). After a (re)start, waits up to
+    ``LISTEN_TIMEOUT`` s for the gRPC port; a flintlockd that does not listen fails the step
+    with its journal."""
+    if host.mode == "apply" and not host.fact(containerd_serves(settings)):
+        raise ApplyError(
+            f"[{host.name}] flintlockd needs containerd serving on {settings.base.containerd_socket}: "
+            "apply Bravo's containerd step first"
+        )
+    results = install_units(host, settings)
+    units_changed = any(result.changed for result in results[:2])
+    stale = host.mode != "verify" and host.fact(certificate_newer(settings))
+    restart = bool(stale or units_changed or containerd_changed)
+    service = ops.service(host, UNIT, enabled=True, running=True, restart=restart)
+    results.append(service)
+    if host.mode == "apply" and service.changed:
+        port = settings.base.grpc_port
+        if not host.run(listen_command(port), check=False, timeout=LISTEN_TIMEOUT + 15).ok:
+            journal = host.run(f"journalctl -u {UNIT} -n 40 --no-pager", check=False).stdout
+            raise ApplyError(
+                f"[{host.name}] flintlockd did not listen on {port}/tcp within {LISTEN_TIMEOUT}s "
+                f"after it was started; its journal:\n{journal}"
+            )
     return results
 
 

@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from settings.model import PortRule, Settings, SSHHardening, TLSSettings
-from steps import fail2ban, firewall, guard, hardening, probes, sshd, tls
+from steps import fail2ban, firewall, flintlock, guard, hardening, probes, sshd, tls
 from steps.runner import ApplyError
 from steps.testing import FakeConnection, fake_host
 
@@ -422,6 +422,31 @@ def test_certificate_readers_for_checks(issued: Path) -> None:
     with pytest.raises(ValueError):
         tls.parse_cert(b"")
     assert tls.load_cert(b"not a certificate") is None and tls.load_cert(None) is None
+
+
+def _exec_start(unit: str) -> str:
+    """The unit's command line roughly as ``systemctl show -p ExecStart`` prints it."""
+    argv = unit.split("ExecStart=", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
+    return f"ExecStart={{ path={argv.split()[0]} ; argv[]={' '.join(argv.split())} ; ignore_errors=no }}"
+
+
+@pytest.mark.parametrize("client_auth", [True, False])
+def test_flintlockd_unit_serves_exactly_the_issued_certificates(client_auth: bool) -> None:
+    pin = {"version": "v1", "url": "https://example.invalid/x", "sha256": "0" * 64}
+    binaries = ("firecracker", "cloud-hypervisor", "flintlockd")
+    settings = _settings(
+        alpha={"tls": {"client_auth": client_auth}},
+        artifacts={name: {**pin, "dest": f"/usr/local/bin/{name}"} for name in binaries},
+    )
+    line = _exec_start(flintlock.render_unit(settings, "eno1"))
+    assert "--tls-cert=/etc/flintlock/certs/server.pem" in line
+    assert flintlock.tls_problems(line, settings) == []
+    assert flintlock.tls_problems(line.replace(" ;", " --insecure ;", 1), settings) == ["--insecure is set"]
+    moved = line.replace("--tls-cert=/etc/flintlock/certs/server.pem", "--tls-cert=/tmp/self-signed.pem")
+    assert flintlock.tls_problems(moved, settings) == [
+        "--tls-cert is '/tmp/self-signed.pem', expected '/etc/flintlock/certs/server.pem'"
+    ]
+    assert len(flintlock.tls_problems("ExecStart=", settings)) == (4 if client_auth else 2)
 
 
 def test_renew_window_must_be_below_lifetime() -> None:

@@ -79,7 +79,7 @@ def test_undeclared_grpc_port_is_a_clear_error() -> None:
         flintlock.grpc_port_declared(settings)
 
 
-def test_base_enables_but_does_not_start_flintlockd() -> None:
+def test_base_installs_the_unit_but_neither_enables_nor_starts_flintlockd() -> None:
     conn = FakeConnection(
         {
             flintlock.DefaultRouteInterface().command: (0, "default via 10.0.0.1 dev eno1\n", ""),
@@ -90,9 +90,31 @@ def test_base_enables_but_does_not_start_flintlockd() -> None:
             ),
         }
     )
+    results = flintlock.base_service(fake_host(conn), _settings())
+    assert any(c.startswith(f"put {flintlock.UNIT_FILE}") for r in results for c in map(str, r.commands))
+    changing = [c for c in conn.commands if c.startswith("systemctl ") and not c.startswith("systemctl show")]
+    assert not any("flintlockd.service" in c for c in changing), changing
+    assert "systemctl start -- hvsuite-flkbr0.service" in conn.commands
+
+
+def test_base_leaves_a_flintlockd_that_bravo_enabled_and_started_alone() -> None:
+    conn = FakeConnection(
+        {
+            flintlock.DefaultRouteInterface().command: (0, "default via 10.0.0.1 dev eno1\n", ""),
+            re.compile(r"systemctl show .*"): (
+                0,
+                "LoadState=loaded\nActiveState=active\nUnitFileState=enabled\nNeedDaemonReload=no\n",
+                "",
+            ),
+        },
+        files={
+            flintlock.UNIT_FILE: flintlock.render_unit(_settings(), "eno1").encode(),
+        },
+    )
     flintlock.base_service(fake_host(conn), _settings())
-    assert "systemctl enable -- flintlockd.service" in conn.commands
-    assert "systemctl start -- flintlockd.service" not in conn.commands
+    assert not any(
+        c.startswith(("systemctl stop", "systemctl disable", "systemctl restart")) for c in conn.commands
+    )
 
 
 def test_boot_script_is_bounded_and_uses_a_copy_of_the_rootfs() -> None:
@@ -107,6 +129,9 @@ def test_exec_start_readers() -> None:
     assert flintlock.tls_only(line) and flintlock.parent_iface_of(line) == "eno1"
     assert not flintlock.tls_only(line + " --insecure")
     assert flintlock.parent_iface_of("ExecStart={ argv[]=flintlockd run }") is None
+    assert flintlock.exec_flag(line, "--tls-cert") == "x"
+    assert flintlock.exec_flag(line + " --tls-certificate=y", "--tls-cert") == "x"
+    assert flintlock.exec_flag("run --tls-cert= ;", "--tls-cert") is None
 
 
 def test_microvm_boot_runs_the_bounded_script_on_the_target() -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from settings.model import BravoSettings, Settings
-from steps import containerd, ops, registry
+from steps import containerd, flintlock, ops, registry
 from steps.facts import AptListsAge, DebPackages, FileInfo, ServiceState
-from steps.runner import Host
+from steps.runner import ApplyError, Host
 from steps.testing import FakeConnection, fake_host
 
 CRI = "io.containerd.grpc.v1.cri"
@@ -212,3 +212,119 @@ def test_settings_reject_prometheus_on_flintlocks_port() -> None:
             rule["port"] = 9090
     with pytest.raises(ValueError, match="9090/tcp is declared by both 'flintlock-grpc' and 'prometheus'"):
         Settings(ports=ports)
+
+
+# -- flintlock runtime (Bravo starts flintlockd once containerd serves) -----------------------
+
+
+def _flintlock_settings() -> Settings:
+    pins = {
+        name: {"version": "v1.0.0", "url": "https://example.invalid/x", "sha256": "0" * 64, "dest": dest}
+        for name, dest in [
+            ("firecracker", "/usr/local/bin/firecracker"),
+            ("cloud-hypervisor", "/usr/local/bin/cloud-hypervisor"),
+            ("flintlockd", "/usr/local/bin/flintlockd"),
+        ]
+    }
+    return Settings(artifacts=pins)
+
+
+def _flintlock_host(
+    tmp_path: Path,
+    *,
+    flintlockd: str,
+    containerd_serves: bool = True,
+    cert_newer: bool = False,
+    listens: bool = True,
+    mode: str = "apply",
+) -> tuple[Host, FakeConnection, Settings]:
+    """A host whose bridge and flintlockd units are already what Base wrote."""
+    settings = _flintlock_settings()
+    unit = flintlock.render_unit(settings, "eno1")
+    bridge = ops.render("hvsuite-bridge.service.j2", {"bridge": settings.base.bridge})
+    conn = FakeConnection(
+        files={flintlock.UNIT_FILE: unit.encode(), flintlock.BRIDGE_UNIT_FILE: bridge.encode()}
+    )
+    conn.set_fact(flintlock.DefaultRouteInterface(), "default via 10.0.0.1 dev eno1\n")
+    conn.set_fact(FileInfo(flintlock.UNIT_FILE), f"regular file|root|root|644|{len(unit)}\n")
+    conn.set_fact(FileInfo(flintlock.BRIDGE_UNIT_FILE), f"regular file|root|root|644|{len(bridge)}\n")
+    conn.set_fact(ServiceState(flintlock.BRIDGE_UNIT), ACTIVE)
+    conn.set_fact(ServiceState(flintlock.UNIT), flintlockd)
+    conn.set_fact(flintlock.containerd_serves(settings), "yes\n" if containerd_serves else "no\n")
+    conn.set_fact(flintlock.certificate_newer(settings), "yes\n" if cert_newer else "no\n")
+    conn.respond(flintlock.listen_command(settings.base.grpc_port), (0 if listens else 1, "", ""))
+    return fake_host(conn, mode=mode, lock_dir=tmp_path), conn, settings
+
+
+def test_flintlockd_is_enabled_started_and_waited_for_once_containerd_serves(tmp_path: Path) -> None:
+    host, conn, settings = _flintlock_host(tmp_path, flintlockd=INACTIVE)
+    flintlock.serve(host, settings)
+    assert _changing(host) == [
+        "systemctl enable -- flintlockd.service",
+        "systemctl start -- flintlockd.service",
+    ]
+    start = conn.commands.index("systemctl start -- flintlockd.service")
+    assert conn.commands.index(flintlock.listen_command(9090)) > start
+    # The containerd gate is read before anything else happens.
+    assert conn.commands[0] == flintlock.containerd_serves(settings).command
+
+
+def test_flintlockd_is_never_started_without_containerd(tmp_path: Path) -> None:
+    host, conn, settings = _flintlock_host(tmp_path, flintlockd=INACTIVE, containerd_serves=False)
+    with pytest.raises(
+        ApplyError, match=r"flintlockd needs containerd serving on /run/containerd/containerd\.sock"
+    ):
+        flintlock.serve(host, settings)
+    assert not any(
+        c.startswith("systemctl ") and "flintlockd" in c and "show" not in c for c in conn.commands
+    )
+
+
+def test_running_flintlockd_with_current_certificate_changes_nothing(tmp_path: Path) -> None:
+    host, conn, settings = _flintlock_host(tmp_path, flintlockd=ACTIVE)
+    flintlock.serve(host, settings)
+    assert host.changes == []
+    assert flintlock.listen_command(9090) not in conn.commands
+
+
+@pytest.mark.parametrize(
+    ("cert_newer", "containerd_changed"), [(True, False), (False, True)], ids=["new-cert", "containerd"]
+)
+def test_flintlockd_restarts_on_a_newer_certificate_or_a_changed_containerd(
+    tmp_path: Path, cert_newer: bool, containerd_changed: bool
+) -> None:
+    host, _, settings = _flintlock_host(tmp_path, flintlockd=ACTIVE, cert_newer=cert_newer)
+    flintlock.serve(host, settings, containerd_changed=containerd_changed)
+    assert _changing(host) == ["systemctl restart -- flintlockd.service"]
+
+
+def test_a_changed_unit_restarts_a_running_flintlockd(tmp_path: Path) -> None:
+    host, conn, settings = _flintlock_host(tmp_path, flintlockd=ACTIVE)
+    conn.files[flintlock.UNIT_FILE] = b"[Service]\nExecStart=/usr/local/bin/flintlockd run --insecure\n"
+    flintlock.serve(host, settings)
+    commands = _changing(host)
+    assert commands[-2:] == ["systemctl daemon-reload", "systemctl restart -- flintlockd.service"]
+
+
+def test_flintlockd_that_does_not_listen_fails_with_its_journal(tmp_path: Path) -> None:
+    host, conn, settings = _flintlock_host(tmp_path, flintlockd=INACTIVE, listens=False)
+    conn.respond(
+        re.compile(r"journalctl -u flintlockd.service .*"), (0, "dial containerd: no such file\n", "")
+    )
+    with pytest.raises(ApplyError, match=r"did not listen on 9090/tcp(.|\n)*dial containerd"):
+        flintlock.serve(host, settings)
+
+
+def test_check_mode_reports_the_start_and_neither_starts_nor_waits(tmp_path: Path) -> None:
+    host, conn, settings = _flintlock_host(
+        tmp_path, flintlockd=INACTIVE, containerd_serves=False, mode="check"
+    )
+    flintlock.serve(host, settings)
+    assert [r.op for r in host.changes] == ["service flintlockd.service"]
+    assert not any(c.startswith("systemctl start") for c in conn.commands)
+    assert flintlock.listen_command(9090) not in conn.commands
+
+
+def test_listen_wait_is_bounded_and_names_the_port() -> None:
+    command = flintlock.listen_command(9090, timeout=30)
+    assert "-lt 60 ]" in command and "sport = :9090" in command and "sleep 0.5" in command
