@@ -315,3 +315,130 @@ def test_allure_step_and_attachments_are_redacted(lock_dir: Path, monkeypatch: p
     everything = " ".join(titles) + " ".join(body for _, body in attached)
     for leaked in ("hostsecret", "perkey99", "abc-123-xyz", "zzz999"):
         assert leaked not in everything
+
+
+# -- a real fabric connection, against an in-process paramiko SSH server ------------------
+
+
+class _ExecServer:
+    """A localhost SSH server (password auth) for a few fixed commands:
+    ``exit N``, ``say OUT ERR N`` (prints OUT, ERR on stderr, exits N),
+    ``cat`` (echoes stdin until EOF) and ``hang`` (never exits)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        import paramiko
+
+        self.key = paramiko.RSAKey.generate(2048)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.transports: list[Any] = []
+        self.threading = threading
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import paramiko
+
+        server = self
+
+        class Interface(paramiko.ServerInterface):
+            def get_allowed_auths(self, username: str) -> str:
+                return "password"
+
+            def check_auth_password(self, username: str, password: str) -> int:
+                return paramiko.AUTH_SUCCESSFUL
+
+            def check_channel_request(self, kind: str, chanid: int) -> int:
+                return paramiko.OPEN_SUCCEEDED
+
+            def check_channel_exec_request(self, channel: Any, command: bytes) -> bool:
+                server.threading.Thread(target=_serve, args=(channel, command.decode()), daemon=True).start()
+                return True
+
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            transport = paramiko.Transport(sock)
+            transport.add_server_key(self.key)
+            transport.start_server(server=Interface())
+            self.transports.append(transport)
+
+    def close(self) -> None:
+        self.listener.close()
+        for transport in self.transports:
+            transport.close()
+
+
+def _serve(channel: Any, command: str) -> None:
+    # paramiko sends the exec request's reply after check_channel_exec_request returns:
+    # answering before it would close the channel under the client's feet.
+    time.sleep(0.05)
+    words = command.split()
+    if words[0] == "hang":
+        return
+    code = 0
+    if words[0] == "exit":
+        code = int(words[1])
+    elif words[0] == "say":
+        channel.sendall(words[1].encode())
+        channel.sendall_stderr(words[2].encode())
+        code = int(words[3])
+    elif words[0] == "cat":
+        received = bytearray()
+        while chunk := channel.recv(65536):
+            received += chunk
+        channel.sendall(bytes(received))
+    channel.send_exit_status(code)
+    channel.close()
+
+
+@pytest.fixture
+def ssh_host(lock_dir: Path) -> Any:
+    from fabric import Config, Connection
+
+    server = _ExecServer()
+    connection = Connection(
+        "127.0.0.1",
+        user="tester",
+        port=server.port,
+        config=Config(overrides={"load_ssh_configs": False}),
+        connect_kwargs={"password": "x", "look_for_keys": False, "allow_agent": False},
+    )
+    host = Host("local", connection, lock_dir=lock_dir)
+    try:
+        yield host
+    finally:
+        host.close()
+        server.close()
+
+
+def test_fabric_run_exit_codes_output_and_nodelay(ssh_host: Host) -> None:
+    import socket
+
+    result = ssh_host.run("say out err 7", check=False)
+    assert (result.exit_code, result.stdout, result.stderr) == (7, "out", "err")
+    for code in (0, 1, 255):
+        assert ssh_host.run(f"exit {code}", check=False).exit_code == code
+    # paramiko leaves Nagle on: every small SSH message then waits ~40 ms for a delayed ACK.
+    sock = ssh_host.connection.transport.sock  # type: ignore[attr-defined]
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def test_fabric_run_streams_stdin_in_chunks(ssh_host: Host) -> None:
+    data = "0123456789abcdef\n" * 20000  # 340 kB: invoke alone sends one character per 10 ms
+    started = time.monotonic()
+    assert ssh_host.run("cat", stdin=data).stdout == data
+    assert time.monotonic() - started < 10
+
+
+def test_fabric_run_times_out(ssh_host: Host) -> None:
+    for _ in range(3):  # the timer's kill and the wake-up race; a timeout must never pass
+        started = time.monotonic()
+        with pytest.raises(ApplyError, match="CommandTimedOut running 'hang'"):
+            ssh_host.run("hang", timeout=0.3, check=False)
+        assert time.monotonic() - started < 5
+    assert ssh_host.run("exit 0").ok
