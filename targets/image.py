@@ -169,6 +169,13 @@ def ensure_image(recipe: Recipe, *, rebuild: bool = False, timeout: float = 1200
         if rebuild or inspect("image", recipe.base_image) is None:
             _build_rootfs(recipe)
         _build_image(recipe)
+        # The image this build replaced is left untagged: remove it (only the suite's own,
+        # and never one a container still uses).
+        podman(
+            "image", "prune", "--force",
+            "--filter", f"label={SUITE_LABEL}={SUITE_LABEL_VALUE}", "--filter", f"label={ROLE_LABEL}=image",
+            timeout=120,
+        )  # fmt: skip
     return BuildReport(recipe.image, True, time.monotonic() - started)
 
 
