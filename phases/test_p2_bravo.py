@@ -73,7 +73,9 @@ def pull_case(remote, settings: Settings, target) -> Iterator[PullCase]:
         pytest.fail(f"no marker image for architecture {machine!r}; set bravo.pull_check.source = 'public'")
     image = build_marker_image(marker, UNAME_TO_OCI_ARCH[machine])
     # Pushed from the controller over the network to the registry on its declared port.
-    client = RegistryClient(f"http://{target.address}:{registry.registry_port(settings)}", timeout=30)
+    client = RegistryClient(
+        f"http://{target.address}:{settings.port('Bravo', registry.PORT_NAME)}", timeout=30
+    )
     pushed = client.push(check.repository, nonce, image)
     yield PullCase(pushed.reference, (), image.expected_output, True, pushed.digest)
 

@@ -17,7 +17,7 @@ import pytest
 from settings.model import Settings
 from steps import grafana, prometheus
 from steps.artifacts import ArtifactStore
-from steps.prometheus import PrometheusAPI, charlie_port
+from steps.prometheus import PrometheusAPI
 
 pytestmark = pytest.mark.usefixtures("applied")
 
@@ -43,7 +43,7 @@ def applied(remote, settings: Settings) -> None:
 
 @pytest.fixture(scope="module")
 def prometheus_api(target, settings: Settings) -> PrometheusAPI:
-    return PrometheusAPI(f"http://{target.address}:{charlie_port(settings, 'prometheus')}")
+    return PrometheusAPI(f"http://{target.address}:{settings.port('Charlie', 'prometheus')}")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def grafana_api(request: pytest.FixtureRequest, remote, target, settings: Settin
     assert password, f"{password_file} is empty or missing"
     remote.redactor.add(password)
     return grafana.GrafanaAPI(
-        f"http://{target.address}:{charlie_port(settings, 'grafana')}",
+        f"http://{target.address}:{settings.port('Charlie', 'grafana')}",
         settings.charlie.grafana.admin_user,
         password,
     )
@@ -71,7 +71,7 @@ def test_prometheus_is_ready_from_the_controller(prometheus_api: PrometheusAPI) 
 
 @pytest.mark.task("Deploy Prometheus")
 def test_prometheus_listens_on_its_declared_port_not_flintlocks(host, settings: Settings) -> None:
-    port = charlie_port(settings, "prometheus")
+    port = settings.port("Charlie", "prometheus")
     listeners = host.check_output("ss -Htlnp")
     prometheus_ports = {
         line.split()[3].rsplit(":", 1)[1] for line in listeners.splitlines() if '"prometheus"' in line
@@ -99,7 +99,7 @@ def test_live_config_passes_promtool(host) -> None:
 def test_node_exporter_serves_metrics_to_the_controller(target, settings: Settings) -> None:
     import requests
 
-    port = charlie_port(settings, "node-exporter")
+    port = settings.port("Charlie", "node-exporter")
     response = requests.get(f"http://{target.address}:{port}/metrics", timeout=10)
     assert response.status_code == 200
     assert "node_uname_info{" in response.text

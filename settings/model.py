@@ -395,3 +395,13 @@ class Settings(Strict):
 
     def ports_of(self, team: str) -> list[PortRule]:
         return [rule for rule in self.ports if rule.team == team]
+
+    def port(self, team: str, name: str) -> int:
+        """The port `team` declared under `name`; a clear error naming the fix if it is missing."""
+        for rule in self.ports_of(team):
+            if rule.name == name:
+                return rule.port
+        raise ValueError(
+            f"ports: no rule named {name!r} for team {team}; declare it in [[ports]], e.g. "
+            f'{{ name = "{name}", team = "{team}", port = N, sources = ["admin"] }}'
+        )

@@ -18,7 +18,6 @@ import requests
 
 from settings.model import ArtifactPin, Settings
 from steps import artifacts, ops
-from steps.prometheus import charlie_port
 from steps.runner import Host
 
 SERVICE = "grafana-server"
@@ -98,8 +97,8 @@ def apply(host: Host, settings: Settings, store: artifacts.ArtifactStore) -> boo
     """Grafana's checked .deb copied and installed, provisioned and serving; True when changed."""
     grafana = settings.charlie.grafana
     pin = grafana_pin(settings)
-    port = charlie_port(settings, "grafana")
-    prometheus_url = f"http://127.0.0.1:{charlie_port(settings, 'prometheus')}"
+    port = settings.port("Charlie", "grafana")
+    prometheus_url = f"http://127.0.0.1:{settings.port('Charlie', 'prometheus')}"
     version = pin.version.removeprefix("v")
     password_file = shlex.quote(grafana.admin_password_file)
     installed_version = f"dpkg-query -W -f='${{Version}}' {PACKAGE} 2>/dev/null"

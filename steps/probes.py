@@ -128,19 +128,13 @@ def ssh_auth_methods(address: str, port: int, user: str, *, timeout: float = 10.
 
     Nothing secret is sent: the "none" method carries no credential.
     """
-    with socket.create_connection((address, port), timeout=timeout) as sock:
-        transport = paramiko.Transport(sock)
+    with _ssh_transport(address, port, timeout) as transport:
         try:
-            transport.banner_timeout = timeout
-            transport.start_client(timeout=timeout)
-            try:
-                transport.auth_none(user)
-            except paramiko.BadAuthenticationType as exc:
-                return list(exc.allowed_types)
-            # "none" succeeded: the server lets anyone in without a credential.
-            return ["none"]
-        finally:
-            transport.close()
+            transport.auth_none(user)
+        except paramiko.BadAuthenticationType as exc:
+            return list(exc.allowed_types)
+        # "none" succeeded: the server lets anyone in without a credential.
+        return ["none"]
 
 
 def ssh_password_login_refused(address: str, port: int, user: str, *, timeout: float = 10.0) -> str:
@@ -150,18 +144,25 @@ def ssh_password_login_refused(address: str, port: int, user: str, *, timeout: f
     "rejected" when it took the password and said no. Raises AssertionError if it let us in.
     """
     throwaway = hashlib.sha256(str(time.time_ns()).encode()).hexdigest()
+    with _ssh_transport(address, port, timeout) as transport:
+        try:
+            transport.auth_password(user, throwaway, fallback=False)
+        except paramiko.BadAuthenticationType:
+            return "not offered"
+        except paramiko.AuthenticationException:
+            return "rejected"
+        raise AssertionError(f"password login as {user!r} on {address}:{port} succeeded")
+
+
+@contextlib.contextmanager
+def _ssh_transport(address: str, port: int, timeout: float) -> Iterator[paramiko.Transport]:
+    """An SSH transport past key exchange, not authenticated yet."""
     with socket.create_connection((address, port), timeout=timeout) as sock:
         transport = paramiko.Transport(sock)
         try:
             transport.banner_timeout = timeout
             transport.start_client(timeout=timeout)
-            try:
-                transport.auth_password(user, throwaway, fallback=False)
-            except paramiko.BadAuthenticationType:
-                return "not offered"
-            except paramiko.AuthenticationException:
-                return "rejected"
-            raise AssertionError(f"password login as {user!r} on {address}:{port} succeeded")
+            yield transport
         finally:
             transport.close()
 

@@ -29,17 +29,6 @@ VALIDATE = "promtool check config {path}"
 PORT_NAMES = ("prometheus", "node-exporter", "grafana")
 
 
-def charlie_port(settings: Settings, name: str) -> int:
-    """The port Team Charlie declared under ``name``; a clear error if it is missing."""
-    for rule in settings.ports_of("Charlie"):
-        if rule.name == name:
-            return rule.port
-    raise ValueError(
-        f"ports: no rule named {name!r} for team Charlie; declare it in [[ports]], e.g. "
-        f'{{ name = "{name}", team = "Charlie", port = N, sources = ["admin"] }}'
-    )
-
-
 def dropin_path(unit: str) -> str:
     return f"/etc/systemd/system/{unit}.service.d/hvsuite.conf"
 
@@ -63,8 +52,8 @@ def render_config(
 def apply(host: Host, settings: Settings) -> bool:
     """Prometheus and node_exporter installed, configured and serving; True when changed."""
     charlie = settings.charlie
-    prometheus_port = charlie_port(settings, "prometheus")
-    node_exporter_port = charlie_port(settings, "node-exporter")
+    prometheus_port = settings.port("Charlie", "prometheus")
+    node_exporter_port = settings.port("Charlie", "node-exporter")
     with host.step("Prometheus and node_exporter") as log:
         with host.step("systemd drop-ins before the packages' first start") as flags:
             for unit in (PROMETHEUS, NODE_EXPORTER):

@@ -20,16 +20,6 @@ CONFIG_PATH = "/etc/docker/registry/config.yml"
 PORT_NAME = "oci-registry"
 
 
-def registry_port(settings: Settings) -> int:
-    for rule in settings.ports_of("Bravo"):
-        if rule.name == PORT_NAME:
-            return rule.port
-    raise ValueError(
-        f"ports: no rule named {PORT_NAME!r} for team Bravo; declare it, e.g. "
-        f'{{ name = "{PORT_NAME}", team = "Bravo", port = 5000, sources = ["admin"] }}'
-    )
-
-
 def render_config(bravo: BravoSettings, port: int) -> str:
     config = {
         "version": 0.1,
@@ -49,6 +39,6 @@ def apply(host: Host, settings: Settings) -> bool:
     bravo = settings.bravo
     with host.step("OCI registry for the pull check") as log:
         ops.packages(host, [bravo.registry_package])
-        config = ops.file(host, CONFIG_PATH, render_config(bravo, registry_port(settings)))
+        config = ops.file(host, CONFIG_PATH, render_config(bravo, settings.port("Bravo", PORT_NAME)))
         ops.service(host, SERVICE, enabled=True, running=True, restart=config.changed)
     return log.changed

@@ -190,7 +190,7 @@ def test_run_container_closes_stdin_and_rejects_bad_ids(tmp_path: Path) -> None:
 
 def test_registry_config_is_valid_json_on_the_declared_port() -> None:
     settings = Settings()
-    text = registry.render_config(settings.bravo, registry.registry_port(settings))
+    text = registry.render_config(settings.bravo, settings.port("Bravo", registry.PORT_NAME))
     header, _, body = text.partition("\n")
     assert header.startswith("#")
     config = json.loads(body)
@@ -202,7 +202,7 @@ def test_registry_config_is_valid_json_on_the_declared_port() -> None:
 def test_registry_port_missing_is_a_clear_error() -> None:
     settings = Settings(ports=[{"name": "ssh", "team": "Alpha", "port": 22, "sources": ["world"]}])
     with pytest.raises(ValueError, match="ports: no rule named 'oci-registry' for team Bravo"):
-        registry.registry_port(settings)
+        settings.port("Bravo", registry.PORT_NAME)
 
 
 def test_settings_reject_prometheus_on_flintlocks_port() -> None:

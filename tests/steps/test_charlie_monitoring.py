@@ -37,11 +37,11 @@ def test_scrape_config_targets_the_declared_ports_and_labels_the_host() -> None:
 
 def test_ports_come_from_the_declarations_and_a_missing_one_names_the_fix() -> None:
     settings = Settings()
-    assert prometheus.charlie_port(settings, "prometheus") == 9095
-    assert prometheus.charlie_port(settings, "node-exporter") == 9100
+    assert settings.port("Charlie", "prometheus") == 9095
+    assert settings.port("Charlie", "node-exporter") == 9100
     bare = Settings(ports=[{"name": "ssh", "team": "Alpha", "port": 22, "sources": ["world"]}])
     with pytest.raises(ValueError, match=r"ports: no rule named 'prometheus' for team Charlie; declare it"):
-        prometheus.charlie_port(bare, "prometheus")
+        bare.port("Charlie", "prometheus")
 
 
 def test_metrics_ports_are_declared_for_admin_sources_only() -> None:
