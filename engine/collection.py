@@ -162,7 +162,7 @@ class TeamCollector:
             return f"{BLOCKED_PREFIX}{own.blocked_by}"
         for req in self.settings.plan[team].requires:
             gate = gates.get(req)
-            if gate is None or not gate.verdict.counts_green:
+            if gate is None or not gate.verdict.unblocks:
                 cause = gate.blocked_by if gate is not None and gate.blocked_by else None
                 if cause is None:
                     state = gate.verdict.value if gate is not None else "unknown"

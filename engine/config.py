@@ -15,6 +15,7 @@ from engine.state import RecordedVerdict, VerdictLog
 TARGET_KEY = pytest.StashKey[str]()
 ENVIRONMENT_KEY = pytest.StashKey[dict[str, str]]()
 WEBHOOK_KEY = pytest.StashKey[tuple[str, float]]()
+CHECK_MODE_KEY = pytest.StashKey[bool]()
 
 DEFAULT_TARGET = "default"
 

@@ -17,15 +17,22 @@ from typing import Any
 
 import pytest
 
-from engine import allure, timeline
-from engine.config import ENVIRONMENT_KEY, WEBHOOK_KEY, EngineSettings
+from engine import allure, checkreport, timeline
+from engine.config import CHECK_MODE_KEY, ENVIRONMENT_KEY, WEBHOOK_KEY, EngineSettings
 from engine.run import TeamRun
 from engine.scheduler import DAGScheduling
 from engine.signals import Signal, SignalLog, WebhookPoster
 from engine.state import RecordedVerdict, SharedState, TeamGate, Verdict, VerdictLog, utc_now_iso
 from steps.redact import Redactor
 
-SIGNALLED = {Verdict.GREEN: "green", Verdict.FAILED: "failed", Verdict.BLOCKED: "blocked"}
+SIGNALLED = {
+    Verdict.GREEN: "green",
+    Verdict.FAILED: "failed",
+    Verdict.BLOCKED: "blocked",
+    Verdict.CHECKED: "checked",
+}
+# A dry run verifies nothing: its "checked" is never recorded (an earlier verdict stays).
+RECORDED = {Verdict.GREEN, Verdict.FAILED, Verdict.BLOCKED}
 TEAM_UNIT = "team:"
 
 
@@ -46,6 +53,14 @@ class EngineController:
         self.workers = 0
         self.redactor = Redactor()
         self.priorities = _remaining_hours(settings)
+        self.check_files: tuple[Path, Path] | None = None
+
+    @property
+    def check_mode(self) -> bool:
+        """A dry run: the targets plugin said so, or some team was checked rather than verified."""
+        if self.config.stash.get(CHECK_MODE_KEY, False):
+            return True
+        return self.run is not None and any(s.verdict is Verdict.CHECKED for s in self.run.teams.values())
 
     # -- xdist hooks (optional: absent with -p no:xdist) ---------------------------------
 
@@ -140,7 +155,7 @@ class EngineController:
             phase=status.phase,
             duration=status.duration,
             issues=issues,
-            next_teams=self.run.next_teams(name) if status.verdict is Verdict.GREEN else [],
+            next_teams=self.run.next_teams(name) if status.verdict.unblocks else [],
             at=utc_now_iso(),
         )
         self.signal_log.append(signal)
@@ -245,15 +260,22 @@ class EngineController:
         verdicts = {
             name: RecordedVerdict(status.verdict.value, at, status.first_failure)
             for name, status in self.run.teams.items()
-            if status.nodeids and status.verdict in SIGNALLED
+            if status.nodeids and status.verdict in RECORDED
         }
         VerdictLog(self.settings.state_dir, self.settings.target_name).record(verdicts)
+        if self.check_mode:
+            self.check_files = checkreport.write(self.run, reports, self.settings.target_name)
         directory = allure.allure_dir(self.config)
         if directory is not None:
             collected = self.run.collected_teams()
-            not_green = [name for name in collected if not self.run.teams[name].verdict.counts_green]
+            expected = Verdict.CHECKED if self.check_mode else Verdict.GREEN
+            not_green = [
+                name
+                for name in collected
+                if not (self.run.teams[name].verdict.counts_green or self.run.teams[name].verdict is expected)
+            ]
             message = (
-                "every collected team is green"
+                (checkreport.summary_line(self.run) if self.check_mode else "every collected team is green")
                 if not not_green
                 else "not green: "
                 + ", ".join(f"Team {n} ({self.run.teams[n].verdict.value})" for n in not_green)
@@ -287,11 +309,20 @@ class EngineController:
             write(f"waived ({len(waived)}; skipped because the target's profile cannot provide them):")
             for entry in waived:
                 write(f"  WAIVED {entry}")
+        if self.check_mode:
+            terminalreporter.write_sep("-", checkreport.SECTION)
+            markdown = self.check_files[0] if self.check_files else self.settings.reports_dir / "check.md"
+            for line in checkreport.terminal_lines(run, markdown):
+                write(line)
+            if self.check_files:
+                write("full list with diffs: " + ", ".join(str(path) for path in self.check_files))
         terminalreporter.write_sep("-", "Timeline Comparison")
         for line in timeline.comparison_table(run):
             write(line)
         for note in self.notes:
             write(note)
+        if self.check_mode:
+            write(checkreport.summary_line(run))
 
     @pytest.hookimpl
     def pytest_unconfigure(self, config: pytest.Config) -> None:

@@ -32,7 +32,7 @@ from engine.collection import TeamCollector
 from engine.config import ENVIRONMENT_KEY, EngineSettings
 from engine.controller import EngineController
 from engine.plan import PlanError, load_plan
-from engine.run import WAIVED_PREFIX, skip_reason
+from engine.run import CHECK_PREFIX, WAIVED_PREFIX, skip_reason
 from engine.state import SharedState, write_json_atomic
 
 SETTINGS_KEY = pytest.StashKey[EngineSettings]()
@@ -86,6 +86,9 @@ def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, tuple
     # A waiver is not an ordinary skip: count and show it as its own outcome ("12 waived").
     if report.skipped and skip_reason(report).startswith(WAIVED_PREFIX):
         return "waived", "w", ("WAIVED", {"yellow": True})
+    # Nor is a dry run's skip (--check): "12 checked", not "12 skipped".
+    if report.skipped and skip_reason(report).startswith(CHECK_PREFIX):
+        return "checked", "c", ("CHECKED", {"cyan": True})
     return None
 
 

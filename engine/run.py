@@ -2,7 +2,10 @@
 verdict as reports arrive, and who is blocked by whom.
 
 A team is green when every report of every one of its tests passed or was skipped as a
-waiver (reason starting with ``waived:``). Any other skip, a failure or an error makes it
+waiver (reason starting with ``waived:``). In a dry run (``--check``) the targets plugin skips
+every check with a reason starting ``check mode:``: such a skip is not a failure either, and a
+team with at least one of them (and no failure) is "checked", which unblocks its dependents
+like green but is not green. Any other skip, a failure or an error makes it
 not green; its transitive dependents are blocked at once (not when their turn comes), with
 the reason ``blocked by Team X (test id)`` naming the root-cause team and its first failing
 test. Pure bookkeeping: no pytest hooks, no I/O, so it is unit-testable with fake reports.
@@ -19,8 +22,11 @@ from engine.plan import Plan
 from engine.state import RecordedVerdict, TeamGate, Verdict
 
 WAIVED_PREFIX = "waived:"
+CHECK_PREFIX = "check mode:"
 BLOCKED_PREFIX = "blocked by "
 CHANGES_PROPERTY = "hvs_changes"
+# [{"op": "[host] => op", "diff": str | None}, ...]: ops that would change (--check).
+WOULD_CHANGE_PROPERTY = "hvs_would_change"
 
 
 class ReportLike(Protocol):
@@ -62,6 +68,10 @@ class TeamStatus:
     first_failure: str | None = None
     failures: list[str] = field(default_factory=list)
     waivers: list[str] = field(default_factory=list)
+    # Tests skipped as "check mode: ..." (a dry run): "<test id>: <reason>".
+    checked: list[str] = field(default_factory=list)
+    # Ops that would change (--check), in order: {"op": ..., "diff": ...}.
+    would_change: list[dict[str, str | None]] = field(default_factory=list)
     # Set when a failure is seen; the verdict is final when the last test finishes.
     failing: bool = False
     start: float | None = None
@@ -153,7 +163,7 @@ class TeamRun:
         status = self.teams[team]
         if status.verdict is Verdict.BLOCKED:
             return True
-        return all(self.teams[req].verdict.counts_green for req in self.plan[team].requires)
+        return all(self.teams[req].verdict.unblocks for req in self.plan[team].requires)
 
     def _settle(self, team: str, verdict: Verdict) -> None:
         status = self.teams[team]
@@ -189,6 +199,8 @@ class TeamRun:
         for key, value in getattr(report, "user_properties", ()) or ():
             if key == CHANGES_PROPERTY and isinstance(value, int):
                 status.changes += value
+            elif key == WOULD_CHANGE_PROPERTY and isinstance(value, list | tuple):
+                status.would_change.extend(_would_change_entry(entry) for entry in value)
         problem: str | None = None
         if report.outcome == "failed":
             problem = report.nodeid if report.when in ("call", "???") else f"{report.nodeid} ({report.when})"
@@ -196,6 +208,8 @@ class TeamRun:
             reason = skip_reason(report)
             if reason.startswith(WAIVED_PREFIX):
                 status.waivers.append(f"{report.nodeid}: {reason}")
+            elif reason.startswith(CHECK_PREFIX):
+                status.checked.append(f"{report.nodeid}: {reason}")
             elif reason.startswith(BLOCKED_PREFIX) and status.verdict is Verdict.BLOCKED:
                 pass
             else:
@@ -209,7 +223,13 @@ class TeamRun:
         if report.when in ("teardown", "???"):
             status.finished.add(report.nodeid)
             if not status.verdict.settled and status.finished >= set(status.nodeids):
-                self._settle(team, Verdict.FAILED if status.failing else Verdict.GREEN)
+                self._settle(team, self._finished_verdict(status))
+
+    @staticmethod
+    def _finished_verdict(status: TeamStatus) -> Verdict:
+        if status.failing:
+            return Verdict.FAILED
+        return Verdict.CHECKED if status.checked else Verdict.GREEN
 
     def stop_unfinished(self) -> list[str]:
         """At the end of a run: teams collected but never finished are "not run"."""
@@ -227,11 +247,18 @@ class TeamRun:
         return settled
 
     def next_teams(self, team: str) -> list[str]:
-        """Dependents of `team` that can start now that it is green."""
+        """Dependents of `team` that can start now that it is green (or checked)."""
         return [
             dep
             for dep in self.plan.dependents(team)
             if self.teams[dep].nodeids
             and not self.teams[dep].verdict.settled
-            and all(self.teams[req].verdict.counts_green for req in self.plan[dep].requires)
+            and all(self.teams[req].verdict.unblocks for req in self.plan[dep].requires)
         ]
+
+
+def _would_change_entry(entry: object) -> dict[str, str | None]:
+    if isinstance(entry, dict):
+        diff = entry.get("diff")
+        return {"op": str(entry.get("op", "")), "diff": None if diff is None else str(diff)}
+    return {"op": str(entry), "diff": None}

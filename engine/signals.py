@@ -1,6 +1,6 @@
 """Completion signals in the plan's format ("Signal Format" in docs/AGENT_TEAMS_PLAN.md):
 
-    ✅ ALPHA COMPLETE            (❌ ALPHA FAILED / ⛔ ALPHA BLOCKED)
+    ✅ ALPHA COMPLETE            (❌ ALPHA FAILED / ⛔ ALPHA BLOCKED / 🔎 ALPHA CHECKED)
     Phase: 1
     Duration: 12.3 s
     Issues: None
@@ -30,13 +30,15 @@ HEADLINES = {
     "green": ("✅", "COMPLETE"),
     "failed": ("❌", "FAILED"),
     "blocked": ("⛔", "BLOCKED"),
+    # A dry run (--check): the team's would-change ops are known, nothing was verified.
+    "checked": ("🔎", "CHECKED"),
 }
 
 
 @dataclass(frozen=True)
 class Signal:
     team: str
-    verdict: str  # "green" | "failed" | "blocked"
+    verdict: str  # "green" | "failed" | "blocked" | "checked"
     phase: int
     duration: float
     issues: list[str] = field(default_factory=list)

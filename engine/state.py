@@ -24,6 +24,10 @@ from typing import Any
 class Verdict(StrEnum):
     PENDING = "pending"
     GREEN = "green"
+    # A --check run (dry run): every test skipped as "check mode: ..." or waived, nothing
+    # failed. Not verified: it lets dependents run their own dry run, never counts as
+    # green for --resume and is never recorded.
+    CHECKED = "checked"
     FAILED = "failed"
     BLOCKED = "blocked"
     NOT_IMPLEMENTED = "not implemented"
@@ -37,6 +41,11 @@ class Verdict(StrEnum):
     @property
     def counts_green(self) -> bool:
         return self in (Verdict.GREEN, Verdict.RECORDED_GREEN)
+
+    @property
+    def unblocks(self) -> bool:
+        """Whether dependents may run after this team (green, or checked in a dry run)."""
+        return self.counts_green or self is Verdict.CHECKED
 
     @property
     def settled(self) -> bool:
