@@ -11,6 +11,8 @@ resolves it under a file lock and leaves it for the others of the same run.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import os
 import uuid
@@ -57,6 +59,8 @@ class TargetsState:
     failure: str | None = None
     hosts: list[Any] = field(default_factory=list)
     last_change_count: int = 0
+    # Per host (by id): how many of its results were already reported (--check).
+    reported_results: dict[int, int] = field(default_factory=dict)
     environment_added: bool = False
 
     @property
@@ -69,6 +73,21 @@ class TargetsState:
 
     def change_count(self) -> int:
         return sum(len(host.changes) for host in self.hosts)
+
+    def new_would_change(self) -> list[dict[str, str | None]]:
+        """Ops that would change (check mode) since the last call: ``"[host] => op"`` as
+        ``steps.runner.idempotence_gate`` names them, with the runner's redacted diff."""
+        entries: list[dict[str, str | None]] = []
+        for host in self.hosts:
+            results = getattr(host, "results", None)
+            if results is None:
+                continue
+            start = self.reported_results.get(id(host), 0)
+            self.reported_results[id(host)] = len(results)
+            for result in results[start:]:
+                if result.changed:
+                    entries.append({"op": f"[{host.name}] => {result.op}", "diff": result.diff or None})
+        return entries
 
 
 STATE = pytest.StashKey[TargetsState]()
@@ -106,7 +125,8 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
         "--check",
         dest="hvs_check",
         action="store_true",
-        help="dry run: apply steps only report what they would change",
+        help="dry run: apply steps only report what they would change (with diffs); checks are "
+        "skipped as 'check mode: ...' since nothing was applied",
     )
     group.addoption(
         "--verify-only",
@@ -171,6 +191,12 @@ def _tell_engine(config: pytest.Config, state: TargetsState) -> None:
     set_target_name(config, f"scratch:{spec.name}" if isinstance(spec, ScratchSpec) else f"ssh:{spec.label}")
     signals = state.settings.signals
     set_signal_webhook(config, signals.webhook_url, signals.timeout)
+    if state.mode == "check":
+        try:
+            from engine import set_check_mode
+        except ImportError:
+            return
+        set_check_mode(config)
 
 
 def _runs_phases(config: pytest.Config) -> bool:
@@ -329,7 +355,88 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         count = state.change_count()
         report.user_properties.append(("hvs_changes", count - state.last_change_count))
         state.last_change_count = count
+        if state.mode == "check":
+            would_change = state.new_would_change()
+            if would_change:
+                report.user_properties.append((WOULD_CHANGE, would_change))
     return report
+
+
+# --- check mode (--check): apply fixtures in check mode, checks skipped ------------------
+
+WOULD_CHANGE = "hvs_would_change"
+CHECK_SKIP = "check mode: not verified, nothing was applied"
+# The fixture every team module declares for its apply steps (CONTRACTS.md).
+APPLY_FIXTURE = "applied"
+# The runner Host: a fixture that requests it (directly or not) may run apply steps.
+RUNNER_FIXTURE = "remote"
+
+
+def _apply_fixtures(item: pytest.Item) -> list[str]:
+    """The fixtures to set up for `item` in check mode, in setup order: ``applied`` and every
+    other module- (or class/package-) scoped fixture that requests the runner host, since
+    apply steps live there (e.g. Base's ``binaries``, Bravo's ``flintlock_served``).
+    Generator fixtures are left out: a fixture with a teardown holds a verification resource
+    (a pushed image, a temporary listener), not an apply step. Function-scoped fixtures
+    (verification scaffolding) and session-scoped ones (created only when needed) too."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return []
+    definitions = info.name2fixturedefs
+
+    def requests_runner(name: str, seen: set[str]) -> bool:
+        if name == RUNNER_FIXTURE:
+            return True
+        if name in seen or name not in definitions:
+            return False
+        seen.add(name)
+        return any(requests_runner(arg, seen) for arg in definitions[name][-1].argnames)
+
+    chosen = []
+    for name in item.fixturenames:  # type: ignore[attr-defined]
+        defs = definitions.get(name)
+        if not defs:
+            continue
+        fixturedef = defs[-1]
+        if name == APPLY_FIXTURE or (
+            fixturedef.scope in ("module", "class", "package")
+            and not inspect.isgeneratorfunction(fixturedef.func)
+            and requests_runner(name, set())
+        ):
+            chosen.append(name)
+    return chosen
+
+
+def _check_setup(item: pytest.Item) -> None:
+    """Replaces the item's own setup in check mode: set up its apply fixtures only (in check
+    mode they compute and record what they would change), then skip the check's body."""
+    request = item._request  # type: ignore[attr-defined]
+    not_planned: list[str] = []
+    for name in _apply_fixtures(item):
+        if name == APPLY_FIXTURE:
+            # The team's apply steps: an error here is the team's failure, as in a real run.
+            request.getfixturevalue(name)
+            continue
+        try:
+            request.getfixturevalue(name)
+        except Exception as exc:
+            # A fixture mixing apply steps with reads of their result (a password file it
+            # creates) cannot finish on a host that was not built; what it would change
+            # until then is recorded all the same.
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            not_planned.append(f"fixture {name!r} stopped: {type(exc).__name__}: {first}")
+    reason = CHECK_SKIP + ("; " + "; ".join(not_planned) if not_planned else "")
+    raise pytest.skip.Exception(reason, _use_item_location=True)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    state = item.config.stash.get(STATE, None)
+    if state is None or state.mode != "check" or not isinstance(item, pytest.Function):
+        return
+    # pytest's SetupState calls item.setup() (which fills every fixture) after the session
+    # and module are set up: only the apply fixtures run, then the check is skipped.
+    item.setup = functools.partial(_check_setup, item)  # type: ignore[method-assign]
 
 
 # --- fixtures ---------------------------------------------------------------------------
