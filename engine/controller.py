@@ -112,7 +112,14 @@ class EngineController:
         implemented = self.settings.implemented()
         recorded = self.settings.recorded() if self.settings.resume else {}
         green = {name: entry for name, entry in recorded.items() if entry.verdict == Verdict.GREEN.value}
-        self.run = TeamRun(self.settings.plan, nodeids, self.settings.module_nodeid, implemented, green)
+        self.run = TeamRun(
+            self.settings.plan,
+            nodeids,
+            self.settings.module_nodeid,
+            implemented,
+            green,
+            check_mode=self.config.stash.get(CHECK_MODE_KEY, False),
+        )
         if not self.run.active:
             return
         counted = [

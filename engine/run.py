@@ -105,11 +105,16 @@ class TeamRun:
         module_of_team: dict[str, str],
         implemented: set[str],
         recorded_green: dict[str, RecordedVerdict] | None = None,
+        *,
+        check_mode: bool = False,
     ) -> None:
         """`module_of_team`: team -> its module as it appears in node ids (path relative to
         rootdir); `implemented`: teams whose module file exists; `recorded_green`: teams not
-        selected that count green from an earlier run (--resume)."""
+        selected that count green from an earlier run (--resume); `check_mode`: a dry run
+        (--check), where a team that did not fail is "checked" even if every test of it
+        was waived (nothing of it was verified)."""
         self.plan = plan
+        self.check_mode = check_mode
         self.teams: dict[str, TeamStatus] = {t.name: TeamStatus(t.name, t.phase) for t in plan.teams}
         self._team_of_file = {module: team for team, module in module_of_team.items()}
         self._team_of_nodeid: dict[str, str] = {}
@@ -225,11 +230,10 @@ class TeamRun:
             if not status.verdict.settled and status.finished >= set(status.nodeids):
                 self._settle(team, self._finished_verdict(status))
 
-    @staticmethod
-    def _finished_verdict(status: TeamStatus) -> Verdict:
+    def _finished_verdict(self, status: TeamStatus) -> Verdict:
         if status.failing:
             return Verdict.FAILED
-        return Verdict.CHECKED if status.checked else Verdict.GREEN
+        return Verdict.CHECKED if status.checked or self.check_mode else Verdict.GREEN
 
     def stop_unfinished(self) -> list[str]:
         """At the end of a run: teams collected but never finished are "not run"."""

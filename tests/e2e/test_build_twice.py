@@ -101,3 +101,26 @@ def test_second_build_changes_nothing(
     teams = build(server, tmp_path_factory.mktemp("second"))
     assert {name: teams[name]["changes"] for name in IMPLEMENTED} == dict.fromkeys(IMPLEMENTED, 0)
     assert {teams[name]["outcome"] for name in IMPLEMENTED} == {"green"}
+
+
+def test_check_run_on_the_built_server_would_change_nothing(
+    server: str, first: tuple[Path, dict[str, dict]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """After the second build (the test above runs first): a dry run (`--check`) lists no
+    would-change op, every team ends "checked" and the run exits 0 (Molecule's idempotence gate)."""
+    reports = tmp_path_factory.mktemp("check")
+    command = [
+        str(PYTEST), "-p", "no:cacheprovider", "-n", "auto", "phases/", "--target", f"scratch:{server}",
+        "--check", "--reports-dir", str(reports), "--alluredir", str(reports / "allure-results"),
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
+    )
+    (reports / "pytest.log").write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
+    plan = json.loads((reports / "check.json").read_text())
+    would_change = {team["team"]: team["would_change"] for team in plan["teams"] if team["would_change"]}
+    assert plan["total"] == 0 and not would_change, would_change
+    assert "check mode: nothing would change" in result.stdout
+    timeline = {team["team"]: team for team in json.loads((reports / "timeline.json").read_text())["teams"]}
+    assert {timeline[name]["outcome"] for name in IMPLEMENTED} == {"checked"}

@@ -157,3 +157,8 @@ def test_team_run_counts_check_mode_skips_as_non_failing() -> None:
     assert status.would_change == ops
     assert not Verdict.CHECKED.counts_green and Verdict.CHECKED.unblocks
     assert run.ready("B") and run.teams["B"].verdict is Verdict.PENDING
+    # In a dry run a team whose every check was waived is "checked" too, not verified green.
+    dry = TeamRun(plan, ["test_a.py::test_1"], modules, set(modules), check_mode=True)
+    dry.add_report(Report("test_a.py::test_1", "setup", "skipped", "waived: kvm (profile scratch)"))
+    dry.add_report(Report("test_a.py::test_1", "teardown"))
+    assert dry.teams["A"].verdict is Verdict.CHECKED
