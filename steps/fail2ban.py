@@ -93,12 +93,19 @@ def failed_logins_command(address: str, port: int, attempts: int) -> str:
     return f"for i in $(seq {int(attempts)}); do {ssh}; done"
 
 
+def eventually(condition: Callable[[], bool], *, timeout: float, interval: float = 1.0) -> bool:
+    """Poll ``condition`` until it holds; False if it does not within ``timeout`` seconds.
+    A ban converges asynchronously: fail2ban lists the address before its nftables action
+    has run, and the action runs again on unban."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
 def wait_for_ban(status: Callable[[], str], address: str, *, timeout: float = 30.0) -> bool:
     """Poll ``status()`` (``STATUS`` output) once a second until ``address`` is banned;
     False if it is not within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while address not in parse_banned(status()):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(1)
-    return True
+    return eventually(lambda: address in parse_banned(status()), timeout=timeout)
