@@ -18,19 +18,15 @@ import pytest
 from engine import task
 from settings.model import Settings
 from steps import flintlock, hypervisors, probes
-from steps.artifacts import ArtifactStore
 
 
 @pytest.fixture(scope="module")
-def binaries(request: pytest.FixtureRequest, remote, settings: Settings) -> None:
-    store = ArtifactStore(
-        settings.artifacts, artifacts_dir=request.config.getoption("hvs_artifacts_dir", None)
-    )
-    hypervisors.install(remote, store, settings)
+def applied_binaries(remote, settings: Settings, artifacts) -> None:
+    hypervisors.install(remote, artifacts, settings)
 
 
 @pytest.fixture(scope="module")
-def flintlock_unit(remote, settings: Settings, binaries) -> None:
+def applied_flintlock_unit(remote, settings: Settings, applied_binaries) -> None:
     flintlock.base_service(remote, settings)
 
 
@@ -45,7 +41,7 @@ def test_cpu_virtualization_and_kvm_device(host) -> None:
 @task("Hypervisor binaries")
 @pytest.mark.requires("upstream-artifacts")
 @pytest.mark.parametrize("role", ["firecracker", "cloud-hypervisor", "flintlockd"])
-def test_binary_version_matches_its_pin(host, settings: Settings, binaries, role: str) -> None:
+def test_binary_version_matches_its_pin(host, settings: Settings, applied_binaries, role: str) -> None:
     pin = hypervisors.pins(settings)[role]
     output = host.check_output(hypervisors.version_command(role, pin))
     assert hypervisors.same_version(hypervisors.parse_version(output), pin.version), (
@@ -57,7 +53,7 @@ def test_binary_version_matches_its_pin(host, settings: Settings, binaries, role
 @task("Flintlock service")
 @pytest.mark.requires("upstream-artifacts")
 def test_flintlockd_unit_is_loaded_tls_only_and_on_the_host_network(
-    host, settings: Settings, flintlock_unit
+    host, settings: Settings, applied_flintlock_unit
 ) -> None:
     assert host.check_output(f"systemctl show -p LoadState --value {flintlock.UNIT}") == "loaded"
     exec_start = host.check_output(flintlock.EXEC_START)
@@ -71,6 +67,6 @@ def test_flintlockd_unit_is_loaded_tls_only_and_on_the_host_network(
 @task("MicroVM boot")
 @pytest.mark.requires("kvm")
 @pytest.mark.requires("upstream-artifacts")
-def test_a_firecracker_microvm_boots_to_its_marker(remote, settings: Settings, binaries) -> None:
+def test_a_firecracker_microvm_boots_to_its_marker(remote, settings: Settings, applied_binaries) -> None:
     result = flintlock.boot_microvm(remote, settings)
     assert result.exit_code == 0, result.stdout[-4000:]

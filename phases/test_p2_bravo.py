@@ -41,7 +41,7 @@ def applied(remote, settings: Settings, target) -> bool:
 
 
 @pytest.fixture(scope="module")
-def flintlock_served(remote, settings: Settings, applied: bool) -> None:
+def applied_flintlock(remote, settings: Settings, applied: bool) -> None:
     flintlock.serve(remote, settings, containerd_changed=applied)
 
 
@@ -168,7 +168,7 @@ def test_image_pulled_over_the_network_runs_to_its_marker(
 @pytest.mark.task("Flintlock runtime")
 @pytest.mark.requires("upstream-artifacts")
 @pytest.mark.requires("devmapper")
-def test_flintlockd_runs_tls_only_on_containerd(host, settings: Settings, flintlock_served) -> None:
+def test_flintlockd_runs_tls_only_on_containerd(host, settings: Settings, applied_flintlock) -> None:
     service = host.service(flintlock.UNIT)
     assert service.is_running and service.is_enabled
     exec_start = host.check_output(flintlock.EXEC_START)
@@ -182,7 +182,7 @@ def test_flintlockd_runs_tls_only_on_containerd(host, settings: Settings, flintl
 @pytest.mark.requires("upstream-artifacts")
 @pytest.mark.requires("devmapper")
 def test_grpc_port_presents_the_issued_certificate(
-    host, settings: Settings, target, certs: tls.Paths, flintlock_served
+    host, settings: Settings, target, certs: tls.Paths, applied_flintlock
 ) -> None:
     ca_pem = host.file(certs.cert("ca")).content_string
     handshake = probes.tls_handshake(

@@ -16,7 +16,6 @@ import pytest
 
 from settings.model import Settings
 from steps import grafana, prometheus
-from steps.artifacts import ArtifactStore
 from steps.prometheus import PrometheusAPI
 
 pytestmark = pytest.mark.usefixtures("applied")
@@ -47,11 +46,12 @@ def prometheus_api(target, settings: Settings) -> PrometheusAPI:
 
 
 @pytest.fixture(scope="module")
-def grafana_api(request: pytest.FixtureRequest, remote, target, settings: Settings) -> grafana.GrafanaAPI:
-    store = ArtifactStore(
-        settings.artifacts, artifacts_dir=request.config.getoption("hvs_artifacts_dir", None)
-    )
-    grafana.apply(remote, settings, store)
+def applied_grafana(remote, settings: Settings, artifacts) -> None:
+    grafana.apply(remote, settings, artifacts)
+
+
+@pytest.fixture(scope="module")
+def grafana_api(remote, target, settings: Settings, applied_grafana) -> grafana.GrafanaAPI:
     password_file = settings.charlie.grafana.admin_password_file
     password = (remote.read(password_file) or b"").decode().strip()
     assert password, f"{password_file} is empty or missing"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import json
 import os
 import uuid
@@ -25,6 +24,7 @@ import pytest
 
 from settings.loader import ConfigError, load_settings
 from settings.model import Settings, Waiver
+from steps.artifacts import ArtifactStore
 from targets import Target, TargetError, cache
 from targets.resolve import effective_profile, resolve, resolve_probe, select_spec
 from targets.spec import ScratchSpec, SSHSpec
@@ -366,45 +366,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 WOULD_CHANGE = "hvs_would_change"
 CHECK_SKIP = "check mode: not verified, nothing was applied"
-# The fixture every team module declares for its apply steps (CONTRACTS.md).
+# Apply fixtures are named "applied" or "applied_<what>" (CONTRACTS.md); everything else a
+# check requests is verification scaffolding, which a dry run must not set up.
 APPLY_FIXTURE = "applied"
-# The runner Host: a fixture that requests it (directly or not) may run apply steps.
-RUNNER_FIXTURE = "remote"
+
+
+def _is_apply_fixture(name: str) -> bool:
+    return name == APPLY_FIXTURE or name.startswith(APPLY_FIXTURE + "_")
 
 
 def _apply_fixtures(item: pytest.Item) -> list[str]:
-    """The fixtures to set up for `item` in check mode, in setup order: ``applied`` and every
-    other module- (or class/package-) scoped fixture that requests the runner host, since
-    apply steps live there (e.g. Base's ``binaries``, Bravo's ``flintlock_served``).
-    Generator fixtures are left out: a fixture with a teardown holds a verification resource
-    (a pushed image, a temporary listener), not an apply step. Function-scoped fixtures
-    (verification scaffolding) and session-scoped ones (created only when needed) too."""
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:
-        return []
-    definitions = info.name2fixturedefs
-
-    def requests_runner(name: str, seen: set[str]) -> bool:
-        if name == RUNNER_FIXTURE:
-            return True
-        if name in seen or name not in definitions:
-            return False
-        seen.add(name)
-        return any(requests_runner(arg, seen) for arg in definitions[name][-1].argnames)
-
-    chosen = []
-    for name in item.fixturenames:  # type: ignore[attr-defined]
-        defs = definitions.get(name)
-        if not defs:
-            continue
-        fixturedef = defs[-1]
-        if name == APPLY_FIXTURE or (
-            fixturedef.scope in ("module", "class", "package")
-            and not inspect.isgeneratorfunction(fixturedef.func)
-            and requests_runner(name, set())
-        ):
-            chosen.append(name)
-    return chosen
+    """The apply fixtures `item` requests, in setup order."""
+    return [name for name in getattr(item, "fixturenames", ()) if _is_apply_fixture(name)]
 
 
 def _check_setup(item: pytest.Item) -> None:
@@ -420,9 +393,8 @@ def _check_setup(item: pytest.Item) -> None:
         try:
             request.getfixturevalue(name)
         except Exception as exc:
-            # A fixture mixing apply steps with reads of their result (a password file it
-            # creates) cannot finish on a host that was not built; what it would change
-            # until then is recorded all the same.
+            # An apply fixture that reads back what an earlier step wrote cannot finish on a
+            # host that was not built; what it would change until then is recorded all the same.
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             not_planned.append(f"fixture {name!r} stopped: {type(exc).__name__}: {first}")
     reason = CHECK_SKIP + ("; " + "; ".join(not_planned) if not_planned else "")
@@ -529,6 +501,13 @@ def _testinfra_host(target: Target) -> Any:
     return testinfra.get_host(
         target.testinfra_spec, ssh_identity_file=str(target.key_file), ssh_config=str(config)
     )
+
+
+@pytest.fixture(scope="session")
+def artifacts(request: pytest.FixtureRequest, settings: Settings) -> ArtifactStore:
+    """The pinned artifacts: fetched once into the cache (or read from --artifacts-dir),
+    checked against their sha256 before anything is copied to the target."""
+    return ArtifactStore(settings.artifacts, artifacts_dir=request.config.getoption("hvs_artifacts_dir"))
 
 
 @pytest.fixture(scope="session")

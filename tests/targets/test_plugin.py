@@ -233,7 +233,7 @@ def applied(remote):
 
 
 @pytest.fixture(scope="module")
-def served(remote, applied):
+def applied_served(remote, applied):
     ran("served")
     ops.file(remote, "/etc/served.conf", "on\\n")
     assert remote.read("/etc/served.conf"), "/etc/served.conf is missing"
@@ -276,7 +276,7 @@ def test_with_scaffolding(pushed, listener):
     raise AssertionError("a check body ran")
 
 
-def test_with_a_second_apply_fixture(served):
+def test_with_a_second_apply_fixture(applied_served):
     raise AssertionError("a check body ran")
 """
 
@@ -308,11 +308,11 @@ def test_check_mode_applies_in_check_mode_and_skips_every_check_body(pytester: p
     assert all("check mode: not verified, nothing was applied" in text for text in reasons.values())
     # The fixture that reads back what its apply step wrote stops on a host never built.
     assert (
-        "fixture 'served' stopped: AssertionError: /etc/served.conf is missing"
+        "fixture 'applied_served' stopped: AssertionError: /etc/served.conf is missing"
         in (reasons["test_with_a_second_apply_fixture"])
     )
-    # Only apply fixtures ran: no verification scaffolding (a generator fixture holding a
-    # resource, a function-scoped one), and nothing was written on the host.
+    # Only apply fixtures ("applied", "applied_*") ran: no verification scaffolding, and
+    # nothing was written on the host.
     assert (pytester.path / "ran.txt").read_text().split() == ["applied", "served"]
     assert json.loads((pytester.path / "host.json").read_text()) == {"uploads": [], "writes": []}
 
