@@ -70,6 +70,11 @@ class SSHSettings(Strict):
     port: int = Field(22, ge=1, le=65535)
     config_file: Path = Path("~/.ssh/config")
     connect_timeout: float = Field(10.0, gt=0)
+    # Host keys of ssh targets are checked against this file (plus UserKnownHostsFile of an
+    # ssh config alias). strict_host_keys = false accepts and records an unknown host's key on
+    # first use (OpenSSH's accept-new); a changed key is refused either way.
+    known_hosts: Path = Path("~/.ssh/known_hosts")
+    strict_host_keys: bool = True
 
 
 class ScratchSettings(Strict):

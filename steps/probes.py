@@ -26,6 +26,13 @@ from typing import Any, TypeVar
 import paramiko
 
 from steps.facts import Fact
+from steps.runner import (
+    HostKeyError,
+    check_host_key,
+    explain_bad_host_key,
+    load_known_hosts,
+    pin_host_keys,
+)
 
 T = TypeVar("T")
 
@@ -121,14 +128,47 @@ def scan_plan(declared: Iterable[int], *, low_range: range = range(1, 1025)) -> 
 
 
 # -- SSH ---------------------------------------------------------------------------------
+# Every probe that completes a key exchange checks the server's host key: against
+# ``host_keys`` (a paramiko.HostKeys or known_hosts file paths) when given, otherwise against
+# the files registered with :func:`trust_known_hosts` (the targets plugin registers each
+# resolved target's). With neither, the probe refuses to connect.
+
+HostKeys = paramiko.HostKeys | Iterable[str] | None
+
+_trusted_files: list[str] = []
 
 
-def ssh_auth_methods(address: str, port: int, user: str, *, timeout: float = 10.0) -> list[str]:
+def trust_known_hosts(*files: str) -> None:
+    """Add known_hosts files SSH probes check host keys against by default."""
+    for name in files:
+        if str(name) not in _trusted_files:
+            _trusted_files.append(str(name))
+
+
+def _known(host_keys: HostKeys) -> tuple[paramiko.HostKeys, list[str]]:
+    if isinstance(host_keys, paramiko.HostKeys):
+        return host_keys, []
+    files = [str(name) for name in host_keys] if host_keys is not None else list(_trusted_files)
+    if not files:
+        raise HostKeyError(
+            "no known host keys to check the server against: pass host_keys= or register "
+            "known_hosts files with steps.probes.trust_known_hosts()",
+            host="",
+            port=0,
+            key_type="",
+            fingerprint="",
+        )
+    return load_known_hosts(files), files
+
+
+def ssh_auth_methods(
+    address: str, port: int, user: str, *, timeout: float = 10.0, host_keys: HostKeys = None
+) -> list[str]:
     """Authentication methods the server offers ``user`` (the answer to a "none" request).
 
     Nothing secret is sent: the "none" method carries no credential.
     """
-    with _ssh_transport(address, port, timeout) as transport:
+    with _ssh_transport(address, port, timeout, host_keys) as transport:
         try:
             transport.auth_none(user)
         except paramiko.BadAuthenticationType as exc:
@@ -137,14 +177,16 @@ def ssh_auth_methods(address: str, port: int, user: str, *, timeout: float = 10.
         return ["none"]
 
 
-def ssh_password_login_refused(address: str, port: int, user: str, *, timeout: float = 10.0) -> str:
+def ssh_password_login_refused(
+    address: str, port: int, user: str, *, timeout: float = 10.0, host_keys: HostKeys = None
+) -> str:
     """Try a password login with a random throwaway password; return how it was refused.
 
     "not offered" when the server rejects the method itself (the strong outcome), or
     "rejected" when it took the password and said no. Raises AssertionError if it let us in.
     """
     throwaway = hashlib.sha256(str(time.time_ns()).encode()).hexdigest()
-    with _ssh_transport(address, port, timeout) as transport:
+    with _ssh_transport(address, port, timeout, host_keys) as transport:
         try:
             transport.auth_password(user, throwaway, fallback=False)
         except paramiko.BadAuthenticationType:
@@ -155,16 +197,38 @@ def ssh_password_login_refused(address: str, port: int, user: str, *, timeout: f
 
 
 @contextlib.contextmanager
-def _ssh_transport(address: str, port: int, timeout: float) -> Iterator[paramiko.Transport]:
-    """An SSH transport past key exchange, not authenticated yet."""
+def _ssh_transport(
+    address: str, port: int, timeout: float, host_keys: HostKeys = None
+) -> Iterator[paramiko.Transport]:
+    """An SSH transport past key exchange with a verified host key, not authenticated yet."""
+    known, files = _known(host_keys)
     with socket.create_connection((address, port), timeout=timeout) as sock:
         transport = paramiko.Transport(sock)
         try:
             transport.banner_timeout = timeout
+            _prefer_known_key_types(transport, known.lookup(_key_name(address, port)))
             transport.start_client(timeout=timeout)
+            check_host_key(known, address, port, transport.get_remote_server_key(), files=files)
             yield transport
         finally:
             transport.close()
+
+
+def _key_name(address: str, port: int) -> str:
+    return address if port == 22 else f"[{address}]:{port}"
+
+
+def _prefer_known_key_types(transport: paramiko.Transport, entries: Any) -> None:
+    # As OpenSSH does: ask for a host key type known for this host first.
+    if not entries:
+        return
+    options = transport.get_security_options()
+    offered = list(options.key_types)
+    known = []
+    for key_type in entries:
+        names = ["rsa-sha2-512", "rsa-sha2-256", key_type] if key_type == "ssh-rsa" else [key_type]
+        known += [name for name in names if name in offered and name not in known]
+    options.key_types = known + [name for name in offered if name not in known]
 
 
 @dataclass(frozen=True)
@@ -229,10 +293,19 @@ def parse_kexinit(banner: str, payload: bytes) -> SSHAlgorithms:
     return SSHAlgorithms(banner, kex, lists[1], ciphers, macs)
 
 
-def ssh_key_login(address: str, port: int, user: str, key_file: str, *, timeout: float = 10.0) -> str:
+def ssh_key_login(
+    address: str,
+    port: int,
+    user: str,
+    key_file: str,
+    *,
+    timeout: float = 10.0,
+    host_keys: HostKeys = None,
+) -> str:
     """Log in with a key over a brand-new connection and return ``id -un`` (proves access)."""
+    known, files = _known(host_keys)
     client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    pin_host_keys(client, files, known=known)
     try:
         client.connect(
             address,
@@ -247,6 +320,8 @@ def ssh_key_login(address: str, port: int, user: str, key_file: str, *, timeout:
         )
         _, stdout, _ = client.exec_command("id -un", timeout=timeout)
         return stdout.read().decode().strip()
+    except paramiko.BadHostKeyException as exc:
+        raise explain_bad_host_key(exc, port, files) from None
     finally:
         client.close()
 

@@ -28,6 +28,8 @@ class Target:
     os: str = ""
     kernel: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # known_hosts files every connection checks the host key against (scratch: the suite's own).
+    known_hosts: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -48,6 +50,7 @@ class Target:
     def from_json(cls, text: str) -> Target:
         data = json.loads(text)
         data["key_file"] = Path(data["key_file"])
+        data["known_hosts"] = tuple(data.get("known_hosts", ()))
         return cls(**data)
 
     def __str__(self) -> str:

@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             what = "created" if report.created else "reused"
             print(f"{what} {target}: ssh ready in {report.ready_seconds:.2f} s")
             login = f"{target.user}@{target.address}"
-            print(f"login: ssh -i {target.key_file} -o StrictHostKeyChecking=no {login}")
+            known = target.known_hosts[0]
+            print(f"login: ssh -i {target.key_file} -o UserKnownHostsFile={known} {login}")
         elif args.command == "destroy":
             started = time.monotonic()
             found = scratch.destroy(args.name)

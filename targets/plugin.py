@@ -24,6 +24,7 @@ import pytest
 
 from settings.loader import ConfigError, load_settings
 from settings.model import Settings, Waiver
+from steps import probes
 from steps.artifacts import ArtifactStore
 from targets import Target, TargetError, cache
 from targets.resolve import effective_profile, resolve, resolve_probe, select_spec
@@ -432,17 +433,22 @@ def target(request: pytest.FixtureRequest) -> Target:
     """The resolved target (created first if it is a scratch server)."""
     state = _state(request)
     try:
-        return _resolve_target(request.config, state)
+        resolved = _resolve_target(request.config, state)
     except TargetError as exc:
         pytest.fail(str(exc), pytrace=False)
+    # steps.probes' SSH probes check host keys against the target's known_hosts by default.
+    probes.trust_known_hosts(*resolved.known_hosts)
+    return resolved
 
 
 def _connector(target: Target, settings: Settings) -> Callable[[], Any]:
     from fabric import Config, Connection
 
+    from steps.runner import pin_host_keys
+
     def connect() -> Any:
         # The target is already resolved (alias included): do not let ~/.ssh/config rewrite it.
-        return Connection(
+        connection = Connection(
             host=target.address,
             user=target.user,
             port=target.port,
@@ -454,6 +460,9 @@ def _connector(target: Target, settings: Settings) -> Callable[[], Any]:
                 "allow_agent": False,
             },
         )
+        # fabric's client accepts any host key (AutoAddPolicy): check the target's known_hosts.
+        pin_host_keys(connection.client, target.known_hosts)
+        return connection
 
     return connect
 
@@ -486,21 +495,52 @@ def remote(request: pytest.FixtureRequest, target: Target) -> Iterator[Any]:
 
 
 def _testinfra_host(target: Target) -> Any:
-    import testinfra
+    """A testinfra host over its paramiko backend, checking the host key against the
+    target's known_hosts (testinfra's own backend warns and accepts any key)."""
+    import testinfra.host
 
-    # An explicit ssh config keeps the operator's ~/.ssh/config from rewriting the resolved
-    # address, user or key. Scratch servers get new host keys at each creation on reused
-    # addresses: do not warn about them (testinfra warns about unknown keys otherwise).
-    kind = "scratch" if target.is_scratch else "ssh"
-    config = cache.cache_dir() / f"testinfra_ssh_config.{kind}"
-    if not config.exists():
-        text = "# hvsuite: targets are resolved before testinfra connects\n"
-        if target.is_scratch:
-            text += "Host *\n    StrictHostKeyChecking no\n"
-        config.write_text(text)
-    return testinfra.get_host(
-        target.testinfra_spec, ssh_identity_file=str(target.key_file), ssh_config=str(config)
+    backend = _verifying_backend()(
+        # The backend takes the spec without its scheme (testinfra's get_backend strips it).
+        target.testinfra_spec.removeprefix("paramiko://"),
+        ssh_identity_file=str(target.key_file),
+        known_hosts=target.known_hosts,
     )
+    host = testinfra.host.Host(backend)
+    backend.set_host(host)
+    return host
+
+
+@functools.cache
+def _verifying_backend() -> type:
+    import paramiko
+    from testinfra.backend.paramiko import ParamikoBackend
+
+    from steps.runner import pin_host_keys
+
+    class VerifyingParamikoBackend(ParamikoBackend):
+        """testinfra's paramiko backend, connecting to the resolved target only: no ssh
+        config (the address, user and key are already resolved), host keys checked."""
+
+        def __init__(self, hostspec: str, *, known_hosts: tuple[str, ...], **kwargs: Any) -> None:
+            self.known_hosts = known_hosts
+            super().__init__(hostspec, **kwargs)
+
+        @functools.cached_property
+        def client(self) -> paramiko.SSHClient:
+            client = paramiko.SSHClient()
+            pin_host_keys(client, self.known_hosts)
+            client.connect(
+                hostname=self.host.name,
+                port=int(self.host.port) if self.host.port else 22,
+                username=self.host.user,
+                key_filename=self.ssh_identity_file,
+                timeout=self.timeout,
+                look_for_keys=False,
+                allow_agent=False,
+            )
+            return client
+
+    return VerifyingParamikoBackend
 
 
 @pytest.fixture(scope="session")
@@ -534,6 +574,7 @@ def probe(request: pytest.FixtureRequest, target: Target) -> Iterator[Probe]:
 
         yield Probe(target=None, host=testinfra.get_host("local://"), remote=None)
         return
+    probes.trust_known_hosts(*state.probe_target.known_hosts)
     remote_host = _runner_host(state, state.probe_target)
     yield Probe(target=state.probe_target, host=_testinfra_host(state.probe_target), remote=remote_host)
     _close(remote_host)

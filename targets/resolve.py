@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from settings.model import Settings
+from steps.runner import HostKeyError
 from targets import Target, TargetError, scratch
 from targets.spec import ScratchSpec, SSHSpec, parse_target
 from targets.ssh import wait_for_ssh
@@ -70,8 +71,20 @@ def resolve_ssh(settings: Settings, spec: SSHSpec, *, profile: str) -> Target:
     if not key.is_file():
         raise TargetError(f"target {spec.label}: SSH key {key} does not exist; fix ssh.key or IdentityFile")
     timeout = settings.ssh.connect_timeout
+    known_hosts = known_hosts_files(settings, spec)
+    record_to = None if settings.ssh.strict_host_keys else known_hosts[0]
     try:
-        _waited, os_name, kernel = wait_for_ssh(spec.host, spec.port, spec.user, key, timeout=timeout)
+        _waited, os_name, kernel = wait_for_ssh(
+            spec.host,
+            spec.port,
+            spec.user,
+            key,
+            timeout=timeout,
+            known_hosts=known_hosts,
+            record_to=record_to,
+        )
+    except HostKeyError as exc:
+        raise TargetError(f"target {spec.label}: {exc}") from None
     except TimeoutError as exc:
         raise TargetError(
             f"target {spec.label} ({spec.user}@{spec.host}:{spec.port}) did not accept a login with key "
@@ -87,7 +100,14 @@ def resolve_ssh(settings: Settings, spec: SSHSpec, *, profile: str) -> Target:
         is_scratch=False,
         os=os_name,
         kernel=kernel,
+        known_hosts=tuple(str(path) for path in known_hosts),
     )
+
+
+def known_hosts_files(settings: Settings, spec: SSHSpec) -> tuple[Path, ...]:
+    """ssh.known_hosts (where an accepted key is recorded), then the alias' UserKnownHostsFile."""
+    files = [settings.ssh.known_hosts.expanduser(), *spec.known_hosts]
+    return tuple(dict.fromkeys(files))
 
 
 def resolve_probe(settings: Settings, target: Target, *, rebuild: bool = False) -> Target | None:

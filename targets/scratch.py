@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from settings.model import ScratchSettings
-from targets import Target, TargetError, cache
+from steps.runner import HostKeyError
+from targets import Target, TargetError, cache, hostkeys
 from targets.image import Recipe, ensure_image
 from targets.podman import (
     RECIPE_LABEL,
@@ -149,6 +150,7 @@ def _target(name: str, address: str, profile: str, os_name: str = "", kernel: st
         is_scratch=True,
         os=os_name,
         kernel=kernel,
+        known_hosts=(hostkeys.scratch_known_hosts(),),
     )
 
 
@@ -190,10 +192,21 @@ def create(
                 f"see `podman inspect {name}`"
             )
         started = time.monotonic()
+        # Pin the host keys read through the container runtime (trusted), then verify them
+        # like any other target's: nothing on the network is trusted on first use.
+        hostkeys.pin(name, address, hostkeys.read_host_keys(name, timeout=ready_timeout))
         try:
             waited, os_name, kernel = wait_for_ssh(
-                address, 22, "root", cache.cache_dir() / cache.KEY_NAME, timeout=ready_timeout
+                address,
+                22,
+                "root",
+                cache.cache_dir() / cache.KEY_NAME,
+                timeout=ready_timeout,
+                known_hosts=(hostkeys.scratch_known_hosts(),),
+                fix=hostkeys.scratch_fix(name),
             )
+        except HostKeyError as exc:
+            raise TargetError(f"scratch server {name}: {exc}") from None
         except TimeoutError as exc:
             raise TargetError(
                 f"scratch server {name} did not accept SSH within {ready_timeout:.0f} s: {exc}; "
@@ -272,6 +285,7 @@ def destroy(name: str) -> bool:
         )
     with cache.lock(f"scratch-{name}", timeout=120):
         _remove(name)
+        hostkeys.unpin(name)
     return True
 
 
@@ -310,6 +324,7 @@ def destroy_all(settings: ScratchSettings) -> list[str]:
         name = (entry.get("Names") or [""])[0]
         if name:
             _remove(name)
+            hostkeys.unpin(name)
             removed.append(name)
     for entry in labelled("volume"):
         podman("volume", "rm", "--force", entry.get("Name", ""), check=False, timeout=30)

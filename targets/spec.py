@@ -30,6 +30,8 @@ class SSHSpec:
     port: int
     key_file: Path | None
     alias: str | None = None
+    # UserKnownHostsFile of the ssh config alias, if it names any.
+    known_hosts: tuple[Path, ...] = ()
 
     @property
     def label(self) -> str:
@@ -113,10 +115,12 @@ def resolve_alias(
         raise TargetError(f"{path}: Port {entry.get('port')!r} for Host {alias} is not a number") from exc
     identity = entry.get("identityfile")
     key_file = Path(identity[0]).expanduser() if identity else None
+    known_hosts = entry.get("userknownhostsfile", "") if known else ""
     return SSHSpec(
         host=entry.get("hostname", alias),
         user=entry.get("user", default_user),
         port=port,
         key_file=key_file,
         alias=alias if known else None,
+        known_hosts=tuple(Path(p).expanduser() for p in str(known_hosts).split() if p != "/dev/null"),
     )

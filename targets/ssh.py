@@ -1,35 +1,52 @@
-"""SSH reachability and facts, with paramiko directly (no fabric: used before any Host exists)."""
+"""SSH reachability and facts, with paramiko directly (no fabric: used before any Host exists).
+Host keys are always checked against known_hosts files (steps.runner.pin_host_keys)."""
 
 from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import paramiko
 
-
-class _Ignore(paramiko.MissingHostKeyPolicy):
-    # Scratch servers get new host keys at every creation on a reused address; real servers
-    # are checked against ~/.ssh/known_hosts by the operator's own ssh, not by the suite.
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        return None
+from steps.runner import HostKeyError, explain_bad_host_key, pin_host_keys
 
 
-def open_client(address: str, port: int, user: str, key_file: Path, *, timeout: float) -> paramiko.SSHClient:
+def open_client(
+    address: str,
+    port: int,
+    user: str,
+    key_file: Path,
+    *,
+    timeout: float,
+    known_hosts: Sequence[str | Path],
+    record_to: str | Path | None = None,
+    fix: str | None = None,
+) -> paramiko.SSHClient:
+    """A logged-in client, after checking the server's host key against `known_hosts`
+    (HostKeyError when unknown or different; with `record_to` an unknown host's key is
+    accepted and recorded there)."""
     client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(_Ignore())
-    client.connect(
-        address,
-        port=port,
-        username=user,
-        key_filename=str(key_file),
-        look_for_keys=False,
-        allow_agent=False,
-        timeout=timeout,
-        banner_timeout=timeout,
-        auth_timeout=timeout,
-    )
+    pin_host_keys(client, known_hosts, record_to=record_to, fix=fix)
+    try:
+        client.connect(
+            address,
+            port=port,
+            username=user,
+            key_filename=str(key_file),
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+        )
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise explain_bad_host_key(exc, port, known_hosts, fix) from None
+    except BaseException:
+        client.close()
+        raise
     return client
 
 
@@ -50,10 +67,20 @@ def read_facts(client: paramiko.SSHClient) -> tuple[str, str]:
 
 
 def wait_for_ssh(
-    address: str, port: int, user: str, key_file: Path, *, timeout: float, command: str = "true"
+    address: str,
+    port: int,
+    user: str,
+    key_file: Path,
+    *,
+    timeout: float,
+    known_hosts: Sequence[str | Path],
+    record_to: str | Path | None = None,
+    fix: str | None = None,
+    command: str = "true",
 ) -> tuple[float, str, str]:
     """Retry an SSH login running `command` until it exits 0 or `timeout` passes.
-    Returns (seconds waited, os, kernel); raises TimeoutError carrying the last error."""
+    Returns (seconds waited, os, kernel); raises TimeoutError carrying the last error, and
+    HostKeyError at once (a wrong host key is not retried)."""
     started = time.monotonic()
     deadline = started + timeout
     last = "no attempt made"
@@ -62,7 +89,16 @@ def wait_for_ssh(
         if remaining <= 0:
             raise TimeoutError(last)
         try:
-            client = open_client(address, port, user, key_file, timeout=max(1.0, min(remaining, 5.0)))
+            client = open_client(
+                address,
+                port,
+                user,
+                key_file,
+                timeout=max(1.0, min(remaining, 5.0)),
+                known_hosts=known_hosts,
+                record_to=record_to,
+                fix=fix,
+            )
             try:
                 code, _out, err = run(client, command, timeout=max(1.0, remaining))
                 if code == 0:
@@ -71,6 +107,8 @@ def wait_for_ssh(
                 last = f"`{shlex.quote(command)}` exited {code}: {err.strip()}"
             finally:
                 client.close()
+        except HostKeyError:
+            raise
         except (TimeoutError, OSError, paramiko.SSHException, EOFError) as exc:
             last = f"{type(exc).__name__}: {exc}"
         time.sleep(0.2)

@@ -321,7 +321,7 @@ def test_allure_step_and_attachments_are_redacted(lock_dir: Path, monkeypatch: p
 
 
 class _ExecServer:
-    """A localhost SSH server (password auth) for a few fixed commands:
+    """A localhost SSH server (password or any public key) for a few fixed commands:
     ``exit N``, ``say OUT ERR N`` (prints OUT, ERR on stderr, exits N),
     ``cat`` (echoes stdin until EOF) and ``hang`` (never exits)."""
 
@@ -345,9 +345,12 @@ class _ExecServer:
 
         class Interface(paramiko.ServerInterface):
             def get_allowed_auths(self, username: str) -> str:
-                return "password"
+                return "password,publickey"
 
             def check_auth_password(self, username: str, password: str) -> int:
+                return paramiko.AUTH_SUCCESSFUL
+
+            def check_auth_publickey(self, username: str, key: Any) -> int:
                 return paramiko.AUTH_SUCCESSFUL
 
             def check_channel_request(self, kind: str, chanid: int) -> int:

@@ -47,7 +47,9 @@ def servers() -> Iterator[list[Target]]:
 
 
 def sh(target: Target, command: str) -> tuple[int, str]:
-    client = open_client(target.address, target.port, target.user, target.key_file, timeout=10)
+    client = open_client(
+        target.address, target.port, target.user, target.key_file, timeout=10, known_hosts=target.known_hosts
+    )
     try:
         code, out, err = run(client, command, timeout=120)
     finally:

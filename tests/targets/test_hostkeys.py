@@ -1,0 +1,138 @@
+"""Host keys of targets: an ssh target's key is checked at resolution (unknown or different:
+a TargetError naming host, port, key type, fingerprint and fix; strict_host_keys = false
+records it), the testinfra host checks it too, and scratch servers' pinned keys live in the
+suite's own known_hosts file, one group of lines per server."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import pytest
+
+from settings.loader import load_settings
+from settings.model import Settings
+from steps.runner import key_fingerprint
+from targets import Target, TargetError, hostkeys
+from targets.plugin import _testinfra_host
+from targets.resolve import resolve_ssh
+from targets.spec import SSHSpec, resolve_alias
+
+_RUNNER_TESTS = Path(__file__).resolve().parent.parent / "steps" / "test_runner.py"
+
+
+@pytest.fixture
+def server() -> Iterator[Any]:
+    spec = importlib.util.spec_from_file_location("hvs_runner_tests", _RUNNER_TESTS)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    srv = module._ExecServer()
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "id_rsa"
+    paramiko.RSAKey.generate(1024).write_private_key_file(str(path))
+    return path
+
+
+def _settings(known_hosts: Path, key_file: Path, *, strict: bool = True) -> Settings:
+    settings = load_settings()
+    ssh = settings.ssh.model_copy(
+        update={"known_hosts": known_hosts, "strict_host_keys": strict, "key": key_file, "connect_timeout": 5}
+    )
+    return settings.model_copy(update={"ssh": ssh})
+
+
+def _spec(server: Any) -> SSHSpec:
+    return SSHSpec(host="127.0.0.1", user="root", port=server.port, key_file=None)
+
+
+def test_unknown_host_key_fails_resolution_with_fingerprint_and_fix(
+    server: Any, key_file: Path, tmp_path: Path
+) -> None:
+    known = tmp_path / "known_hosts"
+    with pytest.raises(TargetError) as caught:
+        resolve_ssh(_settings(known, key_file), _spec(server), profile="production")
+    message = str(caught.value)
+    assert f"127.0.0.1 port {server.port}" in message and "unknown" in message
+    assert "ssh-rsa" in message and key_fingerprint(server.key) in message
+    assert f"ssh-keyscan -p {server.port} 127.0.0.1 >> {known}" in message
+    assert "ssh.strict_host_keys = false" in message
+    assert not known.exists()
+
+
+def test_changed_host_key_fails_resolution(server: Any, key_file: Path, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    other = paramiko.RSAKey.generate(1024)
+    known.write_text(f"[127.0.0.1]:{server.port} ssh-rsa {other.get_base64()}\n")
+    for strict in (True, False):
+        with pytest.raises(TargetError, match=f"MISMATCH for 127.0.0.1 port {server.port}") as caught:
+            resolve_ssh(_settings(known, key_file, strict=strict), _spec(server), profile="production")
+        assert key_fingerprint(server.key) in str(caught.value)
+
+
+def test_accept_new_records_then_every_connection_checks(server: Any, key_file: Path, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    target = resolve_ssh(_settings(known, key_file, strict=False), _spec(server), profile="production")
+    assert target.known_hosts == (str(known),)
+    entry = paramiko.HostKeys(str(known)).lookup(f"[127.0.0.1]:{server.port}")
+    assert entry is not None and entry["ssh-rsa"].asbytes() == server.key.asbytes()
+    # Strict from now on: resolution and the testinfra host pass with the recorded key.
+    resolve_ssh(_settings(known, key_file), _spec(server), profile="production")
+    assert _testinfra_host(target).run("exit 3").rc == 3
+
+
+def test_testinfra_host_refuses_an_unknown_key(server: Any, key_file: Path, tmp_path: Path) -> None:
+    target = Target(
+        name="t",
+        address="127.0.0.1",
+        port=server.port,
+        user="root",
+        key_file=key_file,
+        profile="production",
+        is_scratch=False,
+        known_hosts=(str(tmp_path / "empty"),),
+    )
+    with pytest.raises(Exception, match="unknown"):
+        _testinfra_host(target).run("exit 0")
+
+
+def test_hashed_entry_from_alias_known_hosts_file(server: Any, key_file: Path, tmp_path: Path) -> None:
+    alias_known = tmp_path / "alias_known_hosts"
+    hashed = paramiko.HostKeys.hash_host(f"[127.0.0.1]:{server.port}")
+    alias_known.write_text(f"{hashed} ssh-rsa {server.key.get_base64()}\n")
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        f"Host box\n    HostName 127.0.0.1\n    Port {server.port}\n    UserKnownHostsFile {alias_known}\n"
+    )
+    spec = resolve_alias("box", ssh_config=config)
+    assert spec.known_hosts == (alias_known,)
+    target = resolve_ssh(_settings(tmp_path / "known_hosts", key_file), spec, profile="production")
+    assert target.known_hosts == (str(tmp_path / "known_hosts"), str(alias_known))
+    assert Target.from_json(target.to_json()) == target
+
+
+def test_scratch_pins_replace_a_servers_lines_and_its_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HVSUITE_CACHE_DIR", str(tmp_path))
+    one, two = (paramiko.RSAKey.generate(1024) for _ in range(2))
+    hostkeys.pin("a", "10.0.0.2", [("ssh-rsa", one.get_base64())])
+    hostkeys.pin("b", "10.0.0.3", [("ssh-rsa", one.get_base64())])
+    # "a" recreated on b's old address: a's old lines and the address' lines go.
+    hostkeys.pin("a", "10.0.0.3", [("ssh-rsa", two.get_base64())])
+    known = paramiko.HostKeys(hostkeys.scratch_known_hosts())
+    assert known.lookup("10.0.0.2") is None
+    assert known.lookup("10.0.0.3")["ssh-rsa"].asbytes() == two.asbytes()  # type: ignore[index]
+    assert (tmp_path / "known_hosts").stat().st_mode & 0o777 == 0o600
+    hostkeys.unpin("a")
+    assert (tmp_path / "known_hosts").read_text() == ""
