@@ -84,7 +84,8 @@ def reach_command(address: str, port: int) -> str:
 
 def failed_logins_command(address: str, port: int, attempts: int) -> str:
     """``attempts`` password-less logins as a user that does not exist, each bounded: once
-    banned, the packets of a half-open session vanish."""
+    banned, the packets of a half-open session vanish. The probe need not trust the target's
+    host key: it sends no credential and only has to fail authentication."""
     ssh = (
         "timeout 8 ssh -n -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
         f"-o ConnectTimeout=5 -o PubkeyAuthentication=no -p {int(port)} "
