@@ -367,8 +367,12 @@ class _ExecServer:
                 return
             transport = paramiko.Transport(sock)
             transport.add_server_key(self.key)
-            transport.start_server(server=Interface())
             self.transports.append(transport)
+            try:
+                transport.start_server(server=Interface())
+            except (paramiko.SSHException, OSError, EOFError):
+                # A client that refuses the host key hangs up during the handshake: expected.
+                transport.close()
 
     def close(self) -> None:
         self.listener.close()
