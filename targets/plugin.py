@@ -29,6 +29,7 @@ from steps.artifacts import ArtifactStore
 from targets import Target, TargetError, cache
 from targets.resolve import effective_profile, resolve, resolve_probe, select_spec
 from targets.spec import ScratchSpec, SSHSpec
+from targets.ssh import fabric_connection
 
 # testinfra's pytest11 entry point name.
 TESTINFRA_PLUGIN = "pytest11.testinfra"
@@ -442,29 +443,7 @@ def target(request: pytest.FixtureRequest) -> Target:
 
 
 def _connector(target: Target, settings: Settings) -> Callable[[], Any]:
-    from fabric import Config, Connection
-
-    from steps.runner import pin_host_keys
-
-    def connect() -> Any:
-        # The target is already resolved (alias included): do not let ~/.ssh/config rewrite it.
-        connection = Connection(
-            host=target.address,
-            user=target.user,
-            port=target.port,
-            config=Config(overrides={"load_ssh_configs": False}),
-            connect_timeout=int(settings.ssh.connect_timeout),
-            connect_kwargs={
-                "key_filename": str(target.key_file),
-                "look_for_keys": False,
-                "allow_agent": False,
-            },
-        )
-        # fabric's client accepts any host key (AutoAddPolicy): check the target's known_hosts.
-        pin_host_keys(connection.client, target.known_hosts)
-        return connection
-
-    return connect
+    return functools.partial(fabric_connection, target, timeout=settings.ssh.connect_timeout)
 
 
 def _runner_host(state: TargetsState, target: Target) -> Any:

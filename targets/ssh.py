@@ -7,10 +7,12 @@ import shlex
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import paramiko
 
 from steps.runner import HostKeyError, explain_bad_host_key, pin_host_keys
+from targets import Target
 
 
 def open_client(
@@ -112,3 +114,21 @@ def wait_for_ssh(
         except (TimeoutError, OSError, paramiko.SSHException, EOFError) as exc:
             last = f"{type(exc).__name__}: {exc}"
         time.sleep(0.2)
+
+
+def fabric_connection(target: Target, *, timeout: float) -> Any:
+    """A fabric Connection to a resolved target, its host key checked against the target's
+    known_hosts (fabric's own client would accept any key)."""
+    from fabric import Config, Connection
+
+    connection = Connection(
+        host=target.address,
+        user=target.user,
+        port=target.port,
+        # The target is already resolved (alias included): do not let ~/.ssh/config rewrite it.
+        config=Config(overrides={"load_ssh_configs": False}),
+        connect_timeout=int(timeout),
+        connect_kwargs={"key_filename": str(target.key_file), "look_for_keys": False, "allow_agent": False},
+    )
+    pin_host_keys(connection.client, target.known_hosts)
+    return connection

@@ -3,6 +3,7 @@ from a fresh connection, then the idempotence gate must find nothing left to cha
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shutil
 from collections.abc import Iterator
@@ -15,8 +16,8 @@ from steps import ops
 from steps.artifacts import ArtifactStore, install
 from steps.redact import Redactor
 from steps.runner import ApplyError, Host, idempotence_gate
-
-scratch = pytest.importorskip("targets.scratch", reason="targets.scratch (scratch servers) is not available")
+from targets import scratch
+from targets.ssh import fabric_connection
 
 SERVER = "hvs-steps-it"
 UNIT = """[Unit]
@@ -31,23 +32,8 @@ ExecStart=/bin/sleep infinity
 def server_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     if shutil.which("podman") is None:
         pytest.skip("podman is not installed: no scratch server")
-    from fabric import Config, Connection
-
     target, _ = scratch.create(SERVER, ScratchSettings())
-
-    def connect() -> Connection:
-        return Connection(
-            host=target.address,
-            user=target.user,
-            port=target.port,
-            config=Config(overrides={"load_ssh_configs": False}),
-            connect_timeout=10,
-            connect_kwargs={
-                "key_filename": str(target.key_file),
-                "look_for_keys": False,
-                "allow_agent": False,
-            },
-        )
+    connect = functools.partial(fabric_connection, target, timeout=10)
 
     host = Host(
         SERVER,
