@@ -326,6 +326,9 @@ class EngineController:
         terminalreporter.write_sep("-", "Timeline Comparison")
         for line in timeline.comparison_table(run):
             write(line)
+        write("")
+        for line in timeline.success_metrics(run):
+            write(line)
         for note in self.notes:
             write(note)
         if self.check_mode:

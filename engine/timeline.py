@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 from engine.plan import Plan
 from engine.run import TeamRun
+from engine.state import Verdict
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,35 @@ def comparison_table(run: TeamRun) -> list[str]:
     return lines
 
 
+# The plan's "Success Metrics": total time under this bound.
+PLAN_TIME_BOUND_HOURS = 26
+
+
+def success_metrics(run: TeamRun) -> list[str]:
+    """The plan's "Success Metrics" that a run can measure (merge conflicts and coordination
+    between people have no counterpart here). A guard rollback fails its team, so "no step
+    required rollback" holds when no team failed."""
+    done = {Verdict.GREEN, Verdict.RECORDED_GREEN}
+    complete = [name for name, status in run.teams.items() if status.verdict in done]
+    missing = [name for name, status in run.teams.items() if status.verdict not in done]
+    failed = [name for name, status in run.teams.items() if status.verdict is Verdict.FAILED]
+    makespan = measured(run).makespan
+
+    def answer(ok: bool) -> str:
+        return "yes" if ok else "no"
+
+    detail = ", ".join(f"{name} ({run.teams[name].verdict.value})" for name in missing)
+    return [
+        "Success metrics (plan):",
+        f"  all phases complete with verification passing: {answer(not missing)}"
+        f" ({len(complete)}/{len(run.teams)} teams green{'; ' + detail if detail else ''})",
+        f"  total time < {PLAN_TIME_BOUND_HOURS} h: {answer(makespan < PLAN_TIME_BOUND_HOURS * 3600)}"
+        f" ({makespan:.1f} s)",
+        f"  no step required rollback (no team failed): {answer(not failed)}"
+        f"{' (failed: ' + ', '.join(failed) + ')' if failed else ''}",
+    ]
+
+
 def team_table(run: TeamRun) -> list[str]:
     team_spans = spans(run)
     starts = [s.start for s in team_spans if s.start is not None]
@@ -149,6 +179,8 @@ def timeline_markdown(run: TeamRun) -> str:
             "## Timeline Comparison",
             "",
             *comparison_table(run),
+            "",
+            *success_metrics(run),
             "",
         ]
     )

@@ -150,3 +150,10 @@ def test_waivers_count_green_and_show_as_their_own_outcome(pytester: pytest.Pyte
     result.stdout.fnmatch_lines(["Issues: 1 check(s) waived: kvm (profile scratch)"])
     result.stdout.fnmatch_lines(["  WAIVED test_alpha.py::test_needs_kvm: waived: kvm (profile scratch)"])
     assert timeline(pytester)["Bravo"]["outcome"] == "green"
+    # Waivers do not stand in the way of the plan's success metrics.
+    result.stdout.fnmatch_lines(
+        [
+            "  all phases complete with verification passing: yes (2/2 teams green)",
+            "  no step required rollback (no team failed): yes",
+        ]
+    )

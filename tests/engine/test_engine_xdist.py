@@ -100,6 +100,15 @@ def test_failure_blocks_exactly_the_dependents(pytester: pytest.Pytester, mode: 
     assert heads["Bravo"] == "❌ BRAVO FAILED" and heads["Foxtrot"] == "⛔ FOXTROT BLOCKED"
     bravo = next(s for s in signals(pytester) if s["team"] == "Bravo")
     assert bravo["issues"] == ["test_bravo.py::test_1"]
+    result.stdout.fnmatch_lines(
+        [
+            "Success metrics (plan):",
+            "  all phases complete with verification passing: no (3/6 teams green; Bravo (failed), "
+            "Delta (blocked), Foxtrot (blocked))",
+            "  total time < 26 h: yes (*",
+            "  no step required rollback (no team failed): no (failed: Bravo)",
+        ]
+    )
 
 
 def test_topological_order_without_xdist(pytester: pytest.Pytester) -> None:
