@@ -8,31 +8,17 @@ node series; Grafana health, datasource health and the host dashboard where Graf
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import TypeVar
-
 import pytest
 
 from settings.model import Settings
 from steps import grafana, prometheus
+from steps.probes import eventually
 from steps.prometheus import PrometheusAPI
 
 pytestmark = pytest.mark.usefixtures("applied")
 
-T = TypeVar("T")
 # Prometheus scrapes every scrape_interval; a fresh server needs one round before "up".
 CONVERGE_TIMEOUT = 90.0
-
-
-def eventually(probe: Callable[[], T], done: Callable[[T], bool], timeout: float = CONVERGE_TIMEOUT) -> T:
-    """Poll an asynchronously converging state; return the last value (asserted by the caller)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if done(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(1.0)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +68,9 @@ def test_prometheus_listens_on_its_declared_port_not_flintlocks(host, settings: 
 @pytest.mark.task("Deploy Prometheus")
 def test_every_scrape_target_is_up(prometheus_api: PrometheusAPI) -> None:
     targets = eventually(
-        prometheus_api.targets, lambda found: bool(found) and all(t.health == "up" for t in found)
+        prometheus_api.targets,
+        lambda found: bool(found) and all(t.health == "up" for t in found),
+        timeout=CONVERGE_TIMEOUT,
     )
     assert {t.job for t in targets} >= {"prometheus", "node"}
     down = [f"{t.job} {t.url}: {t.health} {t.last_error}" for t in targets if t.health != "up"]
@@ -111,6 +99,7 @@ def test_promql_returns_this_hosts_node_series(prometheus_api: PrometheusAPI, ho
     series = eventually(
         lambda: prometheus_api.query('node_uname_info{job="node"}'),
         lambda result: any(s["metric"].get("nodename") == nodename for s in result),
+        timeout=CONVERGE_TIMEOUT,
     )
     assert [s["metric"].get("nodename") for s in series] == [nodename]
     load = prometheus_api.query('node_load1{job="node"}')

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import re
 import shlex
-import time
 from collections.abc import Callable
 
 from settings.model import Fail2banSettings
 from steps import ops
 from steps.firewall import SSHSession
+from steps.probes import eventually
 from steps.runner import ApplyError, Host, OpResult
 
 JAIL = "/etc/fail2ban/jail.d/hvsuite-sshd.local"
@@ -92,18 +92,6 @@ def failed_logins_command(address: str, port: int, attempts: int) -> str:
         f"hvs-no-such-user@{shlex.quote(address)} true"
     )
     return f"for i in $(seq {int(attempts)}); do {ssh}; done"
-
-
-def eventually(condition: Callable[[], bool], *, timeout: float, interval: float = 1.0) -> bool:
-    """Poll ``condition`` until it holds; False if it does not within ``timeout`` seconds.
-    A ban converges asynchronously: fail2ban lists the address before its nftables action
-    has run, and the action runs again on unban."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-    return True
 
 
 def wait_for_ban(status: Callable[[], str], address: str, *, timeout: float = 30.0) -> bool:

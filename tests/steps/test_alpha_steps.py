@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -503,3 +504,11 @@ def test_fail2ban_never_bans_loopback_or_the_controller() -> None:
     assert "ignoreip = 127.0.0.1/8 ::1 10.231.0.1" in text
     assert "backend = systemd" in text and "banaction = nftables-multiport" in text
     assert fail2ban.parse_banned("`- Banned IP list:\t10.0.0.2 10.0.0.3\n") == {"10.0.0.2", "10.0.0.3"}
+
+
+def test_eventually_returns_the_first_done_value_or_the_last_one_at_the_bound() -> None:
+    answers = iter([1, 2, 3, 4])
+    assert probes.eventually(lambda: next(answers), lambda value: value >= 3, timeout=5, interval=0) == 3
+    started = time.monotonic()
+    assert probes.eventually(lambda: 0, timeout=0.2, interval=0.05) == 0
+    assert 0.2 <= time.monotonic() - started < 2
