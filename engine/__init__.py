@@ -9,15 +9,21 @@ The small API for test modules and other plugins:
 - `set_signal_webhook(config, url, timeout)`: the chat webhook for completion signals.
 - `set_check_mode(config)`: this run is a dry run (--check): the controller prints and writes
   the would-change ops (reports/check.md, reports/check.json) and records no verdicts green.
+- `teams_to_run(config)`: the implemented teams this run may execute (their roles decide
+  which hosts a run needs).
 """
 
 from __future__ import annotations
 
 import pytest
 
+from engine import contract
 from engine.config import CHECK_MODE_KEY, ENVIRONMENT_KEY, TARGET_KEY, WEBHOOK_KEY
+from engine.plan import Team
 
 task = pytest.mark.task
+# A team's apply fixture (module-scoped; the only fixture of a team set up under --check).
+apply_fixture = contract.apply_fixture
 
 
 def add_environment(config: pytest.Config, key: str, value: object) -> None:
@@ -43,4 +49,20 @@ def set_check_mode(config: pytest.Config, enabled: bool = True) -> None:
     config.stash[CHECK_MODE_KEY] = enabled
 
 
-__all__ = ["add_environment", "set_check_mode", "set_signal_webhook", "set_target_name", "task"]
+def teams_to_run(config: pytest.Config) -> list[Team]:
+    """The implemented teams this run may execute (empty when no plan is loaded)."""
+    from engine.plugin import SETTINGS_KEY
+
+    settings = config.stash.get(SETTINGS_KEY, None)
+    return settings.teams_to_run() if settings is not None else []
+
+
+__all__ = [
+    "add_environment",
+    "apply_fixture",
+    "set_check_mode",
+    "set_signal_webhook",
+    "set_target_name",
+    "task",
+    "teams_to_run",
+]

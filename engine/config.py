@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.plan import Plan
+from engine.plan import Plan, Team
 from engine.state import RecordedVerdict, VerdictLog
 
 TARGET_KEY = pytest.StashKey[str]()
@@ -73,3 +73,14 @@ class EngineSettings:
             wanted.add(name)
             stack.extend(self.plan[name].requires)
         return wanted
+
+    def teams_to_run(self) -> list[Team]:
+        """Implemented teams this run may execute: those --teams names with their
+        prerequisites (with --resume, less those recorded green), or every implemented team."""
+        implemented = self.implemented()
+        wanted = self.wanted_teams(self.recorded() if self.resume else {})
+        return [
+            team
+            for team in self.plan.teams
+            if team.name in implemented and (wanted is None or team.name in wanted)
+        ]

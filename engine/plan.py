@@ -30,6 +30,8 @@ class Team:
     # Test module file name, relative to the plan file's directory.
     module: str
     tasks: tuple[str, ...] = ()
+    # Roles of the inventory's hosts the team works on ("primary", "probe", ...).
+    roles: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -165,7 +167,7 @@ def plan_from_data(data: Mapping[str, object], directory: Path, source: Path | N
         name = raw.get("name")
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", name):
             raise PlanError(f"plan: team #{index + 1}: name must be a word like 'Echo-1', got {name!r}")
-        unknown = set(raw) - {"name", "phase", "requires", "hours", "module", "tasks"}
+        unknown = set(raw) - {"name", "phase", "requires", "hours", "module", "tasks", "roles"}
         if unknown:
             raise PlanError(f"plan: team {name!r}: unknown field(s) {', '.join(sorted(unknown))}")
         phase = raw.get("phase")
@@ -183,6 +185,11 @@ def plan_from_data(data: Mapping[str, object], directory: Path, source: Path | N
         tasks = raw.get("tasks", [])
         if not isinstance(tasks, list) or not all(isinstance(t, str) and t for t in tasks):
             raise PlanError(f"plan: team {name!r}: tasks must be a list of task names")
+        roles = raw.get("roles", [])
+        if not isinstance(roles, list) or not all(
+            isinstance(r, str) and re.fullmatch(r"[a-z][a-z-]*", r) for r in roles
+        ):
+            raise PlanError(f"plan: team {name!r}: roles must be a list of role names like 'primary'")
         teams.append(
             Team(
                 name=name,
@@ -191,6 +198,7 @@ def plan_from_data(data: Mapping[str, object], directory: Path, source: Path | N
                 hours=_hours(name, raw.get("hours", [0, 0])),
                 module=module,
                 tasks=tuple(tasks),
+                roles=tuple(roles),
             )
         )
     by_name: dict[str, Team] = {}

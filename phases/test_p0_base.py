@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import pytest
 
-from engine import task
+from engine import apply_fixture, task
 from settings.model import Settings
 from steps import flintlock, hypervisors, probes
+from steps.api import Applied, Context
 
 
-@pytest.fixture(scope="module")
-def applied_binaries(remote, settings: Settings, artifacts) -> None:
-    hypervisors.install(remote, artifacts, settings)
+@apply_fixture
+def applied_binaries(ctx: Context) -> Applied:
+    return hypervisors.apply(ctx)
 
 
-@pytest.fixture(scope="module")
-def applied_flintlock_unit(remote, settings: Settings, applied_binaries) -> None:
-    flintlock.base_service(remote, settings)
+@apply_fixture
+def applied_flintlock_unit(ctx: Context, applied_binaries: Applied) -> Applied:
+    return flintlock.unit(ctx)
 
 
 @task("Virtualization")

@@ -20,9 +20,10 @@ from collections.abc import Iterator
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from engine import task
-from settings.model import Settings
+from engine import apply_fixture, task
+from settings.model import EffectiveProfile, Settings
 from steps import fail2ban, firewall, flintlock, hardening, probes, sshd, tls
+from steps.api import Context
 
 pytestmark = pytest.mark.usefixtures("applied")
 
@@ -30,13 +31,10 @@ pytestmark = pytest.mark.usefixtures("applied")
 UNDECLARED_PORT = 18737
 
 
-@pytest.fixture(scope="module")
-def applied(remote, settings: Settings, target) -> None:
-    tls.ensure(remote, settings.alpha.tls, extra_sans=[target.address])
-    firewall.apply(remote, settings, scratch=target.is_scratch)
-    sshd.apply(remote, settings.alpha.ssh, guard_seconds=settings.alpha.guard_seconds)
-    hardening.apply(remote, settings)
-    fail2ban.apply(remote, settings.alpha.fail2ban, ssh_port=settings.ssh.port)
+@apply_fixture
+def applied(ctx: Context) -> None:
+    for step in (tls.apply, firewall.apply, sshd.apply, hardening.apply, fail2ban.apply):
+        step(ctx)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +44,7 @@ def certs(settings: Settings) -> tls.Paths:
 
 def _key_login(target) -> str:
     """``id -un`` over a brand-new key login from the controller."""
-    return probes.ssh_key_login(target.address, target.port, target.user, str(target.key_file))
+    return probes.ssh_key_login(target.endpoint)
 
 
 # -- TLS certificates -------------------------------------------------------------------------
@@ -95,8 +93,7 @@ def controller_address(host) -> str:
 def test_port_scan_shows_exactly_the_allowed_ports(
     host, settings: Settings, target, controller_address
 ) -> None:
-    admins = firewall.admin_sources(settings, scratch=target.is_scratch)
-    allowed = firewall.allowed_ports(settings, admins, controller_address)
+    allowed = firewall.allowed_ports(settings, settings.firewall.admin_sources, controller_address)
     listening = hardening.public_tcp_ports(probes.read_fact(host, hardening.Listeners()))
     plan = probes.scan_plan(rule.port for rule in settings.ports)
     scan = probes.scan_ports(target.address, plan, timeout=1.0, concurrency=128)
@@ -107,6 +104,23 @@ def test_port_scan_shows_exactly_the_allowed_ports(
     # Default deny means drop: closed ports time out rather than answer with a reset.
     assert not scan.refused - allowed, (
         f"answered with a reset (not dropped): {sorted(scan.refused - allowed)}"
+    )
+
+
+@task("Firewall")
+def test_a_host_that_is_no_admin_reaches_only_world_ports(host, probe, settings: Settings, target) -> None:
+    # The same scan from the probe host, which is outside firewall.admin_sources: admin-only
+    # ports (metrics, the registry, flintlock's API) must be as closed to it as to anyone.
+    address = probes.read_fact(probe.host, firewall.SourceAddress(target.address))
+    allowed = firewall.allowed_ports(settings, settings.firewall.admin_sources, address)
+    world = {rule.port for rule in settings.ports if "world" in rule.sources and rule.proto == "tcp"}
+    assert allowed == world, f"{address} is inside firewall.admin_sources: this proves nothing"
+    listening = hardening.public_tcp_ports(probes.read_fact(host, hardening.Listeners()))
+    assert listening - world, "no admin-only port listens: nothing to prove closed"
+    plan = probes.scan_plan(rule.port for rule in settings.ports)
+    scan = probes.scan_ports_from(probe.remote, target.address, plan, timeout=1.0, concurrency=128)
+    assert scan.open == world & listening, (
+        f"from {address}: open {sorted(scan.open)}; world ports listening: {sorted(world & listening)}"
     )
 
 
@@ -134,8 +148,8 @@ def test_ruleset_is_default_deny_and_loaded_at_boot(host) -> None:
 
 @task("SSH hardening")
 def test_password_and_keyboard_interactive_are_not_offered(target) -> None:
-    assert probes.ssh_auth_methods(target.address, target.port, target.user) == ["publickey"]
-    assert probes.ssh_password_login_refused(target.address, target.port, target.user) == "not offered"
+    assert probes.ssh_auth_methods(target.endpoint) == ["publickey"]
+    assert probes.ssh_password_login_refused(target.endpoint) == "not offered"
 
 
 @task("SSH hardening")
@@ -189,8 +203,10 @@ def test_a_lockout_config_is_rolled_back_and_access_kept(host, remote, settings:
 
 
 @task("Host baseline")
-def test_network_sysctls_are_hardened_and_persisted(host, settings: Settings) -> None:
-    chosen, _ = hardening.selected_sysctls(settings)
+def test_network_sysctls_are_hardened_and_persisted(
+    host, settings: Settings, profile: EffectiveProfile
+) -> None:
+    chosen, _ = hardening.selected_sysctls(settings, profile)
     assert {key: str(host.sysctl(key)) for key in chosen} == chosen
     persisted = host.file(hardening.SYSCTL_FILE).content_string
     assert all(f"{key} = {value}" in persisted for key, value in chosen.items())
@@ -223,8 +239,6 @@ def test_sshd_jail_is_active(host) -> None:
 
 @pytest.fixture
 def banned_probe(host, probe) -> Iterator[str]:
-    if probe.target is None:
-        pytest.fail("the fail2ban check needs a second host: set target.probe in the config")
     # Start clean: an earlier run's ban (bantime outlasts a run) must not decide this one.
     host.run(fail2ban.unban_command(probe.target.address))
     yield probe.target.address

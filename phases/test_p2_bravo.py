@@ -22,27 +22,26 @@ from dataclasses import dataclass
 
 import pytest
 
-from settings.model import Settings, Waiver
+from engine import apply_fixture
+from settings.model import EffectiveProfile, Settings
 from steps import containerd, flintlock, probes, registry, tls
+from steps.api import Applied, Context
 from steps.oci_image import UNAME_TO_OCI_ARCH, build_marker_image
 from steps.registry_client import RegistryClient
 
 pytestmark = pytest.mark.usefixtures("applied")
 
 
-@pytest.fixture(scope="module")
-def applied(remote, settings: Settings, target) -> bool:
-    """containerd applied; True when it changed (flintlockd then restarts on it)."""
-    devmapper = Waiver.DEVMAPPER not in settings.profiles[target.profile].waivers
-    changed = containerd.apply(remote, settings.bravo, is_scratch=target.is_scratch, devmapper=devmapper)
-    if settings.bravo.pull_check.resolved_source(target.is_scratch) == "suite-registry":
-        registry.apply(remote, settings)
-    return changed
+@apply_fixture
+def applied(ctx: Context, settings: Settings, profile: EffectiveProfile) -> None:
+    containerd.apply(ctx)
+    if settings.bravo.pull_check.resolved_source(profile) == "suite-registry":
+        registry.apply(ctx)
 
 
-@pytest.fixture(scope="module")
-def applied_flintlock(remote, settings: Settings, applied: bool) -> None:
-    flintlock.serve(remote, settings, containerd_changed=applied)
+@apply_fixture
+def applied_flintlock(ctx: Context, applied: None) -> Applied:
+    return flintlock.runtime(ctx)
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +59,12 @@ class PullCase:
 
 
 @pytest.fixture(scope="module")
-def pull_case(remote, settings: Settings, target) -> Iterator[PullCase]:
+def pull_case(remote, settings: Settings, target, profile: EffectiveProfile) -> Iterator[PullCase]:
     """What to pull and what it must print, with a nonce so no earlier image can pass."""
     nonce = secrets.token_hex(8)
     marker = f"hvsuite-oci-marker {nonce}"
     check = settings.bravo.pull_check
-    if check.resolved_source(target.is_scratch) == "public":
+    if check.resolved_source(profile) == "public":
         yield PullCase(check.public_reference, (*check.public_args, marker), marker + "\n", False, None)
         return
     machine = remote.run("uname -m").stdout.strip()

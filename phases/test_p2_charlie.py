@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import pytest
 
+from engine import apply_fixture
 from settings.model import Settings
 from steps import grafana, prometheus
+from steps.api import Applied, Context
 from steps.probes import eventually
 from steps.prometheus import PrometheusAPI
 
@@ -21,9 +23,9 @@ pytestmark = pytest.mark.usefixtures("applied")
 CONVERGE_TIMEOUT = 90.0
 
 
-@pytest.fixture(scope="module")
-def applied(remote, settings: Settings) -> None:
-    prometheus.apply(remote, settings)
+@apply_fixture
+def applied(ctx: Context) -> Applied:
+    return prometheus.apply(ctx)
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +33,9 @@ def prometheus_api(target, settings: Settings) -> PrometheusAPI:
     return PrometheusAPI(f"http://{target.address}:{settings.port('Charlie', 'prometheus')}")
 
 
-@pytest.fixture(scope="module")
-def applied_grafana(remote, settings: Settings, artifacts) -> None:
-    grafana.apply(remote, settings, artifacts)
+@apply_fixture
+def applied_grafana(ctx: Context) -> Applied:
+    return grafana.apply(ctx)
 
 
 @pytest.fixture(scope="module")

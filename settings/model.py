@@ -9,6 +9,7 @@ below; nothing else in the suite hard-codes versions, ports, CIDRs or tenants.
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -27,6 +28,29 @@ class Waiver(StrEnum):
     KVM = "kvm"
     DEVMAPPER = "devmapper"
     UPSTREAM_ARTIFACTS = "upstream-artifacts"
+    # A Kubernetes pod network that enforces NetworkPolicy (a CNI such as Calico or Cilium).
+    NETPOL_ENFORCEMENT = "netpol-enforcement"
+    # CSI volume snapshots (the snapshot controller and a snapshot-capable CSI driver).
+    CSI_SNAPSHOTS = "csi-snapshots"
+
+
+class Role(StrEnum):
+    """What a host of the inventory is for. Teams ask for hosts by role (phases/plan.toml)."""
+
+    # The hypervisor host every single-host team builds (the plan's one server).
+    PRIMARY = "primary"
+    # A second host for outside-in checks: port scans from a non-admin address, the
+    # fail2ban ban drill.
+    PROBE = "probe"
+    CONTROL_PLANE = "control-plane"
+    WORKER = "worker"
+    # A backup repository, and a host a backup is restored onto.
+    BACKUP = "backup"
+    RESTORE = "restore"
+    # Central log aggregation.
+    LOGS = "logs"
+    # The far end of network benchmarks.
+    BENCH_PEER = "bench-peer"
 
 
 def _cidr(value: str) -> str:
@@ -40,27 +64,59 @@ CIDR = Annotated[str, AfterValidator(_cidr)]
 
 
 class Profile(Strict):
-    """What a kind of target cannot provide. A check needing a waived capability is skipped
-    with the waiver's name; a profile with no waivers runs every check."""
+    """What a kind of target cannot provide, and how it must be treated. A check needing a
+    waived capability is skipped with the waiver's name; a profile with no waivers runs
+    every check."""
 
     waivers: frozenset[Waiver] = frozenset()
     # Global sysctls (vm.*, kernel.*) change the machine a container-based target shares
     # with its host; such targets keep host tuning to namespaced net.* keys.
     namespaced_sysctls_only: bool = False
+    # containerd inside a container-based target lacks CAP_SYS_RESOURCE: runc then fails
+    # with "can't get final child's PID from pipe: EOF" unless containers may not lower
+    # their OOM score below containerd's.
+    restrict_oom_score_adj: bool = False
+
+
+@dataclass(frozen=True)
+class EffectiveProfile:
+    """The one profile in force for a run (named in the config, or chosen by the kind of the
+    primary host). Steps ask it for capabilities; nothing asks "is this scratch?"."""
+
+    name: str
+    waivers: frozenset[Waiver]
+    namespaced_sysctls_only: bool
+    restrict_oom_score_adj: bool
+
+    def waives(self, capability: Waiver | str) -> bool:
+        return Waiver(capability) in self.waivers
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class TargetSettings(Strict):
-    # "scratch": a local podman server the suite creates; "ssh": an existing server.
-    kind: Literal["scratch", "ssh"] = "scratch"
-    # ssh://user@host[:port] or an alias from ~/.ssh/config (for example "hetzner1").
-    url: str | None = None
-    # Waivers in force. Left unset, a scratch target uses "scratch" and an ssh target
-    # "production" (a real server waives nothing unless the operator says so).
-    profile: str = "scratch"
-    # Outside-in checks (port scans, refused logins) run from this second host. Unset on an
-    # ssh target: they run from the controller (the machine running pytest). A scratch
-    # target always gets a second scratch server, "<name>-probe", on the same network.
-    probe: str | None = None
+    # Waivers in force. Left unset, a run whose primary host is a scratch server uses
+    # "scratch", one whose primary is an ssh host "production" (waives nothing).
+    profile: str | None = None
+
+
+class HostSettings(Strict):
+    """One host of the inventory and the roles it holds (one host may hold several)."""
+
+    # Scratch servers are named "<scratch.name>-<name>"; an ssh host keeps this name in logs.
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,30}$")
+    roles: list[Role] = Field(min_length=1)
+    # How to reach it: ssh://user@host[:port] or an alias from ~/.ssh/config. Unset: a local
+    # scratch server the suite creates on its podman network.
+    ssh: str | None = None
+
+    @field_validator("roles")
+    @classmethod
+    def _unique_roles(cls, roles: list[Role]) -> list[Role]:
+        if len(set(roles)) != len(roles):
+            raise ValueError(f"roles {', '.join(roles)} name a role twice")
+        return roles
 
 
 class SSHSettings(Strict):
@@ -123,8 +179,8 @@ class PortRule(Strict):
 
 
 class FirewallSettings(Strict):
-    # Where the operator (and the suite's controller) reach the host from. Empty on the
-    # scratch target: the suite fills in its own podman network.
+    # Where the operator (and the suite's controller) reach the hosts from: the sources of
+    # every port declared "admin". Required as soon as an "admin" port is declared.
     admin_sources: list[CIDR] = []
 
 
@@ -265,7 +321,8 @@ class PullCheckSettings(Strict):
 
     # "suite-registry": the suite builds a tiny marker image, starts an OCI registry on the
     # target (port "oci-registry") and pushes it there; "public": pull `public_reference`.
-    # "auto": suite-registry on scratch targets (no internet), public elsewhere.
+    # "auto": suite-registry where the profile waives upstream-artifacts (no internet),
+    # public elsewhere.
     source: Literal["auto", "suite-registry", "public"] = "auto"
     public_reference: str = Field("docker.io/library/busybox:1.36.1", pattern=r"^[a-z0-9.-]+(:\d+)?/\S+$")
     # Run as `<args> <marker>` in the public image; the container must print the marker.
@@ -274,9 +331,9 @@ class PullCheckSettings(Strict):
     repository: str = Field("hvsuite/marker", pattern=r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
     pull_timeout: float = Field(300.0, gt=0)
 
-    def resolved_source(self, is_scratch: bool) -> Literal["suite-registry", "public"]:
+    def resolved_source(self, profile: EffectiveProfile) -> Literal["suite-registry", "public"]:
         if self.source == "auto":
-            return "suite-registry" if is_scratch else "public"
+            return "suite-registry" if profile.waives(Waiver.UPSTREAM_ARTIFACTS) else "public"
         return self.source
 
 
@@ -292,9 +349,7 @@ class BravoSettings(Strict):
     cni_bin_dir: str = "/usr/lib/cni"
     cni_conf_dir: str = "/etc/cni/net.d"
     sandbox_image: str = "registry.k8s.io/pause:3.6"
-    # containerd inside a container-based target lacks CAP_SYS_RESOURCE: runc then fails
-    # with "can't get final child's PID from pipe: EOF" unless containers may not lower
-    # their OOM score below containerd's. None: true on scratch targets, false elsewhere.
+    # None: as the profile says (profiles.<name>.restrict_oom_score_adj).
     restrict_oom_score_adj: bool | None = None
     # The suite's test containers live in their own namespace, apart from Kubernetes' k8s.io.
     namespace: str = Field("hvsuite", pattern=r"^[a-z][a-z0-9._-]*$")
@@ -304,8 +359,10 @@ class BravoSettings(Strict):
     registry_package: str = "docker-registry"
     registry_storage: str = "/var/lib/docker-registry"
 
-    def oom_score_adj_restricted(self, is_scratch: bool) -> bool:
-        return is_scratch if self.restrict_oom_score_adj is None else self.restrict_oom_score_adj
+    def oom_score_adj_restricted(self, profile: EffectiveProfile) -> bool:
+        if self.restrict_oom_score_adj is None:
+            return profile.restrict_oom_score_adj
+        return self.restrict_oom_score_adj
 
 
 class GrafanaSettings(Strict):
@@ -340,19 +397,6 @@ class SignalSettings(Strict):
     timeout: float = Field(5.0, gt=0, le=60)
 
 
-def _default_ports() -> list[PortRule]:
-    return [
-        PortRule(name="ssh", team="Alpha", port=22, sources=["world"]),
-        PortRule(name="flintlock-grpc", team="Base", port=9090, sources=["admin"]),
-        # Metrics and the suite's registry: the operator's networks only, never the world.
-        # Prometheus moves off its default 9090, which flintlock's gRPC API holds.
-        PortRule(name="oci-registry", team="Bravo", port=5000, sources=["admin"]),
-        PortRule(name="prometheus", team="Charlie", port=9095, sources=["admin"]),
-        PortRule(name="node-exporter", team="Charlie", port=9100, sources=["admin"]),
-        PortRule(name="grafana", team="Charlie", port=3000, sources=["admin"]),
-    ]
-
-
 class Settings(Strict):
     target: TargetSettings = TargetSettings()
     ssh: SSHSettings = SSHSettings()
@@ -360,13 +404,25 @@ class Settings(Strict):
     profiles: dict[str, Profile] = {
         # Exactly what a podman scratch server on this kind of machine cannot provide.
         "scratch": Profile(
-            waivers=frozenset({Waiver.KVM, Waiver.DEVMAPPER, Waiver.UPSTREAM_ARTIFACTS}),
+            waivers=frozenset(
+                {
+                    Waiver.KVM,
+                    Waiver.DEVMAPPER,
+                    Waiver.UPSTREAM_ARTIFACTS,
+                    Waiver.NETPOL_ENFORCEMENT,
+                    Waiver.CSI_SNAPSHOTS,
+                }
+            ),
             namespaced_sysctls_only=True,
+            restrict_oom_score_adj=True,
         ),
         "production": Profile(),
     }
+    # The inventory: the hosts and the roles they hold.
+    hosts: list[HostSettings] = []
     artifacts: dict[str, ArtifactPin] = {}
-    ports: list[PortRule] = Field(default_factory=_default_ports)
+    # Every port a team opens, with who may reach it; the firewall is derived from these.
+    ports: list[PortRule] = []
     firewall: FirewallSettings = FirewallSettings()
     base: BaseSettings = BaseSettings()
     alpha: AlphaSettings = AlphaSettings()
@@ -374,29 +430,67 @@ class Settings(Strict):
     charlie: CharlieSettings = CharlieSettings()
     signals: SignalSettings = SignalSettings()
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Settings:
-        if self.target.profile not in self.profiles:
-            known = ", ".join(sorted(self.profiles))
-            raise ValueError(f"target.profile {self.target.profile!r} is not defined; use one of: {known}")
+    @field_validator("ports")
+    @classmethod
+    def _distinct_ports(cls, ports: list[PortRule]) -> list[PortRule]:
+        # A field validator, so a clash is reported together with every other problem.
+        problems = []
         seen: dict[tuple[int, str], str] = {}
-        for rule in self.ports:
+        names: dict[tuple[str, str], int] = {}
+        for rule in ports:
             key = (rule.port, rule.proto)
             if key in seen:
-                raise ValueError(
-                    f"ports: {rule.port}/{rule.proto} is declared by both {seen[key]!r} and "
-                    f"{rule.name!r}; give one of them another port"
+                problems.append(
+                    f"{rule.port}/{rule.proto} is declared by both {seen[key]!r} and {rule.name!r}; "
+                    "give one of them another port"
                 )
-            seen[key] = rule.name
-        if self.target.kind == "ssh" and not self.target.url:
+            seen.setdefault(key, rule.name)
+            if (rule.team, rule.name) in names:
+                problems.append(f"team {rule.team} declares the port name {rule.name!r} twice")
+            names[(rule.team, rule.name)] = rule.port
+        if problems:
+            raise ValueError("; ".join(problems))
+        return ports
+
+    @field_validator("hosts")
+    @classmethod
+    def _inventory(cls, hosts: list[HostSettings]) -> list[HostSettings]:
+        problems = []
+        names = [host.name for host in hosts]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            problems.append(f"host name {name!r} is used twice")
+        primary = [host.name for host in hosts if Role.PRIMARY in host.roles]
+        if len(primary) > 1:
+            problems.append(
+                f"role 'primary' is held by {', '.join(primary)}; the hypervisor host is one server "
+                "(more nodes take the roles control-plane and worker)"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return hosts
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.target.profile is not None and self.target.profile not in self.profiles:
+            known = ", ".join(sorted(self.profiles))
+            raise ValueError(f"target.profile {self.target.profile!r} is not defined; use one of: {known}")
+        if any("admin" in rule.sources for rule in self.ports) and not self.firewall.admin_sources:
+            admin = ", ".join(rule.name for rule in self.ports if "admin" in rule.sources)
             raise ValueError(
-                "target.url is required when target.kind = 'ssh' (ssh://user@host:port or an ssh alias)"
+                f"firewall.admin_sources is empty, but ports {admin} are admin-only: set it to the "
+                'operator\'s CIDRs, for example admin_sources = ["203.0.113.0/24"]'
             )
         return self
 
-    @property
-    def profile(self) -> Profile:
-        return self.profiles[self.target.profile]
+    def effective_profile(self, name: str) -> EffectiveProfile:
+        """The named profile as the one object a run passes around."""
+        profile = self.profiles[name]
+        return EffectiveProfile(
+            name, profile.waivers, profile.namespaced_sysctls_only, profile.restrict_oom_score_adj
+        )
+
+    def hosts_with(self, role: Role | str) -> list[HostSettings]:
+        return [host for host in self.hosts if Role(role) in host.roles]
 
     def ports_of(self, team: str) -> list[PortRule]:
         return [rule for rule in self.ports if rule.team == team]

@@ -15,8 +15,9 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from settings.model import BravoSettings
+from settings.model import BravoSettings, Waiver
 from steps import ops
+from steps.api import Context, step
 from steps.facts import Fact
 from steps.runner import CommandResult, Host
 
@@ -46,10 +47,10 @@ def render_config(bravo: BravoSettings, *, restrict_oom_score_adj: bool, devmapp
     )
 
 
-def apply_thinpool(host: Host, bravo: BravoSettings) -> bool:
-    """The thin pool's script and unit, enabled and started; True when anything changed."""
+def apply_thinpool(host: Host, bravo: BravoSettings) -> None:
+    """The thin pool's script and unit, enabled and started."""
     pool = bravo.devmapper
-    with host.step(f"devmapper thin pool {pool.pool_name}") as log:
+    with host.step(f"devmapper thin pool {pool.pool_name}"):
         ops.packages(host, DEVMAPPER_PACKAGES)
         ops.file(
             host,
@@ -76,32 +77,32 @@ def apply_thinpool(host: Host, bravo: BravoSettings) -> bool:
         )
         ops.daemon_reload(host, force=unit.changed)
         ops.service(host, THINPOOL_UNIT, enabled=True, running=True)
-    return log.changed
 
 
-def apply(host: Host, bravo: BravoSettings, *, is_scratch: bool, devmapper: bool) -> bool:
-    """containerd installed, configured and running; True when anything changed.
+@step("containerd")
+def apply(ctx: Context) -> None:
+    """containerd installed, configured and running.
 
-    ``devmapper`` is False where the target profile waives device-mapper: the snapshotter is
-    then left out of the config rather than configured to fail.
+    Where the profile waives device-mapper, the devmapper snapshotter is left out of the
+    config rather than configured to fail.
     """
-    with host.step("containerd") as log:
-        ops.packages(host, bravo.packages)
-        if devmapper:
-            apply_thinpool(host, bravo)
-        ops.directory(host, bravo.cni_conf_dir)
-        config = ops.file(
-            host,
-            bravo.config_path,
-            render_config(
-                bravo,
-                restrict_oom_score_adj=bravo.oom_score_adj_restricted(is_scratch),
-                devmapper=devmapper,
-            ),
-            validate=VALIDATE,
-        )
-        ops.service(host, SERVICE, enabled=True, running=True, restart=config.changed)
-    return log.changed
+    host, bravo = ctx.host, ctx.settings.bravo
+    devmapper = not ctx.profile.waives(Waiver.DEVMAPPER)
+    ops.packages(host, bravo.packages)
+    if devmapper:
+        apply_thinpool(host, bravo)
+    ops.directory(host, bravo.cni_conf_dir)
+    config = ops.file(
+        host,
+        bravo.config_path,
+        render_config(
+            bravo,
+            restrict_oom_score_adj=bravo.oom_score_adj_restricted(ctx.profile),
+            devmapper=devmapper,
+        ),
+        validate=VALIDATE,
+    )
+    ops.service(host, SERVICE, enabled=True, running=True, restart=config.changed)
 
 
 # -- verification -------------------------------------------------------------------------

@@ -14,9 +14,10 @@ from collections.abc import Callable
 
 from settings.model import Fail2banSettings
 from steps import ops
+from steps.api import Context, step
 from steps.firewall import SSHSession
 from steps.probes import eventually
-from steps.runner import ApplyError, Host, OpResult
+from steps.runner import ApplyError
 
 JAIL = "/etc/fail2ban/jail.d/hvsuite-sshd.local"
 STATUS = "fail2ban-client status sshd"
@@ -37,15 +38,18 @@ def render(f2b: Fail2banSettings, *, ssh_port: int, controller: str | None) -> s
     )
 
 
-def apply(host: Host, f2b: Fail2banSettings, *, ssh_port: int) -> list[OpResult]:
+@step("fail2ban")
+def apply(ctx: Context) -> None:
+    """fail2ban's sshd jail on the journal, banning with nftables; never the controller."""
+    host, f2b, ssh_port = ctx.host, ctx.settings.alpha.fail2ban, ctx.settings.port("Alpha", "ssh")
     # python3-systemd: the journal backend; nftables: the ban action.
-    results = [ops.packages(host, ["fail2ban", "python3-systemd", "nftables"])]
+    ops.packages(host, ["fail2ban", "python3-systemd", "nftables"])
     if host.mode == "verify":
-        return [*results, host.unchanged(f"file {JAIL}", "verify-only")]
+        host.unchanged(f"file {JAIL}", "verify-only")
+        return
     controller = host.fact(SSHSession())[0] if f2b.ignore_controller else None
     previous = host.read(JAIL)
     jail = ops.file(host, JAIL, render(f2b, ssh_port=ssh_port, controller=controller))
-    results.append(jail)
     if jail.changed and host.mode == "apply":
         check = host.run("fail2ban-client -t", check=False)
         if not check.ok:
@@ -57,8 +61,7 @@ def apply(host: Host, f2b: Fail2banSettings, *, ssh_port: int) -> list[OpResult]
                 f"[{host.name}] fail2ban rejected {JAIL}; the previous jail was restored:\n"
                 f"{(check.stderr or check.stdout).strip()[-2000:]}"
             )
-    results.append(ops.service(host, "fail2ban.service", enabled=True, running=True, restart=jail.changed))
-    return results
+    ops.service(host, "fail2ban.service", enabled=True, running=True, restart=jail.changed)
 
 
 _BANNED = re.compile(r"Banned IP list:\s*(?P<ips>.*)$", re.MULTILINE)

@@ -21,25 +21,16 @@ from dataclasses import dataclass
 
 from settings.model import PortRule, Settings
 from steps import ops
+from steps.api import Context, step
 from steps.facts import Fact
 from steps.guard import Guard, guarded_change
-from steps.runner import ApplyError, Command, Host, OpResult, Put
+from steps.runner import ApplyError, Command, Put
 
 TABLE = "hvsuite_filter"
 INCLUDE_DIR = "/etc/nftables.d"
 RULES_FILE = f"{INCLUDE_DIR}/10-hvsuite-filter.nft"
 MAIN_CONFIG = "/etc/nftables.conf"
 _DIGEST = re.compile(r'comment "hvsuite ([0-9a-f]{16})"')
-
-
-def admin_sources(settings: Settings, *, scratch: bool) -> list[str]:
-    """Where "admin" ports are reachable from: ``firewall.admin_sources``, or on a scratch
-    target without any, the suite's own podman subnet (where the controller sits)."""
-    if settings.firewall.admin_sources:
-        return list(settings.firewall.admin_sources)
-    if scratch:
-        return [settings.scratch.subnet]
-    return []
 
 
 def rule_sources(rule: PortRule, admins: list[str]) -> list[str] | None:
@@ -142,14 +133,35 @@ class SSHSession(Fact[tuple[str, str]]):
         return fields[0], fields[2]
 
 
-def apply(host: Host, settings: Settings, *, scratch: bool) -> list[OpResult]:
+@dataclass(frozen=True)
+class SourceAddress(Fact[str]):
+    """The address this host's packets to ``destination`` leave from: what a firewall on
+    ``destination`` sees as their source."""
+
+    destination: str
+
+    @property
+    def command(self) -> str:
+        return f"ip -o route get {shlex.quote(self.destination)}"
+
+    def parse(self, output: str) -> str:
+        match = re.search(r"\bsrc (\S+)", output)
+        if match is None:
+            raise ValueError(f"no source address in {output.strip()!r}")
+        return match.group(1)
+
+
+@step("Firewall")
+def apply(ctx: Context) -> None:
     """Install nftables, load the derived ruleset under a lock-out guard, enable at boot."""
-    admins = admin_sources(settings, scratch=scratch)
+    host, settings = ctx.host, ctx.settings
+    admins = list(settings.firewall.admin_sources)
     rules_text = render(settings, admins)
-    results = [ops.packages(host, ["nftables"])]
+    ops.packages(host, ["nftables"])
     op = f"firewall {RULES_FILE}"
     if host.mode == "verify":
-        return [*results, host.unchanged(op, "verify-only")]
+        host.unchanged(op, "verify-only")
+        return
     controller, _ = host.fact(SSHSession())
     ssh_port = settings.ssh.port
     if ssh_port not in allowed_ports(settings, admins, controller):
@@ -180,10 +192,9 @@ def apply(host: Host, settings: Settings, *, scratch: bool) -> list[OpResult]:
         restore=(f"nft delete table inet {TABLE} 2>/dev/null; if [ -s {saved} ]; then nft -f {saved}; fi",),
         seconds=settings.alpha.guard_seconds,
     )
-    results.append(guarded_change(host, op, commands, guard, diff="".join(diffs) or None, lock="firewall"))
+    guarded_change(host, op, commands, guard, diff="".join(diffs) or None, lock="firewall")
     # Boot loads /etc/nftables.conf; starting the oneshot now re-loads the same files.
-    results.append(ops.service(host, "nftables.service", enabled=True, running=True))
-    return results
+    ops.service(host, "nftables.service", enabled=True, running=True)
 
 
 def list_ruleset_command() -> str:

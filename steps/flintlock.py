@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from settings.model import Settings
 from steps import containerd, ops
+from steps.api import Context, step
 from steps.facts import CommandSucceeds, Fact
 from steps.runner import ApplyError, CommandResult, Host, OpResult
 from steps.tls import Paths
@@ -146,11 +147,13 @@ def install_units(host: Host, settings: Settings) -> list[OpResult]:
     return [bridge, unit, reload, ops.service(host, BRIDGE_UNIT, enabled=True, running=True)]
 
 
-def base_service(host: Host, settings: Settings) -> list[OpResult]:
+@step("Flintlock unit")
+def unit(ctx: Context) -> None:
     """Base: units installed and loaded by systemd; flintlockd's enablement and state are left
     alone (Bravo enables and starts it once containerd serves: enabled here, it would start at
     the next boot before containerd exists and fail)."""
-    return [*install_units(host, settings), ops.service(host, UNIT, enabled=None, running=None)]
+    install_units(ctx.host, ctx.settings)
+    ops.service(ctx.host, UNIT, enabled=None, running=None)
 
 
 def certificate_newer(settings: Settings) -> CommandSucceeds:
@@ -160,6 +163,17 @@ def certificate_newer(settings: Settings) -> CommandSucceeds:
     return CommandSucceeds(
         f"started=$(systemctl show -p ActiveEnterTimestamp --timestamp=unix {UNIT} | sed 's/.*=@//'); "
         f'[ -n "$started" ] && [ "$(stat -c %Y {cert})" -gt "$started" ]'
+    )
+
+
+def containerd_restarted(settings: Settings) -> CommandSucceeds:
+    """Succeeds when containerd (re)started after flintlockd did: flintlockd then holds a
+    connection to a containerd that is gone (false while flintlockd is not running)."""
+    return CommandSucceeds(
+        f"ours=$(systemctl show -p ActiveEnterTimestamp --timestamp=unix {UNIT} | sed 's/.*=@//'); "
+        f"theirs=$(systemctl show -p ActiveEnterTimestamp --timestamp=unix {containerd.SERVICE} "
+        "| sed 's/.*=@//'); "
+        '[ -n "$ours" ] && [ -n "$theirs" ] && [ "$theirs" -gt "$ours" ]'
     )
 
 
@@ -177,14 +191,15 @@ def listen_command(port: int, timeout: int = LISTEN_TIMEOUT) -> str:
     )
 
 
-def serve(host: Host, settings: Settings, *, containerd_changed: bool = False) -> list[OpResult]:
+@step("Flintlock runtime")
+def runtime(ctx: Context) -> None:
     """Bravo: flintlockd enabled and running on containerd with Alpha's certificate.
 
     Refuses to start it while containerd does not serve. Restarted when the certificate on
-    disk is newer than the running process, when its units changed or when containerd changed
-    (``containerd_changed``: its config or packages). After a (re)start, waits up to
-    ``LISTEN_TIMEOUT`` s for the gRPC port; a flintlockd that does not listen fails the step
-    with its journal."""
+    disk is newer than the running process, when its units changed or when containerd
+    (re)started after it. After a (re)start, waits up to ``LISTEN_TIMEOUT`` s for the gRPC
+    port; a flintlockd that does not listen fails the step with its journal."""
+    host, settings = ctx.host, ctx.settings
     if host.mode == "apply" and not host.fact(containerd_serves(settings)):
         raise ApplyError(
             f"[{host.name}] flintlockd needs containerd serving on {settings.base.containerd_socket}: "
@@ -192,10 +207,10 @@ def serve(host: Host, settings: Settings, *, containerd_changed: bool = False) -
         )
     results = install_units(host, settings)
     units_changed = any(result.changed for result in results[:2])
-    stale = host.mode != "verify" and host.fact(certificate_newer(settings))
-    restart = bool(stale or units_changed or containerd_changed)
-    service = ops.service(host, UNIT, enabled=True, running=True, restart=restart)
-    results.append(service)
+    stale = host.mode != "verify" and (
+        host.fact(certificate_newer(settings)) or host.fact(containerd_restarted(settings))
+    )
+    service = ops.service(host, UNIT, enabled=True, running=True, restart=bool(stale or units_changed))
     if host.mode == "apply" and service.changed:
         port = settings.base.grpc_port
         if not host.run(listen_command(port), check=False, timeout=LISTEN_TIMEOUT + 15).ok:
@@ -204,7 +219,6 @@ def serve(host: Host, settings: Settings, *, containerd_changed: bool = False) -
                 f"[{host.name}] flintlockd did not listen on {port}/tcp within {LISTEN_TIMEOUT}s "
                 f"after it was started; its journal:\n{journal}"
             )
-    return results
 
 
 def boot_microvm(host: Host, settings: Settings) -> CommandResult:

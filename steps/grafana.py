@@ -18,7 +18,7 @@ import requests
 
 from settings.model import ArtifactPin, Settings
 from steps import artifacts, ops
-from steps.runner import Host
+from steps.api import Context, step
 
 SERVICE = "grafana-server"
 PACKAGE = "grafana"
@@ -93,8 +93,10 @@ def dashboard(uid: str, datasource_uid: str) -> dict[str, Any]:
     }
 
 
-def apply(host: Host, settings: Settings, store: artifacts.ArtifactStore) -> bool:
-    """Grafana's checked .deb copied and installed, provisioned and serving; True when changed."""
+@step("Grafana")
+def apply(ctx: Context) -> None:
+    """Grafana's checked .deb copied and installed, provisioned and serving."""
+    host, settings, store = ctx.host, ctx.settings, ctx.require_artifacts()
     grafana = settings.charlie.grafana
     pin = grafana_pin(settings)
     port = settings.port("Charlie", "grafana")

@@ -13,8 +13,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from settings.model import Settings
+from settings.model import EffectiveProfile, Settings
 from steps import ops
+from steps.api import Context, step
 from steps.facts import Fact
 from steps.runner import Host, OpResult
 
@@ -32,13 +33,13 @@ def sysctl_selection(values: Mapping[str, str], *, namespaced_only: bool) -> tup
     return chosen, sorted(set(values) - set(chosen))
 
 
-def selected_sysctls(settings: Settings) -> tuple[dict[str, str], list[str]]:
-    """``sysctl_selection`` of Alpha's sysctls under the target's profile."""
-    return sysctl_selection(settings.alpha.sysctls, namespaced_only=settings.profile.namespaced_sysctls_only)
+def selected_sysctls(settings: Settings, profile: EffectiveProfile) -> tuple[dict[str, str], list[str]]:
+    """``sysctl_selection`` of Alpha's sysctls under the run's profile."""
+    return sysctl_selection(settings.alpha.sysctls, namespaced_only=profile.namespaced_sysctls_only)
 
 
-def sysctls(host: Host, settings: Settings) -> OpResult:
-    chosen, skipped = selected_sysctls(settings)
+def sysctls(host: Host, settings: Settings, profile: EffectiveProfile) -> OpResult:
+    chosen, skipped = selected_sysctls(settings, profile)
     result = ops.sysctls(host, chosen, persist_file=SYSCTL_FILE)
     if skipped:
         return OpResult(
@@ -61,11 +62,12 @@ def automatic_updates(host: Host) -> list[OpResult]:
     ]
 
 
-def apply(host: Host, settings: Settings) -> list[OpResult]:
-    results = [sysctls(host, settings)]
-    if settings.alpha.unattended_upgrades:
-        results += automatic_updates(host)
-    return results
+@step("Host baseline")
+def apply(ctx: Context) -> None:
+    """Network sysctls hardened and persisted; automatic security updates."""
+    sysctls(ctx.host, ctx.settings, ctx.profile)
+    if ctx.settings.alpha.unattended_upgrades:
+        automatic_updates(ctx.host)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from settings.model import ArtifactPin, BaseSettings, Settings
 from steps import artifacts
+from steps.api import Context, step
 from steps.facts import Fact
-from steps.runner import ApplyError, Host, OpResult
+from steps.runner import ApplyError, Host
 
 VERSION_COMMANDS = {
     # firecracker and cloud-hypervisor print "<name> v1.10.0"; flintlockd prints its version.
@@ -79,8 +80,12 @@ def pins(settings: Settings) -> dict[str, ArtifactPin]:
     return {role: settings.artifacts[name] for role, name in wanted.items()}
 
 
-def install(host: Host, store: artifacts.ArtifactStore, settings: Settings) -> list[OpResult]:
-    by_role = pins(settings)
+@step("Hypervisor binaries")
+def apply(ctx: Context) -> None:
+    """firecracker, cloud-hypervisor, flintlockd and the microVM kernel and rootfs, each from
+    its checked artifact."""
+    settings = ctx.settings
+    store = ctx.require_artifacts()
     names = {
         "firecracker": settings.base.firecracker,
         "cloud-hypervisor": settings.base.cloud_hypervisor,
@@ -88,7 +93,8 @@ def install(host: Host, store: artifacts.ArtifactStore, settings: Settings) -> l
         "microvm-kernel": settings.base.microvm_kernel,
         "microvm-rootfs": settings.base.microvm_rootfs,
     }
-    return [artifacts.install(host, store, names[role], pin) for role, pin in by_role.items()]
+    for role, pin in pins(settings).items():
+        artifacts.install(ctx.host, store, names[role], pin)
 
 
 _VERSION = re.compile(r"v?(\d+(?:\.\d+)+)")

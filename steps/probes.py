@@ -26,13 +26,7 @@ from typing import Any, TypeVar
 import paramiko
 
 from steps.facts import Fact
-from steps.runner import (
-    HostKeyError,
-    check_host_key,
-    explain_bad_host_key,
-    load_known_hosts,
-    pin_host_keys,
-)
+from transport.ssh import Endpoint, handshake, key_login
 
 T = TypeVar("T")
 
@@ -135,6 +129,70 @@ async def _scan(
     )
 
 
+# The same connect scan, run by python3 on another host (the probe role): arguments as JSON
+# on stdin, port states as JSON on stdout.
+_REMOTE_SCAN = """
+import asyncio, json, sys, time
+args = json.load(sys.stdin)
+async def main():
+    gate = asyncio.Semaphore(args["concurrency"])
+    states = {}
+    async def probe(port):
+        async with gate:
+            try:
+                connecting = asyncio.open_connection(args["address"], port)
+                _, writer = await asyncio.wait_for(connecting, args["timeout"])
+            except ConnectionRefusedError:
+                states[port] = "refused"
+            except (asyncio.TimeoutError, OSError):
+                states[port] = "filtered"
+            else:
+                states[port] = "open"
+                writer.close()
+    await asyncio.wait_for(asyncio.gather(*(probe(p) for p in args["ports"])), args["deadline"])
+    return states
+started = time.monotonic()
+states = asyncio.run(main())
+print(json.dumps({"states": states, "seconds": time.monotonic() - started}))
+"""
+
+
+def scan_ports_from(
+    remote: Any,
+    address: str,
+    ports: Iterable[int],
+    *,
+    timeout: float = 1.0,
+    concurrency: int = 128,
+    deadline: float = 120.0,
+) -> ScanResult:
+    """:func:`scan_ports` run on another host through ``remote`` (a ``steps.runner.Host``):
+    what a machine that is not the controller can reach. Same bounds as a local scan."""
+    import json
+
+    wanted = sorted(set(ports))
+    if not wanted or len(wanted) > MAX_SCAN_PORTS or not 1 <= concurrency <= 512:
+        raise ValueError(f"scan_ports_from: {len(wanted)} ports / concurrency {concurrency} out of bounds")
+    request = {
+        "address": address,
+        "ports": wanted,
+        "timeout": timeout,
+        "concurrency": concurrency,
+        "deadline": deadline,
+    }
+    result = remote.run(
+        f"python3 -c {shlex.quote(_REMOTE_SCAN)}", stdin=json.dumps(request), timeout=deadline + 30
+    )
+    answer = json.loads(result.stdout)
+    states = {int(port): state for port, state in answer["states"].items()}
+    return ScanResult(
+        address,
+        len(wanted),
+        *(frozenset(p for p, s in states.items() if s == state) for state in ("open", "refused", "filtered")),
+        float(answer["seconds"]),
+    )
+
+
 def scan_plan(declared: Iterable[int], *, low_range: range = range(1, 1025)) -> list[int]:
     """The bounded port list of an outside-in check: 1-1024, every declared port, and the
     well-known high ports."""
@@ -142,107 +200,42 @@ def scan_plan(declared: Iterable[int], *, low_range: range = range(1, 1025)) -> 
 
 
 # -- SSH ---------------------------------------------------------------------------------
-# Every probe that completes a key exchange checks the server's host key: against
-# ``host_keys`` (a paramiko.HostKeys or known_hosts file paths) when given, otherwise against
-# the files registered with :func:`trust_known_hosts` (the targets plugin registers each
-# resolved target's). With neither, the probe refuses to connect.
-
-HostKeys = paramiko.HostKeys | Iterable[str] | None
-
-_trusted_files: list[str] = []
+# Every probe that completes a key exchange checks the server's host key against the
+# endpoint's trust (transport.hostkeys.KnownHosts), passed explicitly.
 
 
-def trust_known_hosts(*files: str) -> None:
-    """Add known_hosts files SSH probes check host keys against by default."""
-    for name in files:
-        if str(name) not in _trusted_files:
-            _trusted_files.append(str(name))
-
-
-def _known(host_keys: HostKeys) -> tuple[paramiko.HostKeys, list[str]]:
-    if isinstance(host_keys, paramiko.HostKeys):
-        return host_keys, []
-    files = [str(name) for name in host_keys] if host_keys is not None else list(_trusted_files)
-    if not files:
-        raise HostKeyError(
-            "no known host keys to check the server against: pass host_keys= or register "
-            "known_hosts files with steps.probes.trust_known_hosts()",
-            host="",
-            port=0,
-            key_type="",
-            fingerprint="",
-        )
-    return load_known_hosts(files), files
-
-
-def ssh_auth_methods(
-    address: str, port: int, user: str, *, timeout: float = 10.0, host_keys: HostKeys = None
-) -> list[str]:
-    """Authentication methods the server offers ``user`` (the answer to a "none" request).
-
-    Nothing secret is sent: the "none" method carries no credential.
-    """
-    with _ssh_transport(address, port, timeout, host_keys) as transport:
+def ssh_auth_methods(endpoint: Endpoint, *, timeout: float = 10.0) -> list[str]:
+    """Authentication methods the server offers the endpoint's user (the answer to a
+    "none" request). Nothing secret is sent: the "none" method carries no credential."""
+    with handshake(endpoint, timeout=timeout) as transport:
         try:
-            transport.auth_none(user)
+            transport.auth_none(endpoint.user)
         except paramiko.BadAuthenticationType as exc:
             return list(exc.allowed_types)
         # "none" succeeded: the server lets anyone in without a credential.
         return ["none"]
 
 
-def ssh_password_login_refused(
-    address: str, port: int, user: str, *, timeout: float = 10.0, host_keys: HostKeys = None
-) -> str:
+def ssh_password_login_refused(endpoint: Endpoint, *, timeout: float = 10.0) -> str:
     """Try a password login with a random throwaway password; return how it was refused.
 
     "not offered" when the server rejects the method itself (the strong outcome), or
     "rejected" when it took the password and said no. Raises AssertionError if it let us in.
     """
     throwaway = hashlib.sha256(str(time.time_ns()).encode()).hexdigest()
-    with _ssh_transport(address, port, timeout, host_keys) as transport:
+    with handshake(endpoint, timeout=timeout) as transport:
         try:
-            transport.auth_password(user, throwaway, fallback=False)
+            transport.auth_password(endpoint.user, throwaway, fallback=False)
         except paramiko.BadAuthenticationType:
             return "not offered"
         except paramiko.AuthenticationException:
             return "rejected"
-        raise AssertionError(f"password login as {user!r} on {address}:{port} succeeded")
+        raise AssertionError(f"password login as {endpoint.user!r} on {endpoint.url} succeeded")
 
 
-@contextlib.contextmanager
-def _ssh_transport(
-    address: str, port: int, timeout: float, host_keys: HostKeys = None
-) -> Iterator[paramiko.Transport]:
-    """An SSH transport past key exchange with a verified host key, not authenticated yet."""
-    known, files = _known(host_keys)
-    with socket.create_connection((address, port), timeout=timeout) as sock:
-        transport = paramiko.Transport(sock)
-        try:
-            transport.banner_timeout = timeout
-            _prefer_known_key_types(transport, known.lookup(_key_name(address, port)))
-            transport.start_client(timeout=timeout)
-            check_host_key(known, address, port, transport.get_remote_server_key(), files=files)
-            yield transport
-        finally:
-            transport.close()
-
-
-def _key_name(address: str, port: int) -> str:
-    return address if port == 22 else f"[{address}]:{port}"
-
-
-def _prefer_known_key_types(transport: paramiko.Transport, entries: Any) -> None:
-    # As OpenSSH does: ask for a host key type known for this host first.
-    if not entries:
-        return
-    options = transport.get_security_options()
-    offered = list(options.key_types)
-    known = []
-    for key_type in entries:
-        names = ["rsa-sha2-512", "rsa-sha2-256", key_type] if key_type == "ssh-rsa" else [key_type]
-        known += [name for name in names if name in offered and name not in known]
-    options.key_types = known + [name for name in offered if name not in known]
+def ssh_key_login(endpoint: Endpoint, *, timeout: float = 10.0) -> str:
+    """Log in with the endpoint's key over a brand-new connection; ``id -un`` (proves access)."""
+    return key_login(endpoint, timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -305,39 +298,6 @@ def parse_kexinit(banner: str, payload: bytes) -> SSHAlgorithms:
     ciphers = tuple(dict.fromkeys(lists[2] + lists[3]))
     macs = tuple(dict.fromkeys(lists[4] + lists[5]))
     return SSHAlgorithms(banner, kex, lists[1], ciphers, macs)
-
-
-def ssh_key_login(
-    address: str,
-    port: int,
-    user: str,
-    key_file: str,
-    *,
-    timeout: float = 10.0,
-    host_keys: HostKeys = None,
-) -> str:
-    """Log in with a key over a brand-new connection and return ``id -un`` (proves access)."""
-    known, files = _known(host_keys)
-    client = paramiko.SSHClient()
-    pin_host_keys(client, files, known=known)
-    try:
-        client.connect(
-            address,
-            port=port,
-            username=user,
-            key_filename=key_file,
-            timeout=timeout,
-            banner_timeout=timeout,
-            auth_timeout=timeout,
-            allow_agent=False,
-            look_for_keys=False,
-        )
-        _, stdout, _ = client.exec_command("id -un", timeout=timeout)
-        return stdout.read().decode().strip()
-    except paramiko.BadHostKeyException as exc:
-        raise explain_bad_host_key(exc, port, files) from None
-    finally:
-        client.close()
 
 
 # -- TLS ---------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ from typing import Any
 
 import requests
 
-from settings.model import CharlieSettings, Settings
+from settings.model import CharlieSettings
 from steps import ops
-from steps.runner import Host
+from steps.api import Context, step
 
 PROMETHEUS = "prometheus"
 NODE_EXPORTER = "prometheus-node-exporter"
@@ -49,8 +49,10 @@ def render_config(
     )
 
 
-def apply(host: Host, settings: Settings) -> bool:
-    """Prometheus and node_exporter installed, configured and serving; True when changed."""
+@step("Prometheus and node_exporter")
+def apply(ctx: Context) -> None:
+    """Prometheus and node_exporter installed, configured and serving."""
+    host, settings = ctx.host, ctx.settings
     charlie = settings.charlie
     prometheus_port = settings.port("Charlie", "prometheus")
     node_exporter_port = settings.port("Charlie", "node-exporter")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 
-from settings.model import BravoSettings, Settings
+from settings.model import BravoSettings
 from steps import ops
-from steps.runner import Host
+from steps.api import Context, step
 
 SERVICE = "docker-registry"
 CONFIG_PATH = "/etc/docker/registry/config.yml"
@@ -34,11 +34,10 @@ def render_config(bravo: BravoSettings, port: int) -> str:
     return "# Managed by hvsuite (Team Bravo).\n" + json.dumps(config, indent=2) + "\n"
 
 
-def apply(host: Host, settings: Settings) -> bool:
+@step("OCI registry for the pull check")
+def apply(ctx: Context) -> None:
     """docker-registry installed, configured on the declared port and running."""
-    bravo = settings.bravo
-    with host.step("OCI registry for the pull check") as log:
-        ops.packages(host, [bravo.registry_package])
-        config = ops.file(host, CONFIG_PATH, render_config(bravo, settings.port("Bravo", PORT_NAME)))
-        ops.service(host, SERVICE, enabled=True, running=True, restart=config.changed)
-    return log.changed
+    host, bravo = ctx.host, ctx.settings.bravo
+    ops.packages(host, [bravo.registry_package])
+    config = ops.file(host, CONFIG_PATH, render_config(bravo, ctx.settings.port("Bravo", PORT_NAME)))
+    ops.service(host, SERVICE, enabled=True, running=True, restart=config.changed)

@@ -14,12 +14,10 @@ module stays pytest-free.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 import hashlib
 import io
-import os
 import posixpath
 import re
 import shlex
@@ -35,6 +33,8 @@ import allure
 import filelock
 
 from steps.redact import Redactor
+from transport.hostkeys import HostKeyError
+from transport.ssh import Backoff, ConnectionDropped, reconnect
 
 if TYPE_CHECKING:
     from steps.facts import Fact
@@ -63,6 +63,12 @@ class ApplyError(Exception):
     def __init__(self, message: str, result: CommandResult | None = None) -> None:
         super().__init__(message)
         self.result = result
+
+
+class ConnectionLost(ApplyError):
+    """The connection dropped while an op's commands ran, so a command may have half-run.
+    The host has reconnected; the step that issued the op is run again from its facts
+    (``steps.api.step``), never by repeating the command blindly."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +185,7 @@ class Host:
         connect: Callable[[], Connection] | None = None,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        backoff: Backoff | None = None,
     ) -> None:
         if not name:
             raise ValueError("Host name must not be empty (it names the host in logs and lock files)")
@@ -190,6 +197,10 @@ class Host:
         self.lock_timeout = lock_timeout
         self.command_timeout = command_timeout
         self._connect = connect
+        self.backoff = backoff or Backoff()
+        # Reconnects after a dropped connection (for the report), and whether op commands run.
+        self.reconnects = 0
+        self._op_depth = 0
         self._facts: dict[Fact[Any], Any] = {}
         self._locks: dict[str, filelock.BaseFileLock] = {}
         self._steps: list[StepLog] = []
@@ -278,30 +289,67 @@ class Host:
             "in_stream": io.StringIO(stdin) if stdin is not None else False,
             "timeout": timeout if timeout is not None else self.command_timeout,
         }
-        started = time.monotonic()
+        for attempt in (1, 2):
+            started = time.monotonic()
+            try:
+                _prepare(self.connection)
+                raw = self.connection.run(command, **kwargs)
+            except HostKeyError as exc:
+                raise ApplyError(f"[{self.name}] {exc}") from exc
+            except Exception as exc:
+                if attempt == 1 and self._survive_drop(command, exc):
+                    continue
+                # invoke's CommandTimedOut and paramiko's SSHException carry no common base
+                # worth importing here; name what failed and keep the cause chained.
+                raise ApplyError(
+                    redactor.redact(f"[{self.name}] {type(exc).__name__} running {command!r}: {exc}")
+                ) from exc
+            # A drop mid-command closes the channel: invoke then reports exit -1 (or none).
+            no_status = raw.exited is None or int(raw.exited) < 0
+            if no_status and attempt == 1 and self._survive_drop(command, ConnectionError("no exit status")):
+                continue
+            return CommandResult(
+                command=command,
+                exit_code=-1 if raw.exited is None else int(raw.exited),
+                stdout=raw.stdout or "",
+                stderr=raw.stderr or "",
+                duration=time.monotonic() - started,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _connection_alive(self) -> bool:
+        # paramiko's reader thread marks the transport inactive a moment after the socket
+        # fails; the command's own thread may see the error first.
+        for _ in range(5):
+            if not getattr(self.connection, "is_connected", True):
+                return False
+            time.sleep(0.1)
+        return True
+
+    def _survive_drop(self, what: str, exc: BaseException) -> bool:
+        """After ``exc``: False when the connection is still up (a real error). Otherwise
+        reconnect (bounded, host key checked again) and return True so a read is run again;
+        inside an op's commands raise :class:`ConnectionLost` instead, since the command may
+        have half-run: the step that issued it is re-run from its facts."""
+        if self._connection_alive():
+            return False
+        if self._connect is None:
+            raise ApplyError(self.redactor.redact(f"[{self.name}] connection failed running {what!r}: {exc}"))
         try:
-            _prepare(self.connection)
-            raw = self.connection.run(command, **kwargs)
-        except (OSError, EOFError) as exc:
-            raise ApplyError(
-                redactor.redact(f"[{self.name}] connection failed running {command!r}: {exc}")
-            ) from exc
-        except Exception as exc:
-            if type(exc).__name__ == "BadHostKeyException":
-                port = int(getattr(self.connection, "port", 22) or 22)
-                raise ApplyError(f"[{self.name}] {explain_bad_host_key(exc, port)}") from exc
-            # invoke's CommandTimedOut and paramiko's SSHException carry no common base
-            # worth importing here; name what failed and keep the cause chained.
-            raise ApplyError(
-                redactor.redact(f"[{self.name}] {type(exc).__name__} running {command!r}: {exc}")
-            ) from exc
-        return CommandResult(
-            command=command,
-            exit_code=int(raw.exited),
-            stdout=raw.stdout or "",
-            stderr=raw.stderr or "",
-            duration=time.monotonic() - started,
-        )
+            self.connection = reconnect(self.name, self._connect, self.backoff)
+        except ConnectionDropped as dropped:
+            raise ApplyError(self.redactor.redact(f"{dropped} (while running {what!r})")) from exc
+        except HostKeyError as refused:
+            raise ApplyError(f"[{self.name}] reconnecting after a drop: {refused}") from exc
+        self.invalidate_facts()
+        self.reconnects += 1
+        if self._op_depth:
+            raise ConnectionLost(
+                self.redactor.redact(
+                    f"[{self.name}] the connection dropped while an op ran {what!r} ({exc}); reconnected"
+                )
+            )
+        return True
 
     # -- facts -----------------------------------------------------------------------
 
@@ -334,15 +382,19 @@ class Host:
     def read(self, path: str) -> bytes | None:
         """The content of a remote file (over SFTP, never logged), or None if it is absent."""
         path = check_path(path)
-        buffer = io.BytesIO()
-        try:
-            _prepare(self.connection)
-            self.connection.get(path, local=buffer)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise ApplyError(self.redactor.redact(f"[{self.name}] cannot read {path}: {exc}")) from exc
-        return buffer.getvalue()
+        for attempt in (1, 2):
+            buffer = io.BytesIO()
+            try:
+                _prepare(self.connection)
+                self.connection.get(path, local=buffer)
+            except FileNotFoundError:
+                return None
+            except (OSError, EOFError) as exc:
+                if attempt == 1 and self._survive_drop(f"read {path}", exc):
+                    continue
+                raise ApplyError(self.redactor.redact(f"[{self.name}] cannot read {path}: {exc}")) from exc
+            return buffer.getvalue()
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def put(
         self,
@@ -377,7 +429,8 @@ class Host:
                 try:
                     _prepare(self.connection)
                     self.connection.put(io.BytesIO(put.data), remote=tmp)
-                except OSError as exc:
+                except (OSError, EOFError) as exc:
+                    self._survive_drop(f"upload {put.path}", exc)
                     message = f"[{self.name}] upload to {tmp} failed: {exc}"
                     raise ApplyError(self.redactor.redact(message)) from exc
             self.run(f"chown {shlex.quote(f'{put.owner}:{put.group}')} {qtmp} && chmod {put.mode} {qtmp}")
@@ -428,6 +481,7 @@ class Host:
             reason = reason or "would change (check mode)"
             return self.record(OpResult(op, True, shown, redacted_diff, reason))
         with self.lock(lock) if lock else contextlib.nullcontext():
+            self._op_depth += 1
             try:
                 for command in commands:
                     if isinstance(command, Put):
@@ -435,6 +489,7 @@ class Host:
                     else:
                         self.run(command, secrets=secrets)
             finally:
+                self._op_depth -= 1
                 self.invalidate_facts()
         return self.record(OpResult(op, True, shown, redacted_diff, reason or "changed"))
 
@@ -475,18 +530,22 @@ class Host:
 
     # -- connections -----------------------------------------------------------------
 
-    def with_mode(self, mode: Mode) -> Host:
-        """The same host and connection in another mode, with its own results and facts."""
+    def _sibling(self, connection: Connection, mode: Mode) -> Host:
         return Host(
             self.name,
-            self.connection,
+            connection,
             mode=mode,
             lock_dir=self.lock_dir,
             redactor=self.redactor,
             connect=self._connect,
             lock_timeout=self.lock_timeout,
             command_timeout=self.command_timeout,
+            backoff=self.backoff,
         )
+
+    def with_mode(self, mode: Mode) -> Host:
+        """The same host and connection in another mode, with its own results and facts."""
+        return self._sibling(self.connection, mode)
 
     def fresh(self) -> Host:
         """A Host over a brand-new connection with the same parameters, already logged in.
@@ -494,17 +553,11 @@ class Host:
         Used to prove that a new key login still works after SSH or firewall changes;
         failing to log in raises :class:`ApplyError`.
         """
-        connection = self._connect() if self._connect is not None else _clone_connection(self.connection)
-        host = Host(
-            self.name,
-            connection,
-            mode=self.mode,
-            lock_dir=self.lock_dir,
-            redactor=self.redactor,
-            connect=self._connect,
-            lock_timeout=self.lock_timeout,
-            command_timeout=self.command_timeout,
-        )
+        try:
+            connection = self._connect() if self._connect is not None else _clone_connection(self.connection)
+        except HostKeyError as exc:
+            raise ApplyError(f"[{self.name}] {exc}") from exc
+        host = self._sibling(connection, self.mode)
         host.run("true")
         return host
 
@@ -602,29 +655,11 @@ def _as_bytes(data: bytes | str) -> bytes:
 
 def _clone_connection(connection: Connection) -> Connection:
     fresh = getattr(connection, "fresh", None)
-    if callable(fresh):
-        return fresh()
-    import fabric
-
-    if not isinstance(connection, fabric.Connection):
+    if not callable(fresh):
         raise TypeError(
-            f"cannot open a fresh connection from {type(connection).__name__}; pass connect= to Host"
+            f"cannot open a new connection from {type(connection).__name__}; pass connect= to Host"
         )
-    clone = fabric.Connection(
-        host=connection.host,
-        user=connection.user,
-        port=connection.port,
-        config=connection.config,
-        gateway=connection.gateway,
-        forward_agent=connection.forward_agent,
-        connect_timeout=connection.connect_timeout,
-        connect_kwargs=dict(connection.connect_kwargs),
-        inline_ssh_env=connection.inline_ssh_env,
-    )
-    # fabric's new client accepts any host key: keep the original's host keys and policy.
-    clone.client._system_host_keys = connection.client._system_host_keys
-    clone.client.set_missing_host_key_policy(connection.client._policy)
-    return clone
+    return fresh()
 
 
 def idempotence_gate(host: Host, apply: Callable[[Host], object]) -> list[str]:
@@ -634,179 +669,3 @@ def idempotence_gate(host: Host, apply: Callable[[Host], object]) -> list[str]:
     before = len(checker.results)
     apply(checker)
     return [f"[{host.name}] => {result.op}" for result in checker.results[before:] if result.changed]
-
-
-# -- host keys -------------------------------------------------------------------------
-# Every SSH connection the suite opens checks the server's host key against known_hosts
-# files (OpenSSH's StrictHostKeyChecking=yes). paramiko's HostKeys reads hashed entries and
-# "[host]:port" entries; lookups use "host" for port 22 and "[host]:port" otherwise.
-
-
-class HostKeyError(Exception):
-    """The server offered a host key that is not in known_hosts, or differs from it. The
-    message names the host, port, key type, SHA256 fingerprint and the fix."""
-
-    def __init__(self, message: str, *, host: str, port: int, key_type: str, fingerprint: str) -> None:
-        super().__init__(message)
-        self.host = host
-        self.port = port
-        self.key_type = key_type
-        self.fingerprint = fingerprint
-
-
-def host_key_name(host: str, port: int) -> str:
-    """The name known_hosts files use for ``host`` on ``port``."""
-    return host if port == 22 else f"[{host}]:{port}"
-
-
-def _split_key_name(name: str) -> tuple[str, int]:
-    match = re.fullmatch(r"\[(.+)\]:(\d+)", name)
-    return (match.group(1), int(match.group(2))) if match else (name, 22)
-
-
-def key_fingerprint(key: Any) -> str:
-    """OpenSSH's fingerprint of a public key: ``SHA256:<base64 without padding>``."""
-    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
-
-
-def load_known_hosts(files: Iterable[str | Path]) -> Any:
-    """One ``paramiko.HostKeys`` holding every entry of ``files`` (missing files are empty)."""
-    import paramiko
-
-    known = paramiko.HostKeys()
-    for name in files:
-        path = Path(name).expanduser()
-        if path.is_file():
-            known.load(str(path))
-    return known
-
-
-def _short_type(key_type: str) -> str:
-    for short in ("ed25519", "ecdsa", "rsa", "dss"):
-        if short in key_type:
-            return short
-    return key_type
-
-
-def ssh_keyscan_fix(host: str, port: int, record_file: str | Path, key_type: str) -> str:
-    """How an operator trusts an ssh target's host key (the default fix in the messages)."""
-    return (
-        f"Fix: check that fingerprint out of band (on the server: `ssh-keygen -lf "
-        f"/etc/ssh/ssh_host_{_short_type(key_type)}_key.pub`), then run `ssh-keyscan -p {port} "
-        f"{host} >> {record_file}`; or set `ssh.strict_host_keys = false` in the config to accept "
-        "and record the key on first use."
-    )
-
-
-def check_host_key(
-    known: Any,
-    host: str,
-    port: int,
-    key: Any,
-    *,
-    files: Sequence[str | Path] = (),
-    record_to: str | Path | None = None,
-    fix: str | None = None,
-) -> None:
-    """Accept ``key`` for ``host``:``port`` if a known_hosts entry holds it; raise HostKeyError
-    otherwise. With ``record_to`` a host known under no key at all is accepted and recorded
-    there (accept-new); a different key is refused all the same."""
-    name = host_key_name(host, port)
-    key_type = key.get_name()
-    fingerprint = key_fingerprint(key)
-    where = ", ".join(str(f) for f in files) or "the given host keys"
-    record_file = record_to or (files[0] if files else "~/.ssh/known_hosts")
-    entries = [e for e in getattr(known, "_entries", []) if known._hostname_matches(name, e)]
-    same_type = [e.key for e in entries if e.key is not None and e.key.get_name() == key_type]
-    if any(k.asbytes() == key.asbytes() for k in same_type):
-        return
-    details = dict(host=host, port=port, key_type=key_type, fingerprint=fingerprint)
-    if same_type:
-        expected = ", ".join(key_fingerprint(k) for k in same_type)
-        raise HostKeyError(
-            f"HOST KEY MISMATCH for {host} port {port}: the server offered a {key_type} key "
-            f"{fingerprint}, but {where} expects {expected} for {name}. Someone may be intercepting "
-            "the connection (man-in-the-middle), or the server was reinstalled. "
-            + (
-                fix
-                or f"Fix: confirm the new fingerprint out of band, then remove the old entry with "
-                f"`ssh-keygen -R '{name}' -f {record_file}` and add the new one with `ssh-keyscan -p "
-                f"{port} {host} >> {record_file}`."
-            ),
-            **details,
-        )
-    if entries:
-        other = ", ".join(sorted({e.key.get_name() for e in entries if e.key is not None}))
-        raise HostKeyError(
-            f"host key of {host} port {port} not trusted: the server offered a {key_type} key "
-            f"{fingerprint}, but {where} knows {name} only with other key types ({other}). "
-            + (fix or ssh_keyscan_fix(host, port, record_file, key_type)),
-            **details,
-        )
-    if record_to is not None:
-        import paramiko
-
-        path = Path(record_to).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        line = paramiko.hostkeys.HostKeyEntry([name], key).to_line()
-        with open(path, "a", opener=lambda p, flags: os.open(p, flags, 0o600)) as handle:
-            handle.write(line)
-        known.add(name, key_type, key)
-        return
-    raise HostKeyError(
-        f"host key of {host} port {port} is unknown: the server offered a {key_type} key "
-        f"{fingerprint}, and {where} has no entry for {name}. "
-        + (fix or ssh_keyscan_fix(host, port, record_file, key_type)),
-        **details,
-    )
-
-
-def _known_policy(
-    known: Any, files: Sequence[str | Path], record_to: str | Path | None, fix: str | None
-) -> Any:
-    import paramiko
-
-    class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
-        """paramiko calls this when no entry of the offered key type is loaded."""
-
-        def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
-            host, port = _split_key_name(hostname)
-            check_host_key(known, host, port, key, files=files, record_to=record_to, fix=fix)
-
-    return KnownHostsPolicy()
-
-
-def pin_host_keys(
-    client: Any,
-    files: Sequence[str | Path],
-    *,
-    known: Any | None = None,
-    record_to: str | Path | None = None,
-    fix: str | None = None,
-) -> Any:
-    """Make a ``paramiko.SSHClient`` (a fabric connection's ``.client``) verify host keys
-    against ``files`` (or the loaded ``known``): paramiko then prefers the known key type,
-    refuses a different key (BadHostKeyException) and asks our policy about unknown ones."""
-    known = load_known_hosts(files) if known is None else known
-    # Loaded keys are never written back by paramiko (its "system" host keys).
-    client._system_host_keys = known
-    client.set_missing_host_key_policy(_known_policy(known, files, record_to, fix))
-    return client
-
-
-def explain_bad_host_key(
-    exc: Any, port: int, files: Sequence[str | Path] = (), fix: str | None = None
-) -> HostKeyError:
-    """paramiko's BadHostKeyException as our HostKeyError, with the message and fix."""
-    import paramiko
-
-    host, _ = _split_key_name(exc.hostname)
-    known = paramiko.HostKeys()
-    known.add(host_key_name(host, port), exc.expected_key.get_name(), exc.expected_key)
-    try:
-        check_host_key(known, host, port, exc.key, files=files, fix=fix)
-    except HostKeyError as error:
-        return error
-    return HostKeyError(
-        str(exc), host=host, port=port, key_type=exc.key.get_name(), fingerprint=key_fingerprint(exc.key)
-    )

@@ -21,9 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from settings.model import Settings
+from steps.api import Context
+from steps.artifacts import ArtifactStore
 from steps.facts import Fact
 from steps.redact import Redactor
 from steps.runner import Host, Mode
+from transport.ssh import Backoff
 
 Response = tuple[int, str, str]
 Responder = Response | Callable[[str], Response]
@@ -71,10 +75,18 @@ class FakeConnection:
         self.run_kwargs: list[dict[str, Any]] = []
         self.closed = False
         self.opened = 0
+        self.is_connected = True
+        # Commands that cut the connection when they run (a dropped SSH connection).
+        self.drops: list[re.Pattern[str]] = []
         self._tmp_counter = 0
 
     def respond(self, command: str | re.Pattern[str], response: Responder) -> None:
         self.responses[command] = response
+
+    def drop_on(self, command: str | re.Pattern[str]) -> None:
+        """The next time ``command`` (exact, or a pattern matched with fullmatch) runs, the
+        connection drops: the command's output is lost and ``run`` raises EOFError."""
+        self.drops.append(command if isinstance(command, re.Pattern) else re.compile(re.escape(command)))
 
     def set_fact(self, fact: Fact[Any], stdout: str, exit_code: int = 0) -> None:
         """Answer ``fact``'s command with ``stdout``."""
@@ -116,8 +128,15 @@ class FakeConnection:
     # -- the fabric.Connection surface the runner uses -------------------------------
 
     def run(self, command: str, **kwargs: Any) -> FakeResult:
+        if not self.is_connected:
+            raise OSError("Socket is closed")
         self.commands.append(command)
         self.run_kwargs.append(kwargs)
+        for pattern in self.drops:
+            if pattern.fullmatch(command):
+                self.drops.remove(pattern)
+                self.is_connected = False
+                raise EOFError("connection dropped")
         exit_code, stdout, stderr = self._answer(command)
         return FakeResult(command, exit_code, stdout, stderr)
 
@@ -141,9 +160,11 @@ class FakeConnection:
         self.closed = True
 
     def fresh(self) -> FakeConnection:
-        """A new fake sharing the response table and files, with its own command log."""
+        """A new fake sharing the response table, files and pending drops, with its own
+        command log."""
         clone = FakeConnection(self.responses, files=self.files, strict=self.strict, default=self.default)
         clone.files = self.files
+        clone.drops = self.drops
         return clone
 
     # -- assertions helpers ----------------------------------------------------------
@@ -161,12 +182,42 @@ def fake_host(
     mode: Mode = "apply",
     lock_dir: Path | str | None = None,
     secrets: Iterable[str] = (),
+    reconnects: list[FakeConnection] | None = None,
 ) -> Host:
-    """A Host over a FakeConnection (a new empty one if none is given)."""
+    """A Host over a FakeConnection (a new empty one if none is given). With ``reconnects``
+    (a list the new connections are appended to), a dropped connection is reopened at once
+    as a fresh fake sharing the first one's responses and files."""
+    connection = connection if connection is not None else FakeConnection()
+
+    def reopen() -> FakeConnection:
+        fresh = connection.fresh()
+        assert reconnects is not None
+        reconnects.append(fresh)
+        return fresh
+
     return Host(
         name,
-        connection if connection is not None else FakeConnection(),
+        connection,
         mode=mode,
         lock_dir=lock_dir,
         redactor=Redactor(secrets),
+        connect=reopen if reconnects is not None else None,
+        backoff=Backoff(attempts=2, first=0.0, longest=0.0),
     )
+
+
+def fake_context(
+    host: Host,
+    settings: Settings | None = None,
+    *,
+    profile: str = "production",
+    address: str = "192.0.2.10",
+    artifacts: ArtifactStore | None = None,
+) -> Context:
+    """A step context on ``host`` (see steps.api): the embedded default config unless
+    ``settings`` is given, the named profile of it, and a documentation address."""
+    if settings is None:
+        from settings.loader import load_settings
+
+        settings = load_settings()
+    return Context(host, settings, settings.effective_profile(profile), address, artifacts)

@@ -24,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from settings.model import TLSSettings
 from steps import ops
+from steps.api import Context, step
 from steps.facts import Fact, FileInfo
 from steps.runner import ApplyError, Host, OpResult
 
@@ -263,6 +264,13 @@ def issue_leaf_command(paths: Paths, role: str, subject: str, tls: TLSSettings) 
         f"-sha256 -days {tls.cert_days} -extfile {cnf} -extensions {role}_ext -out {cert}.new; "
         f"rm -f {csr}; chmod 0644 {cert}.new; mv -f {key}.new {key}; mv -f {cert}.new {cert}"
     )
+
+
+@step("TLS certificates")
+def apply(ctx: Context) -> None:
+    """Flintlock's CA, server (and client) certificates, named for the address the controller
+    uses too."""
+    ensure(ctx.host, ctx.settings.alpha.tls, extra_sans=[ctx.address])
 
 
 def ensure(

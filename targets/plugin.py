@@ -1,102 +1,128 @@
-"""The targets pytest plugin: config, target resolution, apply modes, waivers and fixtures.
+"""The targets pytest plugin: the config, the inventory of hosts by role, waivers, change
+counts, and the fixtures that hand teams their hosts.
 
-The controller (never an xdist worker) loads the config and resolves the target once. When a
-run collects the suite's phases/ it does so at start-up, so that a bad config, a missing key
-or an unreachable host stops the run before any test (pytest.UsageError); the resolved target
-goes to the workers as JSON in `workerinput`. Any other run (the suite's own `pytest tests/`)
-creates nothing unless a test requests a target fixture; then the first process to need it
-resolves it under a file lock and leaves it for the others of the same run.
+The controller (never an xdist worker) loads the config and resolves the fleet once. When a
+run collects the suite's phases/ it does so at start-up: the hosts holding a role that one of
+the run's teams needs (phases/plan.toml) are created or logged in to, so that a bad config,
+a missing role, a missing key or an unreachable host stops the run before any test
+(pytest.UsageError). The fleet goes to the workers as JSON in ``workerinput``. Any other run
+(the suite's own ``pytest tests/``) creates nothing unless a test requests a host fixture;
+then the first process to need it resolves the whole inventory under a file lock and leaves
+it for the others of the same run.
+
+Run modes, waivers and change counts follow ``engine.contract``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import uuid
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from engine import contract
 from settings.loader import ConfigError, load_settings
-from settings.model import Settings, Waiver
-from steps import probes
+from settings.model import EffectiveProfile, Role, Settings, Waiver
+from steps.api import Context
 from steps.artifacts import ArtifactStore
+from steps.redact import Redactor
+from steps.runner import Host
 from targets import Target, TargetError, cache
-from targets.resolve import effective_profile, resolve, resolve_probe, select_spec
-from targets.spec import ScratchSpec, SSHSpec
-from targets.ssh import fabric_connection
+from targets.inventory import Fleet, PlannedHost, effective_profile, missing_roles, plan_hosts, resolve_fleet
+from targets.spec import ScratchSpec
+from transport.ssh import fabric_connection, testinfra_host
 
 # testinfra's pytest11 entry point name.
 TESTINFRA_PLUGIN = "pytest11.testinfra"
 
 
 @dataclass
-class Probe:
-    """The second host for outside-in checks. `target` None means the controller itself (an
-    ssh target without `target.probe`); then `remote` is None and `host` runs locally."""
+class Member:
+    """One host of the fleet as a team uses it: the runner Host that applies steps, and a
+    testinfra host for read-only checks. Both reconnect after a dropped connection."""
 
-    target: Target | None
+    target: Target
+    remote: Host
     host: Any
-    remote: Any | None
 
 
 @dataclass
 class TargetsState:
+    config: pytest.Config
     settings: Settings
-    spec: ScratchSpec | SSHSpec
-    profile: str
-    mode: str
+    source: str
+    planned: list[PlannedHost]
+    profile: EffectiveProfile
     rebuild: bool
     run_id: str
     is_controller: bool
-    rootpath: Path
-    target: Target | None = None
-    probe_target: Target | None = None
-    probe_resolved: bool = False
+    fleet: Fleet | None = None
     failure: str | None = None
-    hosts: list[Any] = field(default_factory=list)
+    summary: list[str] = field(default_factory=list)
+    # This process's connections, by host name.
+    members: dict[str, Member] = field(default_factory=dict)
     last_change_count: int = 0
-    # Per host (by id): how many of its results were already reported (--check).
-    reported_results: dict[int, int] = field(default_factory=dict)
-    environment_added: bool = False
+    # Per host name: how many of its results were already reported (--check).
+    reported_results: dict[str, int] = field(default_factory=dict)
 
     @property
-    def waivers(self) -> frozenset[Waiver]:
-        return self.settings.profiles[self.profile].waivers
+    def mode(self) -> contract.Mode:
+        return contract.mode(self.config)
 
-    def lock_dir(self, target: Target) -> Path:
+    def lock_dir(self) -> Path:
         # Shared by controller and workers: apt/firewall/systemd locks across processes.
-        return self.rootpath / "reports" / ".locks" / target.name
+        return self.config.rootpath / "reports" / ".locks"
+
+    def member(self, target: Target) -> Member:
+        """This process's connections to ``target`` (opened once)."""
+        if target.name not in self.members:
+            endpoint, timeout = target.endpoint, self.settings.ssh.connect_timeout
+            connect = functools.partial(fabric_connection, endpoint, timeout=timeout)
+            remote = Host(
+                target.name,
+                connect(),
+                mode=self.mode,
+                lock_dir=self.lock_dir(),
+                redactor=Redactor(),
+                connect=connect,
+            )
+            host = testinfra_host(endpoint, timeout=timeout)
+            self.members[target.name] = Member(target, remote, host)
+        return self.members[target.name]
 
     def change_count(self) -> int:
-        return sum(len(host.changes) for host in self.hosts)
+        return sum(len(member.remote.changes) for member in self.members.values())
 
-    def new_would_change(self) -> list[dict[str, str | None]]:
-        """Ops that would change (check mode) since the last call: ``"[host] => op"`` as
-        ``steps.runner.idempotence_gate`` names them, with the runner's redacted diff."""
-        entries: list[dict[str, str | None]] = []
-        for host in self.hosts:
-            results = getattr(host, "results", None)
-            if results is None:
-                continue
-            start = self.reported_results.get(id(host), 0)
-            self.reported_results[id(host)] = len(results)
-            for result in results[start:]:
-                if result.changed:
-                    entries.append({"op": f"[{host.name}] => {result.op}", "diff": result.diff or None})
+    def new_would_change(self) -> list[contract.WouldChange]:
+        """Ops that would change (check mode) since the last call, named ``[host] => op``."""
+        entries = []
+        for name, member in self.members.items():
+            results = member.remote.results
+            start = self.reported_results.get(name, 0)
+            self.reported_results[name] = len(results)
+            entries += [
+                contract.WouldChange(f"[{name}] => {result.op}", result.diff or None)
+                for result in results[start:]
+                if result.changed
+            ]
         return entries
+
+    def close(self) -> None:
+        for member in self.members.values():
+            with contextlib.suppress(Exception):
+                member.remote.close()
 
 
 STATE = pytest.StashKey[TargetsState]()
 
 
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
-    # The suite uses testinfra as a library: its `host` fixture is the resolved target. Loaded
+    # The suite uses testinfra as a library: its `host` fixture is the primary host. Loaded
     # early (`-p targets.plugin`), keep testinfra's own plugin and its local `host` fixture out;
     # loaded from conftest.py (after entry points), ours overrides it anyway.
     if pluginmanager.get_plugin(TESTINFRA_PLUGIN) is None:
@@ -107,34 +133,21 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
         dest="hvs_config",
         metavar="PATH",
         default=None,
-        help="suite config (TOML); default: settings/scratch.toml (a local scratch server)",
+        help="suite config (TOML); default: settings/scratch.toml (local scratch servers)",
     )
     group.addoption(
         "--target",
         dest="hvs_target",
         metavar="TARGET",
         default=None,
-        help="scratch | scratch:NAME | ssh://user@host[:port] | an alias from ~/.ssh/config "
-        "(default: the config's [target])",
+        help="scratch | scratch:FLEET (every host a scratch server of that fleet) | "
+        "ssh://user@host[:port] or an ssh alias (replaces the primary host)",
     )
     group.addoption(
         "--scratch-rebuild",
         dest="hvs_scratch_rebuild",
         action="store_true",
-        help="destroy and recreate the scratch server(s) instead of reusing them",
-    )
-    group.addoption(
-        "--check",
-        dest="hvs_check",
-        action="store_true",
-        help="dry run: apply steps only report what they would change (with diffs); checks are "
-        "skipped as 'check mode: ...' since nothing was applied",
-    )
-    group.addoption(
-        "--verify-only",
-        dest="hvs_verify_only",
-        action="store_true",
-        help="run the read-only checks only; apply steps do nothing",
+        help="destroy and recreate the scratch servers instead of reusing them",
     )
     group.addoption(
         "--artifacts-dir",
@@ -145,60 +158,55 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     )
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
+    # trylast: the engine has loaded the plan and the run mode by now.
     opt = config.option
-    if getattr(opt, "hvs_check", False) and getattr(opt, "hvs_verify_only", False):
-        raise pytest.UsageError("--check and --verify-only exclude each other; choose one")
+    if opt.help or opt.version:
+        return
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    source = str(opt.hvs_config or "settings/scratch.toml")
     try:
-        settings = load_settings(getattr(opt, "hvs_config", None))
-        spec = select_spec(settings, getattr(opt, "hvs_target", None))
-        profile = effective_profile(settings, spec)
+        settings = load_settings(opt.hvs_config)
+        planned = plan_hosts(settings, opt.hvs_target)
+        profile = effective_profile(settings, planned)
     except (ConfigError, TargetError) as exc:
         raise pytest.UsageError(str(exc)) from None
-    artifacts_dir = getattr(opt, "hvs_artifacts_dir", None)
-    if artifacts_dir and not Path(artifacts_dir).is_dir():
+    if opt.hvs_artifacts_dir and not Path(opt.hvs_artifacts_dir).is_dir():
         raise pytest.UsageError(
-            f"--artifacts-dir {artifacts_dir}: not a directory; create it or fix the path"
+            f"--artifacts-dir {opt.hvs_artifacts_dir}: not a directory; create it or fix the path"
         )
-    mode = "check" if opt.hvs_check else "verify" if opt.hvs_verify_only else "apply"
     state = TargetsState(
+        config=config,
         settings=settings,
-        spec=spec,
+        source=source,
+        planned=planned,
         profile=profile,
-        mode=mode,
         rebuild=bool(opt.hvs_scratch_rebuild),
         run_id=workerinput["hvs_run_id"] if workerinput and "hvs_run_id" in workerinput else uuid.uuid4().hex,
         is_controller=workerinput is None,
-        rootpath=config.rootpath,
     )
     config.stash[STATE] = state
     _tell_engine(config, state)
-    if workerinput and "hvs_target" in workerinput:
-        state.target = Target.from_json(workerinput["hvs_target"])
+    if workerinput and "hvs_fleet" in workerinput:
+        state.fleet = Fleet.from_json(workerinput["hvs_fleet"])
     elif state.is_controller and _runs_phases(config):
         try:
-            _resolve_target(config, state)
+            _resolve_for_teams(config, state)
         except TargetError as exc:
             raise pytest.UsageError(str(exc)) from None
 
 
 def _tell_engine(config: pytest.Config, state: TargetsState) -> None:
-    """Name the target the engine records team verdicts for; hand it the signal webhook."""
-    try:
-        from engine import set_signal_webhook, set_target_name
-    except ImportError:
-        return
-    spec = state.spec
-    set_target_name(config, f"scratch:{spec.name}" if isinstance(spec, ScratchSpec) else f"ssh:{spec.label}")
+    """Name the fleet the engine records team verdicts for; hand it the signal webhook."""
+    from engine import set_signal_webhook, set_target_name
+
+    primary = [host for host in state.planned if Role.PRIMARY in host.roles] or state.planned
+    if primary:
+        kind = "scratch" if isinstance(primary[0].spec, ScratchSpec) else "ssh"
+        set_target_name(config, f"{kind}:{primary[0].name}")
     signals = state.settings.signals
     set_signal_webhook(config, signals.webhook_url, signals.timeout)
-    if state.mode == "check":
-        try:
-            from engine import set_check_mode
-        except ImportError:
-            return
-        set_check_mode(config)
 
 
 def _runs_phases(config: pytest.Config) -> bool:
@@ -216,14 +224,27 @@ def _runs_phases(config: pytest.Config) -> bool:
     return False
 
 
+def _resolve_for_teams(config: pytest.Config, state: TargetsState) -> None:
+    """At start-up: check that the inventory holds every role the run's teams need, then
+    reach the hosts holding them."""
+    from engine import teams_to_run
+
+    team_roles = {team.name: team.roles for team in teams_to_run(config)}
+    problems = missing_roles(state.planned, team_roles, state.source)
+    if problems:
+        raise TargetError("the inventory lacks hosts this run needs:\n  " + "\n  ".join(problems))
+    roles = {role for roles in team_roles.values() for role in roles}
+    _resolve(config, state, roles)
+
+
 def _handoff_file(state: TargetsState) -> Path:
-    return cache.cache_dir() / "runs" / state.run_id / "target.json"
+    return cache.cache_dir() / "runs" / state.run_id / "fleet.json"
 
 
-def _resolve_target(config: pytest.Config, state: TargetsState) -> Target:
-    """Resolve (and for scratch create) the target once per run, whichever process asks first."""
-    if state.target is not None:
-        return state.target
+def _resolve(config: pytest.Config, state: TargetsState, roles: set[str]) -> Fleet:
+    """Resolve (and for scratch create) the fleet once per run, whichever process asks first."""
+    if state.fleet is not None:
+        return state.fleet
     if state.failure is not None:
         raise TargetError(state.failure)
     handoff = _handoff_file(state)
@@ -231,54 +252,42 @@ def _resolve_target(config: pytest.Config, state: TargetsState) -> Target:
     try:
         with cache.lock(f"run-{state.run_id}", timeout=1800):
             if handoff.exists():
-                state.target = Target.from_json(handoff.read_text())
+                state.fleet = Fleet.from_json(handoff.read_text())
             else:
-                target, summary = resolve(
-                    state.settings, state.spec, profile=state.profile, rebuild=state.rebuild
+                fleet, state.summary = resolve_fleet(
+                    state.settings, state.planned, roles, source=state.source, rebuild=state.rebuild
                 )
                 tmp = handoff.with_suffix(".tmp")
-                tmp.write_text(target.to_json())
+                tmp.write_text(fleet.to_json())
                 os.replace(tmp, handoff)
-                state.target = target
-                config.stash[SUMMARY] = summary
+                state.fleet = fleet
     except TargetError as exc:
         state.failure = str(exc)
         raise
     if state.is_controller:
-        _add_environment(config, state, state.target)
-    return state.target
+        _add_environment(config, state, state.fleet)
+    return state.fleet
 
 
-SUMMARY = pytest.StashKey[str]()
+def _add_environment(config: pytest.Config, state: TargetsState, fleet: Fleet) -> None:
+    from engine import add_environment
 
-
-def _add_environment(config: pytest.Config, state: TargetsState, target: Target) -> None:
-    if state.environment_added:
-        return
-    state.environment_added = True
-    try:
-        from engine import add_environment
-    except ImportError:
-        return
-    try:
-        from importlib.metadata import version
-
-        suite_version = version("hvsuite")
-    except Exception:
-        suite_version = _pyproject_version(config.rootpath)
-    for key, value in (
-        ("target", target.url if not target.is_scratch else f"scratch:{target.name} ({target.address})"),
-        ("profile", state.profile),
-        ("waivers", ", ".join(sorted(w.value for w in state.waivers)) or "none"),
-        ("os", target.os),
-        ("kernel", target.kernel),
-        ("suite_version", suite_version),
-        ("mode", state.mode),
-    ):
+    primary = fleet.with_role(Role.PRIMARY)
+    first = primary[0] if primary else (fleet.members[0] if fleet.members else None)
+    lines: dict[str, object] = {
+        "hosts": ", ".join(f"{t.name} [{'/'.join(t.roles)}] {t.address}" for t in fleet.members) or "none",
+        "profile": state.profile.name,
+        "waivers": ", ".join(sorted(w.value for w in state.profile.waivers)) or "none",
+        "mode": state.mode,
+        "suite_version": _suite_version(config.rootpath),
+    }
+    if first is not None:
+        lines |= {"target": first.url, "os": first.os, "kernel": first.kernel}
+    for key, value in lines.items():
         add_environment(config, key, value)
 
 
-def _pyproject_version(root: Path) -> str:
+def _suite_version(root: Path) -> str:
     import tomllib
 
     try:
@@ -294,54 +303,51 @@ def pytest_configure_node(node: Any) -> None:
     if state is None:
         return
     node.workerinput["hvs_run_id"] = state.run_id
-    if state.target is not None:
-        node.workerinput["hvs_target"] = state.target.to_json()
+    if state.fleet is not None:
+        node.workerinput["hvs_fleet"] = state.fleet.to_json()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     state = config.stash.get(STATE, None)
     if state is None or not state.is_controller:
         return []
-    waivers = ", ".join(sorted(w.value for w in state.waivers)) or "none"
+    waivers = ", ".join(sorted(w.value for w in state.profile.waivers)) or "none"
     lines = [f"hvsuite: profile {state.profile} (waivers: {waivers}), mode {state.mode}"]
-    summary = config.stash.get(SUMMARY, None)
-    if summary:
-        lines.append(f"hvsuite: {summary}")
-    return lines
+    return lines + [f"hvsuite: {line}" for line in state.summary]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash.get(STATE, None)
     if state is None:
         return
-    known = {w.value for w in Waiver}
+    known = ", ".join(w.value for w in Waiver)
     for item in items:
         for mark in item.iter_markers("requires"):
             if not mark.args:
                 raise pytest.UsageError(
-                    f"{item.nodeid}: @pytest.mark.requires() names no capability; known waivers: "
-                    f"{', '.join(sorted(known))}"
+                    f"{item.nodeid}: @pytest.mark.requires() names no capability; known waivers: {known}"
                 )
             for capability in mark.args:
-                if capability not in known:
+                if capability not in {w.value for w in Waiver}:
                     raise pytest.UsageError(
                         f"{item.nodeid}: @pytest.mark.requires({capability!r}) names an unknown "
-                        f"capability; known waivers: {', '.join(sorted(known))}"
+                        f"capability; known waivers: {known}"
                     )
-                if capability in state.waivers:
-                    item.add_marker(
-                        pytest.mark.skip(reason=f"waived: {capability} (profile {state.profile})")
-                    )
+                if state.profile.waives(capability):
+                    contract.waive(item, capability, state.profile.name)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     state = session.config.stash.get(STATE, None)
-    if state is None or not state.is_controller:
+    if state is None:
+        return
+    state.close()
+    if not state.is_controller:
         return
     handoff = _handoff_file(state)
-    if state.target is None and handoff.exists():
-        # A worker resolved the target lazily: the controller still reports the environment.
-        _add_environment(session.config, state, Target.from_json(handoff.read_text()))
+    if state.fleet is None and handoff.exists():
+        # A worker resolved the fleet lazily: the controller still reports the environment.
+        _add_environment(session.config, state, Fleet.from_json(handoff.read_text()))
     if handoff.parent.exists():
         for path in handoff.parent.iterdir():
             path.unlink(missing_ok=True)
@@ -350,67 +356,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
     state = item.config.stash.get(STATE, None)
     if state is not None:
         count = state.change_count()
-        report.user_properties.append(("hvs_changes", count - state.last_change_count))
+        would_change = state.new_would_change() if state.mode == "check" else []
+        contract.add_changes(report, count - state.last_change_count, would_change)
         state.last_change_count = count
-        if state.mode == "check":
-            would_change = state.new_would_change()
-            if would_change:
-                report.user_properties.append((WOULD_CHANGE, would_change))
     return report
-
-
-# --- check mode (--check): apply fixtures in check mode, checks skipped ------------------
-
-WOULD_CHANGE = "hvs_would_change"
-CHECK_SKIP = "check mode: not verified, nothing was applied"
-# Apply fixtures are named "applied" or "applied_<what>" (CONTRACTS.md); everything else a
-# check requests is verification scaffolding, which a dry run must not set up.
-APPLY_FIXTURE = "applied"
-
-
-def _is_apply_fixture(name: str) -> bool:
-    return name == APPLY_FIXTURE or name.startswith(APPLY_FIXTURE + "_")
-
-
-def _apply_fixtures(item: pytest.Item) -> list[str]:
-    """The apply fixtures `item` requests, in setup order."""
-    return [name for name in getattr(item, "fixturenames", ()) if _is_apply_fixture(name)]
-
-
-def _check_setup(item: pytest.Item) -> None:
-    """Replaces the item's own setup in check mode: set up its apply fixtures only (in check
-    mode they compute and record what they would change), then skip the check's body."""
-    request = item._request  # type: ignore[attr-defined]
-    not_planned: list[str] = []
-    for name in _apply_fixtures(item):
-        if name == APPLY_FIXTURE:
-            # The team's apply steps: an error here is the team's failure, as in a real run.
-            request.getfixturevalue(name)
-            continue
-        try:
-            request.getfixturevalue(name)
-        except Exception as exc:
-            # An apply fixture that reads back what an earlier step wrote cannot finish on a
-            # host that was not built; what it would change until then is recorded all the same.
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            not_planned.append(f"fixture {name!r} stopped: {type(exc).__name__}: {first}")
-    reason = CHECK_SKIP + ("; " + "; ".join(not_planned) if not_planned else "")
-    raise pytest.skip.Exception(reason, _use_item_location=True)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    state = item.config.stash.get(STATE, None)
-    if state is None or state.mode != "check" or not isinstance(item, pytest.Function):
-        return
-    # pytest's SetupState calls item.setup() (which fills every fixture) after the session
-    # and module are set up: only the apply fixtures run, then the check is skipped.
-    item.setup = functools.partial(_check_setup, item)  # type: ignore[method-assign]
 
 
 # --- fixtures ---------------------------------------------------------------------------
@@ -423,6 +377,34 @@ def _state(request: pytest.FixtureRequest) -> TargetsState:
     return state
 
 
+@dataclass
+class FleetMembers:
+    """The run's hosts by role, with this process's connections to them."""
+
+    state: TargetsState
+    fleet: Fleet
+
+    def one(self, role: Role | str) -> Member:
+        try:
+            return self.state.member(self.fleet.one(str(role)))
+        except TargetError as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+    def all(self, role: Role | str) -> list[Member]:
+        return [self.state.member(target) for target in self.fleet.with_role(str(role))]
+
+    def context(self, member: Member, artifacts: ArtifactStore | None = None) -> Context:
+        """The step context for ``member`` (see steps.api)."""
+        return Context(
+            host=member.remote,
+            settings=self.state.settings,
+            profile=self.state.profile,
+            address=member.target.address,
+            artifacts=artifacts,
+            peers=self.fleet.peers(),
+        )
+
+
 @pytest.fixture(scope="session")
 def settings(request: pytest.FixtureRequest) -> Settings:
     """The validated suite config."""
@@ -430,140 +412,60 @@ def settings(request: pytest.FixtureRequest) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def target(request: pytest.FixtureRequest) -> Target:
-    """The resolved target (created first if it is a scratch server)."""
-    state = _state(request)
-    try:
-        resolved = _resolve_target(request.config, state)
-    except TargetError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    # steps.probes' SSH probes check host keys against the target's known_hosts by default.
-    probes.trust_known_hosts(*resolved.known_hosts)
-    return resolved
-
-
-def _connector(target: Target, settings: Settings) -> Callable[[], Any]:
-    return functools.partial(fabric_connection, target, timeout=settings.ssh.connect_timeout)
-
-
-def _runner_host(state: TargetsState, target: Target) -> Any:
-    from steps.redact import Redactor
-    from steps.runner import Host
-
-    connect = _connector(target, state.settings)
-    lock_dir = state.lock_dir(target)
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    host = Host(
-        target.name, connect(), mode=state.mode, lock_dir=lock_dir, redactor=Redactor(), connect=connect
-    )
-    state.hosts.append(host)
-    return host
-
-
-def _close(host: Any) -> None:
-    with contextlib.suppress(Exception):
-        host.connection.close()
+def profile(request: pytest.FixtureRequest) -> EffectiveProfile:
+    """The run's one effective profile (waivers and capabilities)."""
+    return _state(request).profile
 
 
 @pytest.fixture(scope="session")
-def remote(request: pytest.FixtureRequest, target: Target) -> Iterator[Any]:
-    """steps.runner.Host over one reused SSH connection (one per xdist worker)."""
-    host = _runner_host(_state(request), target)
-    yield host
-    _close(host)
+def fleet(request: pytest.FixtureRequest) -> FleetMembers:
+    """The run's hosts by role: ``fleet.one("probe")``, ``fleet.all("worker")``."""
+    state = _state(request)
+    try:
+        resolved = _resolve(request.config, state, {role for host in state.planned for role in host.roles})
+    except TargetError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return FleetMembers(state, resolved)
 
 
-def _testinfra_host(target: Target) -> Any:
-    """A testinfra host over its paramiko backend, checking the host key against the
-    target's known_hosts (testinfra's own backend warns and accepts any key)."""
-    import testinfra.host
-
-    backend = _verifying_backend()(
-        # The backend takes the spec without its scheme (testinfra's get_backend strips it).
-        target.testinfra_spec.removeprefix("paramiko://"),
-        ssh_identity_file=str(target.key_file),
-        known_hosts=target.known_hosts,
-    )
-    host = testinfra.host.Host(backend)
-    backend.set_host(host)
-    return host
+@pytest.fixture(scope="session")
+def primary(fleet: FleetMembers) -> Member:
+    """The hypervisor host (role "primary")."""
+    return fleet.one(Role.PRIMARY)
 
 
-@functools.cache
-def _verifying_backend() -> type:
-    import paramiko
-    from testinfra.backend.paramiko import ParamikoBackend
+@pytest.fixture(scope="session")
+def target(primary: Member) -> Target:
+    """The primary host's address, port, user and key."""
+    return primary.target
 
-    from steps.runner import pin_host_keys
 
-    class VerifyingParamikoBackend(ParamikoBackend):
-        """testinfra's paramiko backend, connecting to the resolved target only: no ssh
-        config (the address, user and key are already resolved), host keys checked."""
+@pytest.fixture(scope="session")
+def remote(primary: Member) -> Host:
+    """steps.runner.Host on the primary host over one reused SSH connection per process."""
+    return primary.remote
 
-        def __init__(self, hostspec: str, *, known_hosts: tuple[str, ...], **kwargs: Any) -> None:
-            self.known_hosts = known_hosts
-            super().__init__(hostspec, **kwargs)
 
-        @functools.cached_property
-        def client(self) -> paramiko.SSHClient:
-            client = paramiko.SSHClient()
-            pin_host_keys(client, self.known_hosts)
-            client.connect(
-                hostname=self.host.name,
-                port=int(self.host.port) if self.host.port else 22,
-                username=self.host.user,
-                key_filename=self.ssh_identity_file,
-                timeout=self.timeout,
-                look_for_keys=False,
-                allow_agent=False,
-            )
-            return client
+@pytest.fixture(scope="session")
+def host(primary: Member) -> Any:
+    """A testinfra host on the primary host, for read-only checks."""
+    return primary.host
 
-    return VerifyingParamikoBackend
+
+@pytest.fixture(scope="session")
+def probe(fleet: FleetMembers) -> Member:
+    """The second host for outside-in checks (role "probe")."""
+    return fleet.one(Role.PROBE)
 
 
 @pytest.fixture(scope="session")
 def artifacts(request: pytest.FixtureRequest, settings: Settings) -> ArtifactStore:
     """The pinned artifacts: fetched once into the cache (or read from --artifacts-dir),
-    checked against their sha256 before anything is copied to the target."""
+    checked against their sha256 before anything is copied to a host."""
     return ArtifactStore(settings.artifacts, artifacts_dir=request.config.getoption("hvs_artifacts_dir"))
 
 
 @pytest.fixture(scope="session")
-def host(target: Target) -> Any:
-    """A testinfra host on the target, for read-only checks."""
-    return _testinfra_host(target)
-
-
-@pytest.fixture(scope="session")
-def probe(request: pytest.FixtureRequest, target: Target) -> Iterator[Probe]:
-    """A second host for outside-in checks (see targets.resolve.resolve_probe)."""
-    state = _state(request)
-    if not state.probe_resolved:
-        try:
-            with cache.lock(f"probe-{state.run_id}", timeout=900):
-                state.probe_target = resolve_probe(
-                    state.settings, target, rebuild=state.rebuild and _first_probe(state)
-                )
-        except TargetError as exc:
-            pytest.fail(str(exc), pytrace=False)
-        state.probe_resolved = True
-    if state.probe_target is None:
-        import testinfra
-
-        yield Probe(target=None, host=testinfra.get_host("local://"), remote=None)
-        return
-    probes.trust_known_hosts(*state.probe_target.known_hosts)
-    remote_host = _runner_host(state, state.probe_target)
-    yield Probe(target=state.probe_target, host=_testinfra_host(state.probe_target), remote=remote_host)
-    _close(remote_host)
-
-
-def _first_probe(state: TargetsState) -> bool:
-    # --scratch-rebuild recreates the probe once per run, not once per worker.
-    marker = cache.cache_dir() / "runs" / state.run_id / "probe-rebuilt"
-    if marker.exists():
-        return False
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"run": state.run_id}))
-    return True
+def ctx(fleet: FleetMembers, primary: Member, artifacts: ArtifactStore) -> Context:
+    """The step context on the primary host: what every single-host team's steps take."""
+    return fleet.context(primary, artifacts)

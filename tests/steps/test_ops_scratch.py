@@ -17,7 +17,7 @@ from steps.artifacts import ArtifactStore, install
 from steps.redact import Redactor
 from steps.runner import ApplyError, Host, idempotence_gate
 from targets import scratch
-from targets.ssh import fabric_connection
+from transport.ssh import fabric_connection
 
 SERVER = "hvs-steps-it"
 UNIT = """[Unit]
@@ -33,7 +33,7 @@ def server_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     if shutil.which("podman") is None:
         pytest.skip("podman is not installed: no scratch server")
     target, _ = scratch.create(SERVER, ScratchSettings())
-    connect = functools.partial(fabric_connection, target, timeout=10)
+    connect = functools.partial(fabric_connection, target.endpoint, timeout=10)
 
     host = Host(
         SERVER,

@@ -16,6 +16,7 @@ from steps.facts import FileInfo, Sysctl
 from steps.redact import MASK
 from steps.runner import ApplyError, Host, OpResult, Put, idempotence_gate
 from steps.testing import FakeConnection, fake_host
+from tests.support.ssh_server import ExecServer
 
 
 @pytest.fixture
@@ -320,94 +321,11 @@ def test_allure_step_and_attachments_are_redacted(lock_dir: Path, monkeypatch: p
 # -- a real fabric connection, against an in-process paramiko SSH server ------------------
 
 
-class _ExecServer:
-    """A localhost SSH server (password or any public key) for a few fixed commands:
-    ``exit N``, ``say OUT ERR N`` (prints OUT, ERR on stderr, exits N),
-    ``cat`` (echoes stdin until EOF) and ``hang`` (never exits)."""
-
-    def __init__(self) -> None:
-        import socket
-        import threading
-
-        import paramiko
-
-        self.key = paramiko.RSAKey.generate(2048)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.transports: list[Any] = []
-        self.threading = threading
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        import paramiko
-
-        server = self
-
-        class Interface(paramiko.ServerInterface):
-            def get_allowed_auths(self, username: str) -> str:
-                return "password,publickey"
-
-            def check_auth_password(self, username: str, password: str) -> int:
-                return paramiko.AUTH_SUCCESSFUL
-
-            def check_auth_publickey(self, username: str, key: Any) -> int:
-                return paramiko.AUTH_SUCCESSFUL
-
-            def check_channel_request(self, kind: str, chanid: int) -> int:
-                return paramiko.OPEN_SUCCEEDED
-
-            def check_channel_exec_request(self, channel: Any, command: bytes) -> bool:
-                server.threading.Thread(target=_serve, args=(channel, command.decode()), daemon=True).start()
-                return True
-
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            transport = paramiko.Transport(sock)
-            transport.add_server_key(self.key)
-            self.transports.append(transport)
-            try:
-                transport.start_server(server=Interface())
-            except (paramiko.SSHException, OSError, EOFError):
-                # A client that refuses the host key hangs up during the handshake: expected.
-                transport.close()
-
-    def close(self) -> None:
-        self.listener.close()
-        for transport in self.transports:
-            transport.close()
-
-
-def _serve(channel: Any, command: str) -> None:
-    # paramiko sends the exec request's reply after check_channel_exec_request returns:
-    # answering before it would close the channel under the client's feet.
-    time.sleep(0.05)
-    words = command.split()
-    if words[0] == "hang":
-        return
-    code = 0
-    if words[0] == "exit":
-        code = int(words[1])
-    elif words[0] == "say":
-        channel.sendall(words[1].encode())
-        channel.sendall_stderr(words[2].encode())
-        code = int(words[3])
-    elif words[0] == "cat":
-        received = bytearray()
-        while chunk := channel.recv(65536):
-            received += chunk
-        channel.sendall(bytes(received))
-    channel.send_exit_status(code)
-    channel.close()
-
-
 @pytest.fixture
 def ssh_host(lock_dir: Path) -> Any:
     from fabric import Config, Connection
 
-    server = _ExecServer()
+    server = ExecServer()
     connection = Connection(
         "127.0.0.1",
         user="tester",

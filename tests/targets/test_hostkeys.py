@@ -12,13 +12,13 @@ from typing import Any
 
 import paramiko
 import pytest
+from targets.resolve import resolve_ssh
 
 from settings.loader import load_settings
 from settings.model import Settings
 from steps.runner import key_fingerprint
 from targets import Target, TargetError, hostkeys
 from targets.plugin import _testinfra_host
-from targets.resolve import resolve_ssh
 from targets.spec import SSHSpec, resolve_alias
 
 _RUNNER_TESTS = Path(__file__).resolve().parent.parent / "steps" / "test_runner.py"

@@ -2,10 +2,10 @@ import re
 from pathlib import Path
 
 import pytest
+from targets.resolve import effective_profile
 
 from settings.loader import DEFAULT_CONFIG, ConfigError, load_settings
 from settings.model import Waiver
-from targets.resolve import effective_profile
 from targets.spec import ScratchSpec, SSHSpec
 
 REPO = Path(__file__).resolve().parents[2]

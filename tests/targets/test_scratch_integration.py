@@ -9,12 +9,12 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from targets.ssh import open_client, run
 
 from settings.loader import load_settings
 from targets import Target, scratch
 from targets.image import Recipe
-from targets.podman import exists
-from targets.ssh import open_client, run
+from transport.podman import exists
 
 pytestmark = pytest.mark.skipif(
     shutil.which("podman") is None or os.geteuid() != 0,

@@ -1,0 +1,102 @@
+"""A dropped SSH connection is not a failed step: reads are repeated on a new connection, an
+op that was cut off makes its step run again from its facts, and a drop that outlasts the
+bound fails with the host, the step and the cause."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+
+from steps import ops
+from steps.api import Context, step
+from steps.facts import FileSha256
+from steps.runner import ApplyError, ConnectionLost, Host
+from steps.testing import FakeConnection, fake_context, fake_host
+from tests.support.ssh_server import ExecServer
+from transport.hostkeys import KnownHosts
+from transport.ssh import Backoff, Endpoint, fabric_connection
+
+
+def test_a_read_cut_off_by_a_drop_is_repeated_on_a_new_connection(tmp_path: Path) -> None:
+    conn = FakeConnection({"cat /etc/hostname": (0, "node1\n", "")})
+    conn.drop_on("cat /etc/hostname")
+    reconnects: list[FakeConnection] = []
+    host = fake_host(conn, lock_dir=tmp_path, reconnects=reconnects)
+    assert host.run("cat /etc/hostname").stdout == "node1\n"
+    assert len(reconnects) == 1 and host.reconnects == 1
+    assert reconnects[0].commands == ["cat /etc/hostname"]
+
+
+def test_without_a_way_to_reconnect_a_drop_is_an_apply_error(tmp_path: Path) -> None:
+    conn = FakeConnection()
+    conn.drop_on("true")
+    host = fake_host(conn, lock_dir=tmp_path)
+    with pytest.raises(ApplyError, match=r"\[fake\] connection failed running 'true'"):
+        host.run("true")
+
+
+def test_an_op_cut_off_is_not_repeated_blindly(tmp_path: Path) -> None:
+    conn = FakeConnection()
+    conn.drop_on("systemctl restart demo")
+    host = fake_host(conn, lock_dir=tmp_path, reconnects=[])
+    with pytest.raises(ConnectionLost, match="while an op ran 'systemctl restart demo'"):
+        host.execute("restart demo", ["systemctl restart demo"])
+    assert host.connection is not conn and host.connection.commands == []
+
+
+@step("demo file")
+def _demo(ctx: Context) -> None:
+    ops.file(ctx.host, "/etc/demo.conf", "wanted\n")
+
+
+def test_a_step_cut_off_mid_op_runs_again_from_its_facts(tmp_path: Path) -> None:
+    conn = FakeConnection(strict=False)
+    # The first swap of the file is cut off; its facts must be read again before it reruns.
+    swap = r"mv -f -- /etc/\.demo\.conf\.hvs-tmp\d+ /etc/demo\.conf"
+    conn.drop_on(__import__("re").compile(swap))
+    reconnects: list[FakeConnection] = []
+    host = fake_host(conn, lock_dir=tmp_path, reconnects=reconnects)
+    applied = _demo(fake_context(host))
+    assert applied.changed and host.reconnects == 1
+    again = reconnects[0].commands
+    fact = FileSha256("/etc/demo.conf").command
+    assert fact in " ".join(again), again
+    first_read = next(i for i, command in enumerate(again) if "/etc/demo.conf" in command)
+    first_swap = next(i for i, command in enumerate(again) if command.startswith("mv -f"))
+    assert first_read < first_swap, again
+    assert conn.files["/etc/demo.conf"] == b"wanted\n"
+
+
+def test_a_step_whose_connection_keeps_dropping_fails_naming_host_and_step(tmp_path: Path) -> None:
+    conn = FakeConnection()
+    for _ in range(10):
+        conn.drop_on(__import__("re").compile(r"mv -f -- .*"))
+    host = fake_host(conn, lock_dir=tmp_path, reconnects=[])
+    with pytest.raises(ApplyError, match=r"\[fake\] step 'demo file': the connection dropped 4 times"):
+        _demo(fake_context(host))
+
+
+def test_fabric_connection_reconnects_after_a_real_drop_and_checks_the_key(tmp_path: Path) -> None:
+    server = ExecServer()
+    known = tmp_path / "known_hosts"
+    known.write_text(server.known_hosts_line())
+    key = tmp_path / "id_rsa"
+    __import__("paramiko").RSAKey.generate(1024).write_private_key_file(str(key))
+    endpoint = Endpoint("local", "127.0.0.1", server.port, "tester", key, KnownHosts((known,)))
+    connect = functools.partial(fabric_connection, endpoint, timeout=5)
+    host = Host("local", connect(), lock_dir=tmp_path / "locks", connect=connect, backoff=Backoff(3, 0.1))
+    try:
+        assert host.run("say before - 0").stdout == "before"
+        server.drop_connections()
+        assert host.run("say after - 0").stdout == "after"
+        assert host.reconnects == 1
+        # A drop whose reconnect meets another host key is refused, not retried.
+        server.drop_connections()
+        known.write_text(server.known_hosts_line().replace(server.key.get_base64()[:40], "A" * 40))
+        with pytest.raises(ApplyError, match="reconnecting after a drop"):
+            host.run("exit 0")
+    finally:
+        host.close()
+        server.close()
