@@ -1,232 +1,202 @@
-"""A minimal OCI image built from nothing but Python: one layer holding a tiny static
-executable that prints a marker and exits 0.
+"""OCI images built with real tools on the controller: `podman build` (rootful) from a
+temporary context, `podman push` to a registry, then the local image removed.
 
-It is the image Team Bravo pushes to the registry the suite starts and then pulls and runs
-with containerd, so a pull over the network can be proven end to end without any image
-coming from outside. The marker carries a nonce chosen per run: an image left behind by an
-earlier run cannot print it.
+The general functions (`build_image`, `push_image`, `remove_image`) serve any image the suite
+builds. The marker image is the one Team Bravo pushes to the registry the suite starts on the
+target and then pulls and runs with containerd, so a pull over the network is proven end to
+end without any image coming from outside: `FROM scratch`, Debian's static busybox
+(`busybox-static`) and a file holding the marker, printed by `busybox cat`. The marker carries
+a nonce chosen per run, so an image left behind by an earlier run cannot print it.
 
-The executable is a hand-assembled ELF (one PT_LOAD segment; `write(1, msg, len)` then
-`exit(0)`), about 150 bytes, for amd64 and arm64. Everything is deterministic: the same
-marker and architecture give the same digests.
+The image is built for the controller's architecture (the busybox binary is the controller's);
+the caller checks that the target's matches.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
-import json
+import contextlib
+import re
+import shutil
 import struct
-import tarfile
-from dataclasses import dataclass, field
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
-MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
-CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
-LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+from transport.podman import SUITE_LABEL, SUITE_LABEL_VALUE, PodmanError, podman
 
-# Fixed timestamps keep digests reproducible (SOURCE_DATE_EPOCH style).
-EPOCH = 0
-CREATED = "1970-01-01T00:00:00Z"
-ENTRYPOINT = "/marker"
+# Debian's busybox-static package installs it here (the dynamic `busybox` package conflicts
+# with it and installs a binary that cannot run in an image without a libc).
+BUSYBOX = Path("/bin/busybox")
+MARKER_PATH = "/marker"
+MARKER_CONTAINERFILE = f"""\
+FROM scratch
+COPY busybox /bin/busybox
+COPY marker {MARKER_PATH}
+ENTRYPOINT ["/bin/busybox", "cat", "{MARKER_PATH}"]
+"""
 
-_LOAD_ADDRESS = 0x400000
-_ELF_HEADER_SIZE = 64
-_PROGRAM_HEADER_SIZE = 56
-_CODE_OFFSET = _ELF_HEADER_SIZE + _PROGRAM_HEADER_SIZE
-# e_machine values
-_EM_X86_64 = 0x3E
-_EM_AARCH64 = 0xB7
-_MAX_MESSAGE = 0xFFFF  # arm64 loads the length with one movz
+_REPOSITORY = re.compile(
+    r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
+)
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+_ENDPOINT = re.compile(r"^(https?)://([^/\s]+)$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_PT_INTERP = 3
 
 
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-@dataclass(frozen=True)
-class Blob:
-    media_type: str
-    data: bytes = field(repr=False)
-
-    @property
-    def digest(self) -> str:
-        return sha256_digest(self.data)
-
-    @property
-    def size(self) -> int:
-        return len(self.data)
-
-    def descriptor(self) -> dict[str, object]:
-        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+class ImageError(RuntimeError):
+    """An image cannot be built from what the controller has (for example no static busybox)."""
 
 
 @dataclass(frozen=True)
-class OCIImage:
-    """An image as the blobs a registry stores: config, layers and the manifest naming them."""
-
-    config: Blob
-    layers: tuple[Blob, ...]
-    manifest: Blob
-    architecture: str
-    # What running the image prints on stdout.
-    expected_output: str
-
-    @property
-    def digest(self) -> str:
-        return self.manifest.digest
-
-    @property
-    def blobs(self) -> tuple[Blob, ...]:
-        return (*self.layers, self.config)
+class PushedImage:
+    reference: str  # host:port/repository:tag, as containerd pulls it
+    digest: str  # the manifest digest the registry stores
+    expected_output: str  # what running the image prints on stdout
 
 
-def _x86_64_code(message: bytes) -> bytes:
-    # mov eax,1 ; mov edi,1 ; lea rsi,[rip+msg] ; mov edx,len ; syscall ; mov eax,60 ; xor edi,edi ; syscall
-    before_lea = b"\xb8\x01\x00\x00\x00" + b"\xbf\x01\x00\x00\x00"
-    after_lea = (
-        b"\xba"
-        + struct.pack("<I", len(message))
-        + b"\x0f\x05"
-        + b"\xb8\x3c\x00\x00\x00"
-        + b"\x31\xff\x0f\x05"
-    )
-    # rip-relative displacement from the end of the 7-byte lea to the message after the code
-    lea = b"\x48\x8d\x35" + struct.pack("<i", len(after_lea))
-    return before_lea + lea + after_lea + message
+def _context_path(name: str) -> PurePosixPath:
+    path = PurePosixPath(name)
+    if not name or path.is_absolute() or ".." in path.parts or path == PurePosixPath("."):
+        raise ValueError(f"build context file {name!r} must be a relative path inside the context")
+    return path
 
 
-def _movz(register: int, value: int) -> int:
-    return 0xD2800000 | (value << 5) | register
+def build_image(
+    tag: str,
+    containerfile: str,
+    files: Mapping[str, bytes | Path],
+    *,
+    timeout: float = 600.0,
+) -> str:
+    """Build `containerfile` with `podman build` from a temporary context holding `files`
+    (context-relative name -> content, or a controller file copied with its mode; content
+    given as bytes is written 0644) and tag it `tag`; return the image id.
 
-
-def _aarch64_code(message: bytes) -> bytes:
-    instructions = 8
-    adr_index = 1
-    # adr x1, msg: byte offset from the adr instruction to the message after the code
-    offset = (instructions - adr_index) * 4
-    adr = 0x10000000 | ((offset & 0x3) << 29) | (((offset >> 2) & 0x7FFFF) << 5) | 1
-    words = [
-        _movz(0, 1),  # x0 = fd 1
-        adr,  # x1 = &msg
-        _movz(2, len(message)),  # x2 = len
-        _movz(8, 64),  # x8 = __NR_write
-        0xD4000001,  # svc #0
-        _movz(0, 0),  # x0 = status 0
-        _movz(8, 93),  # x8 = __NR_exit
-        0xD4000001,  # svc #0
-    ]
-    assert len(words) == instructions
-    return struct.pack(f"<{instructions}I", *words) + message
-
-
-_ARCHITECTURES = {"amd64": (_EM_X86_64, _x86_64_code), "arm64": (_EM_AARCH64, _aarch64_code)}
-
-# `uname -m` on the target -> OCI architecture
-UNAME_TO_OCI_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
-
-
-def static_echo_executable(message: bytes, architecture: str = "amd64") -> bytes:
-    """A static Linux ELF executable that writes `message` to stdout and exits 0."""
-    if architecture not in _ARCHITECTURES:
-        raise ValueError(
-            f"architecture {architecture!r} is not supported; use one of {', '.join(sorted(_ARCHITECTURES))}"
+    A RUN, if any, runs with runc (crun refuses this machine's hybrid cgroups). No
+    intermediate images are committed (`--layers=false`), so removing the tag removes
+    everything the build made. The image carries the suite's label.
+    """
+    paths = {_context_path(name): content for name, content in files.items()}
+    with tempfile.TemporaryDirectory(prefix="hvsuite-build-") as tmp:
+        work = Path(tmp)
+        context = work / "context"
+        context.mkdir()
+        for rel, content in paths.items():
+            target = context / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, Path):
+                shutil.copyfile(content, target)
+                shutil.copymode(content, target)
+            else:
+                target.write_bytes(content)
+                target.chmod(0o644)
+        # Outside the context, so it cannot collide with a file of the image.
+        (work / "Containerfile").write_text(containerfile)
+        iidfile = work / "image-id"
+        podman(
+            "build",
+            "--quiet",
+            "--runtime",
+            "runc",
+            "--layers=false",
+            "--label",
+            f"{SUITE_LABEL}={SUITE_LABEL_VALUE}",
+            "--iidfile",
+            str(iidfile),
+            "--tag",
+            tag,
+            "--file",
+            str(work / "Containerfile"),
+            str(context),
+            timeout=timeout,
         )
-    if not message or len(message) > _MAX_MESSAGE:
-        raise ValueError(f"message must be 1..{_MAX_MESSAGE} bytes, got {len(message)}")
-    machine, assemble = _ARCHITECTURES[architecture]
-    code = assemble(message)
-    total = _CODE_OFFSET + len(code)
-    entry = _LOAD_ADDRESS + _CODE_OFFSET
-    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # 64-bit, little endian, version 1, SysV
-    header = ident + struct.pack(
-        "<HHIQQQIHHHHHH",
-        2,  # ET_EXEC
-        machine,
-        1,  # EV_CURRENT
-        entry,
-        _ELF_HEADER_SIZE,  # program headers follow the ELF header
-        0,  # no section headers
-        0,
-        _ELF_HEADER_SIZE,
-        _PROGRAM_HEADER_SIZE,
-        1,
-        0,
-        0,
-        0,
-    )
-    program_header = struct.pack(
-        "<IIQQQQQQ",
-        1,  # PT_LOAD
-        5,  # PF_R | PF_X
-        0,
-        _LOAD_ADDRESS,
-        _LOAD_ADDRESS,
-        total,
-        total,
-        0x1000,
-    )
-    return header + program_header + code
+        image_id = iidfile.read_text().strip().removeprefix("sha256:")
+    if not re.fullmatch(r"[0-9a-f]{64}", image_id):
+        raise ImageError(f"`podman build --tag {tag}` wrote no image id (got {image_id!r})")
+    return image_id
 
 
-def layer_tar(files: dict[str, tuple[bytes, int]]) -> bytes:
-    """An uncompressed, reproducible tar of `{path: (content, mode)}` owned by root."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for path, (content, mode) in sorted(files.items()):
-            info = tarfile.TarInfo(path.lstrip("/"))
-            info.size = len(content)
-            info.mode = mode
-            info.mtime = EPOCH
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            archive.addfile(info, io.BytesIO(content))
-    return buffer.getvalue()
+def push_image(image: str, reference: str, *, tls_verify: bool, timeout: float = 300.0) -> str:
+    """Push the local `image` (tag or id) to `reference` (host:port/repository:tag) and return
+    the manifest digest the registry stores. A plain-HTTP registry needs `tls_verify=False`."""
+    with tempfile.TemporaryDirectory(prefix="hvsuite-push-") as tmp:
+        digestfile = Path(tmp) / "digest"
+        args = (
+            "push",
+            "--quiet",  # no progress: a failure's message is podman's error (and its retries)
+            f"--tls-verify={'true' if tls_verify else 'false'}",
+            "--digestfile",
+            str(digestfile),
+            image,
+            f"docker://{reference}",
+        )
+        podman(*args, timeout=timeout)
+        digest = digestfile.read_text().strip() if digestfile.exists() else ""
+    if not _DIGEST.match(digest):
+        raise PodmanError(["podman", *args], 0, f"wrote no manifest digest to --digestfile (got {digest!r})")
+    return digest
 
 
-def _gzip(data: bytes) -> bytes:
-    buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=EPOCH, compresslevel=9) as stream:
-        stream.write(data)
-    return buffer.getvalue()
+def remove_image(*images: str, timeout: float = 120.0) -> None:
+    """Remove local images by their exact tags or ids; ones that do not exist are no error.
+    A tag removes only that name (the image goes with its last tag); nothing is forced."""
+    if images:
+        podman("rmi", "--ignore", *images, timeout=timeout)
 
 
-def _canonical_json(document: dict[str, object]) -> bytes:
-    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+def is_static_executable(path: Path) -> bool:
+    """True when `path` is an ELF executable with no program interpreter (statically linked)."""
+    with path.open("rb") as stream:
+        header = stream.read(64)
+        if len(header) < 52 or header[:4] != b"\x7fELF" or header[4] not in (1, 2):
+            return False
+        order = "<" if header[5] == 1 else ">"
+        if header[4] == 2:  # ELFCLASS64
+            (phoff,) = struct.unpack_from(order + "Q", header, 32)
+            phentsize, phnum = struct.unpack_from(order + "HH", header, 54)
+        else:
+            (phoff,) = struct.unpack_from(order + "I", header, 28)
+            phentsize, phnum = struct.unpack_from(order + "HH", header, 42)
+        stream.seek(phoff)
+        table = stream.read(phentsize * phnum)
+    if phnum == 0 or len(table) < phentsize * phnum:
+        return False
+    return all(struct.unpack_from(order + "I", table, i * phentsize)[0] != _PT_INTERP for i in range(phnum))
 
 
-def build_marker_image(marker: str, architecture: str = "amd64") -> OCIImage:
-    """An image whose entrypoint prints `marker` followed by a newline."""
+def publish_marker_image(
+    registry: str, repository: str, nonce: str, marker: str, *, busybox: Path = BUSYBOX
+) -> PushedImage:
+    """Build the marker image, push it to `registry` (http://host:port or https://host:port)
+    as `repository:nonce` and remove the local image. Running the pushed image prints exactly
+    `marker` and a newline."""
+    endpoint = _ENDPOINT.match(registry)
+    if endpoint is None:
+        raise ValueError(f"registry {registry!r} must look like http://host:port (no path)")
+    if not _REPOSITORY.match(repository):
+        raise ValueError(f"repository {repository!r} is not a valid name (lower case, a-z0-9._-/)")
+    if not _TAG.match(nonce):
+        raise ValueError(f"nonce {nonce!r} is not a valid tag ([A-Za-z0-9_][A-Za-z0-9._-]*, up to 128)")
     if not marker or not marker.isprintable():
         raise ValueError("marker must be one line of printable text")
+    if not busybox.is_file():
+        raise ImageError(f"{busybox} is missing: install busybox-static (scripts/install-host-deps as root)")
+    if not is_static_executable(busybox):
+        raise ImageError(
+            f"{busybox} is not a static executable and cannot run in a FROM scratch image: "
+            "install busybox-static instead of busybox"
+        )
+    scheme, authority = endpoint.groups()
+    reference = f"{authority}/{repository}:{nonce}"
     output = marker + "\n"
-    executable = static_echo_executable(output.encode(), architecture)
-    tar = layer_tar({ENTRYPOINT: (executable, 0o755)})
-    layer = Blob(LAYER_MEDIA_TYPE, _gzip(tar))
-    config = Blob(
-        CONFIG_MEDIA_TYPE,
-        _canonical_json(
-            {
-                "architecture": architecture,
-                "os": "linux",
-                "created": CREATED,
-                "config": {"Entrypoint": [ENTRYPOINT], "WorkingDir": "/"},
-                "rootfs": {"type": "layers", "diff_ids": [sha256_digest(tar)]},
-                "history": [{"created": CREATED, "created_by": "hvsuite steps.oci_image", "comment": marker}],
-            }
-        ),
-    )
-    manifest = Blob(
-        MANIFEST_MEDIA_TYPE,
-        _canonical_json(
-            {
-                "schemaVersion": 2,
-                "mediaType": MANIFEST_MEDIA_TYPE,
-                "config": config.descriptor(),
-                "layers": [layer.descriptor()],
-            }
-        ),
-    )
-    return OCIImage(
-        config=config, layers=(layer,), manifest=manifest, architecture=architecture, expected_output=output
-    )
+    build_image(reference, MARKER_CONTAINERFILE, {"busybox": busybox, "marker": output.encode()})
+    try:
+        digest = push_image(reference, reference, tls_verify=scheme == "https")
+    except BaseException:
+        with contextlib.suppress(PodmanError):
+            remove_image(reference)
+        raise
+    remove_image(reference)
+    return PushedImage(reference=reference, digest=digest, expected_output=output)
