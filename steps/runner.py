@@ -292,6 +292,7 @@ class Host:
         for attempt in (1, 2):
             started = time.monotonic()
             try:
+                self._reopen_if_dropped()
                 _prepare(self.connection)
                 raw = self.connection.run(command, **kwargs)
             except HostKeyError as exc:
@@ -317,6 +318,28 @@ class Host:
             )
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _reopen_if_dropped(self) -> None:
+        """A connection that dropped between commands is reopened through ``connect`` (the
+        host key checked again, the reconnect counted) before anything is sent; fabric would
+        otherwise reopen it silently. Nothing ran on it, so nothing needs repeating."""
+        was_open = getattr(self.connection, "transport", None) is not None
+        if self._connect is None or not was_open or getattr(self.connection, "is_connected", True):
+            return
+        with contextlib.suppress(Exception):
+            self.connection.close()
+        self._reconnect(ConnectionError("the connection had dropped"), "reopen")
+
+    def _reconnect(self, exc: BaseException, what: str) -> None:
+        assert self._connect is not None
+        try:
+            self.connection = reconnect(self.name, self._connect, self.backoff)
+        except ConnectionDropped as dropped:
+            raise ApplyError(self.redactor.redact(f"{dropped} (while running {what!r})")) from exc
+        except HostKeyError as refused:
+            raise ApplyError(f"[{self.name}] reconnecting after a drop: {refused}") from exc
+        self.invalidate_facts()
+        self.reconnects += 1
+
     def _connection_alive(self) -> bool:
         # paramiko's reader thread marks the transport inactive a moment after the socket
         # fails; the command's own thread may see the error first.
@@ -335,14 +358,7 @@ class Host:
             return False
         if self._connect is None:
             raise ApplyError(self.redactor.redact(f"[{self.name}] connection failed running {what!r}: {exc}"))
-        try:
-            self.connection = reconnect(self.name, self._connect, self.backoff)
-        except ConnectionDropped as dropped:
-            raise ApplyError(self.redactor.redact(f"{dropped} (while running {what!r})")) from exc
-        except HostKeyError as refused:
-            raise ApplyError(f"[{self.name}] reconnecting after a drop: {refused}") from exc
-        self.invalidate_facts()
-        self.reconnects += 1
+        self._reconnect(exc, what)
         if self._op_depth:
             raise ConnectionLost(
                 self.redactor.redact(
@@ -385,6 +401,7 @@ class Host:
         for attempt in (1, 2):
             buffer = io.BytesIO()
             try:
+                self._reopen_if_dropped()
                 _prepare(self.connection)
                 self.connection.get(path, local=buffer)
             except FileNotFoundError:
@@ -427,6 +444,7 @@ class Host:
         try:
             with allure.step(f"[{self.name}] upload {put.path} ({len(put.data)} bytes)"):
                 try:
+                    self._reopen_if_dropped()
                     _prepare(self.connection)
                     self.connection.put(io.BytesIO(put.data), remote=tmp)
                 except (OSError, EOFError) as exc:

@@ -35,7 +35,7 @@ from steps.runner import Host
 from targets import Target, TargetError, cache
 from targets.inventory import Fleet, PlannedHost, effective_profile, missing_roles, plan_hosts, resolve_fleet
 from targets.spec import ScratchSpec
-from transport.ssh import fabric_connection, testinfra_host
+from transport.ssh import checks_host, fabric_connection
 
 # testinfra's pytest11 entry point name.
 TESTINFRA_PLUGIN = "pytest11.testinfra"
@@ -91,7 +91,7 @@ class TargetsState:
                 redactor=Redactor(),
                 connect=connect,
             )
-            host = testinfra_host(endpoint, timeout=timeout)
+            host = checks_host(endpoint, timeout=timeout)
             self.members[target.name] = Member(target, remote, host)
         return self.members[target.name]
 

@@ -217,7 +217,11 @@ class PinnedKeys:
                 kept.append(line)
         for key_type, data in sorted(keys, key=lambda k: KEY_TYPE_ORDER.index(k[0])):
             # Validate before writing: the file must stay loadable by paramiko and OpenSSH.
-            if paramiko.hostkeys.HostKeyEntry.from_line(f"{host} {key_type} {data}") is None:
+            try:
+                entry = paramiko.hostkeys.HostKeyEntry.from_line(f"{host or 'check'} {key_type} {data}")
+            except (paramiko.hostkeys.InvalidHostKey, ValueError):
+                entry = None
+            if entry is None or len(data.split()) != 1:
                 raise ValueError(f"{name}: unreadable host key {key_type} {data[:20]}...")
             kept.append(f"{host} {key_type} {data} {self.TAG}{name}")
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

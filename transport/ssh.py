@@ -190,7 +190,7 @@ def fabric_connection(endpoint: Endpoint, *, timeout: float) -> Any:
     return connection
 
 
-def testinfra_host(endpoint: Endpoint, *, timeout: float = 10.0, backoff: Backoff | None = None) -> Any:
+def checks_host(endpoint: Endpoint, *, timeout: float = 10.0, backoff: Backoff | None = None) -> Any:
     """A testinfra host over paramiko that checks the host key and reconnects (bounded)
     when the connection dropped. Checks are read-only, so a command cut off by the drop is
     run again on the new connection."""

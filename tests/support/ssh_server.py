@@ -4,6 +4,7 @@ connection at once as a network drop would."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -22,6 +23,7 @@ class ExecServer:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.transports: list[paramiko.Transport] = []
+        self.sockets: list[socket.socket] = []
         self.commands: list[str] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -51,6 +53,7 @@ class ExecServer:
                 sock, _ = self.listener.accept()
             except OSError:
                 return
+            self.sockets.append(sock)
             transport = paramiko.Transport(sock)
             transport.add_server_key(self.key)
             self.transports.append(transport)
@@ -61,7 +64,11 @@ class ExecServer:
                 transport.close()
 
     def drop_connections(self) -> None:
-        """Cut every open connection (the listener keeps accepting new ones)."""
+        """Cut every open connection (the listener keeps accepting new ones). shutdown(), not
+        only close(): a socket closed while its reader thread blocks in recv stays open."""
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         for transport in self.transports:
             transport.close()
 
