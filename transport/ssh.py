@@ -107,6 +107,14 @@ def open_client(endpoint: Endpoint, *, timeout: float) -> paramiko.SSHClient:
     except paramiko.BadHostKeyException as exc:
         client.close()
         raise endpoint.trust.explain(exc, endpoint.port) from None
+    except paramiko.ssh_exception.NoValidConnectionsError as exc:
+        client.close()
+        # paramiko folds "connection refused" on every address into this error: say it plainly.
+        if exc.errors and all(isinstance(e, ConnectionRefusedError) for e in exc.errors.values()):
+            raise ConnectionRefusedError(
+                f"{endpoint.address} port {endpoint.port} refused the connection"
+            ) from exc
+        raise
     except BaseException:
         client.close()
         raise

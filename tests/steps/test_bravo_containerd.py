@@ -9,11 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from settings.loader import load_settings
 from settings.model import BravoSettings, Settings
 from steps import containerd, flintlock, ops, registry
 from steps.facts import AptListsAge, DebPackages, FileInfo, ServiceState
 from steps.runner import ApplyError, Host
-from steps.testing import FakeConnection, fake_host
+from steps.testing import FakeConnection, fake_context, fake_host
+
+SCRATCH = load_settings().effective_profile("scratch")
+PRODUCTION = load_settings().effective_profile("production")
 
 CRI = "io.containerd.grpc.v1.cri"
 DEVMAPPER = "io.containerd.snapshotter.v1.devmapper"
@@ -34,8 +38,9 @@ PLUGINS_LS = "".join(
 
 
 def _config(bravo: BravoSettings, *, scratch: bool, devmapper: bool) -> dict:
+    profile = SCRATCH if scratch else PRODUCTION
     text = containerd.render_config(
-        bravo, restrict_oom_score_adj=bravo.oom_score_adj_restricted(scratch), devmapper=devmapper
+        bravo, restrict_oom_score_adj=bravo.oom_score_adj_restricted(profile), devmapper=devmapper
     )
     return tomllib.loads(text)
 
@@ -55,7 +60,7 @@ def test_config_has_systemd_cgroups_overlayfs_and_debians_cni_dir() -> None:
     ("setting", "scratch", "expected"),
     [(None, True, True), (None, False, False), (True, False, True), (False, True, False)],
 )
-def test_restrict_oom_score_adj_follows_the_target_unless_set(
+def test_restrict_oom_score_adj_follows_the_profile_unless_set(
     setting: bool | None, scratch: bool, expected: bool
 ) -> None:
     config = _config(BravoSettings(restrict_oom_score_adj=setting), scratch=scratch, devmapper=False)
@@ -84,7 +89,7 @@ def _changing(host: Host) -> list[str]:
 
 def test_fresh_host_installs_validates_the_config_and_starts_containerd(tmp_path: Path) -> None:
     host, conn = _fresh_host(tmp_path)
-    assert containerd.apply(host, BravoSettings(), is_scratch=True, devmapper=False)
+    assert containerd.apply(fake_context(host, profile="scratch")).changed
     commands = _changing(host)
     assert (
         commands[0]
@@ -102,7 +107,7 @@ def test_fresh_host_installs_validates_the_config_and_starts_containerd(tmp_path
 
 def test_devmapper_hosts_get_the_thin_pool_unit_before_containerd_is_configured(tmp_path: Path) -> None:
     host, _ = _fresh_host(tmp_path)
-    containerd.apply(host, BravoSettings(), is_scratch=False, devmapper=True)
+    containerd.apply(fake_context(host, profile="production"))
     commands = _changing(host)
     pool_start = commands.index(f"systemctl start -- {containerd.THINPOOL_UNIT}")
     config = next(i for i, c in enumerate(commands) if c.startswith("put /etc/containerd/config.toml"))
@@ -143,7 +148,7 @@ def test_converged_host_changes_nothing(tmp_path: Path) -> None:
     bravo = BravoSettings()
     config = containerd.render_config(bravo, restrict_oom_score_adj=True, devmapper=False)
     host, _ = _converged_host(tmp_path, bravo, config)
-    assert containerd.apply(host, bravo, is_scratch=True, devmapper=False) is False
+    assert containerd.apply(fake_context(host, profile="scratch")).changed is False
     assert host.changes == []
 
 
@@ -151,7 +156,7 @@ def test_changed_config_restarts_containerd(tmp_path: Path) -> None:
     bravo = BravoSettings()
     old = containerd.render_config(bravo, restrict_oom_score_adj=False, devmapper=False)
     host, _ = _converged_host(tmp_path, bravo, old)
-    containerd.apply(host, bravo, is_scratch=True, devmapper=False)
+    containerd.apply(fake_context(host, profile="scratch"))
     assert [result.op for result in host.changes] == [f"file {bravo.config_path}", "service containerd"]
     assert host.changes[1].commands == ["systemctl restart -- containerd"]
     assert "-    restrict_oom_score_adj = false" in (host.changes[0].diff or "")
@@ -160,7 +165,7 @@ def test_changed_config_restarts_containerd(tmp_path: Path) -> None:
 def test_check_mode_reports_the_change_and_runs_nothing(tmp_path: Path) -> None:
     host, conn = _fresh_host(tmp_path)
     host = host.with_mode("check")
-    containerd.apply(host, BravoSettings(), is_scratch=True, devmapper=False)
+    containerd.apply(fake_context(host, profile="scratch"))
     assert host.changes
     assert not conn.uploads
     assert not any(c.startswith(("systemctl start", "mv -f", ops.APT_GET)) for c in conn.commands)
@@ -189,7 +194,7 @@ def test_run_container_closes_stdin_and_rejects_bad_ids(tmp_path: Path) -> None:
 
 
 def test_registry_config_is_valid_json_on_the_declared_port() -> None:
-    settings = Settings()
+    settings = load_settings()
     text = registry.render_config(settings.bravo, settings.port("Bravo", registry.PORT_NAME))
     header, _, body = text.partition("\n")
     assert header.startswith("#")
@@ -206,7 +211,7 @@ def test_registry_port_missing_is_a_clear_error() -> None:
 
 
 def test_settings_reject_prometheus_on_flintlocks_port() -> None:
-    ports = [rule.model_dump() for rule in Settings().ports]
+    ports = [rule.model_dump() for rule in load_settings().ports]
     for rule in ports:
         if rule["name"] == "prometheus":
             rule["port"] = 9090
@@ -226,7 +231,7 @@ def _flintlock_settings() -> Settings:
             ("flintlockd", "/usr/local/bin/flintlockd"),
         ]
     }
-    return Settings(artifacts=pins)
+    return load_settings(overrides={"artifacts": pins})
 
 
 def _flintlock_host(
@@ -235,6 +240,7 @@ def _flintlock_host(
     flintlockd: str,
     containerd_serves: bool = True,
     cert_newer: bool = False,
+    containerd_restarted: bool = False,
     listens: bool = True,
     mode: str = "apply",
 ) -> tuple[Host, FakeConnection, Settings]:
@@ -252,13 +258,14 @@ def _flintlock_host(
     conn.set_fact(ServiceState(flintlock.UNIT), flintlockd)
     conn.set_fact(flintlock.containerd_serves(settings), "yes\n" if containerd_serves else "no\n")
     conn.set_fact(flintlock.certificate_newer(settings), "yes\n" if cert_newer else "no\n")
+    conn.set_fact(flintlock.containerd_restarted(settings), "yes\n" if containerd_restarted else "no\n")
     conn.respond(flintlock.listen_command(settings.base.grpc_port), (0 if listens else 1, "", ""))
     return fake_host(conn, mode=mode, lock_dir=tmp_path), conn, settings
 
 
 def test_flintlockd_is_enabled_started_and_waited_for_once_containerd_serves(tmp_path: Path) -> None:
     host, conn, settings = _flintlock_host(tmp_path, flintlockd=INACTIVE)
-    flintlock.serve(host, settings)
+    flintlock.runtime(fake_context(host, settings))
     assert _changing(host) == [
         "systemctl enable -- flintlockd.service",
         "systemctl start -- flintlockd.service",
@@ -274,7 +281,7 @@ def test_flintlockd_is_never_started_without_containerd(tmp_path: Path) -> None:
     with pytest.raises(
         ApplyError, match=r"flintlockd needs containerd serving on /run/containerd/containerd\.sock"
     ):
-        flintlock.serve(host, settings)
+        flintlock.runtime(fake_context(host, settings))
     assert not any(
         c.startswith("systemctl ") and "flintlockd" in c and "show" not in c for c in conn.commands
     )
@@ -282,26 +289,28 @@ def test_flintlockd_is_never_started_without_containerd(tmp_path: Path) -> None:
 
 def test_running_flintlockd_with_current_certificate_changes_nothing(tmp_path: Path) -> None:
     host, conn, settings = _flintlock_host(tmp_path, flintlockd=ACTIVE)
-    flintlock.serve(host, settings)
+    flintlock.runtime(fake_context(host, settings))
     assert host.changes == []
     assert flintlock.listen_command(9090) not in conn.commands
 
 
 @pytest.mark.parametrize(
-    ("cert_newer", "containerd_changed"), [(True, False), (False, True)], ids=["new-cert", "containerd"]
+    ("cert_newer", "containerd_restarted"), [(True, False), (False, True)], ids=["new-cert", "containerd"]
 )
-def test_flintlockd_restarts_on_a_newer_certificate_or_a_changed_containerd(
-    tmp_path: Path, cert_newer: bool, containerd_changed: bool
+def test_flintlockd_restarts_on_a_newer_certificate_or_a_restarted_containerd(
+    tmp_path: Path, cert_newer: bool, containerd_restarted: bool
 ) -> None:
-    host, _, settings = _flintlock_host(tmp_path, flintlockd=ACTIVE, cert_newer=cert_newer)
-    flintlock.serve(host, settings, containerd_changed=containerd_changed)
+    host, _, settings = _flintlock_host(
+        tmp_path, flintlockd=ACTIVE, cert_newer=cert_newer, containerd_restarted=containerd_restarted
+    )
+    flintlock.runtime(fake_context(host, settings))
     assert _changing(host) == ["systemctl restart -- flintlockd.service"]
 
 
 def test_a_changed_unit_restarts_a_running_flintlockd(tmp_path: Path) -> None:
     host, conn, settings = _flintlock_host(tmp_path, flintlockd=ACTIVE)
     conn.files[flintlock.UNIT_FILE] = b"[Service]\nExecStart=/usr/local/bin/flintlockd run --insecure\n"
-    flintlock.serve(host, settings)
+    flintlock.runtime(fake_context(host, settings))
     commands = _changing(host)
     assert commands[-2:] == ["systemctl daemon-reload", "systemctl restart -- flintlockd.service"]
 
@@ -312,14 +321,14 @@ def test_flintlockd_that_does_not_listen_fails_with_its_journal(tmp_path: Path) 
         re.compile(r"journalctl -u flintlockd.service .*"), (0, "dial containerd: no such file\n", "")
     )
     with pytest.raises(ApplyError, match=r"did not listen on 9090/tcp(.|\n)*dial containerd"):
-        flintlock.serve(host, settings)
+        flintlock.runtime(fake_context(host, settings))
 
 
 def test_check_mode_reports_the_start_and_neither_starts_nor_waits(tmp_path: Path) -> None:
     host, conn, settings = _flintlock_host(
         tmp_path, flintlockd=INACTIVE, containerd_serves=False, mode="check"
     )
-    flintlock.serve(host, settings)
+    flintlock.runtime(fake_context(host, settings))
     assert [r.op for r in host.changes] == ["service flintlockd.service"]
     assert not any(c.startswith("systemctl start") for c in conn.commands)
     assert flintlock.listen_command(9090) not in conn.commands

@@ -61,6 +61,7 @@ def test_run_check_false_returns_failure(lock_dir: Path) -> None:
 def test_connection_error_becomes_apply_error(lock_dir: Path) -> None:
     class Broken(FakeConnection):
         def run(self, command: str, **kwargs: object) -> object:
+            self.is_connected = False
             raise ConnectionResetError("reset by peer")
 
     with pytest.raises(ApplyError, match=r"\[fake\] connection failed.*reset by peer"):

@@ -1,36 +1,32 @@
-"""Host keys of targets: an ssh target's key is checked at resolution (unknown or different:
-a TargetError naming host, port, key type, fingerprint and fix; strict_host_keys = false
-records it), the testinfra host checks it too, and scratch servers' pinned keys live in the
-suite's own known_hosts file, one group of lines per server."""
+"""Host keys of ssh hosts: an ssh host's key is checked when the inventory is resolved
+(unknown or different: a TargetError naming host, port, key type, fingerprint and fix;
+strict_host_keys = false records it), the testinfra host checks it too, a refused port fails
+at once, and scratch servers' pinned keys live in the suite's own known_hosts file, one
+group of lines per server."""
 
 from __future__ import annotations
 
-import importlib.util
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import paramiko
 import pytest
-from targets.resolve import resolve_ssh
 
 from settings.loader import load_settings
 from settings.model import Settings
-from steps.runner import key_fingerprint
 from targets import Target, TargetError, hostkeys
-from targets.plugin import _testinfra_host
+from targets.inventory import PlannedHost, resolve_ssh
 from targets.spec import SSHSpec, resolve_alias
-
-_RUNNER_TESTS = Path(__file__).resolve().parent.parent / "steps" / "test_runner.py"
+from tests.support.ssh_server import ExecServer
+from transport.hostkeys import key_fingerprint
+from transport.ssh import checks_host
 
 
 @pytest.fixture
-def server() -> Iterator[Any]:
-    spec = importlib.util.spec_from_file_location("hvs_runner_tests", _RUNNER_TESTS)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    srv = module._ExecServer()
+def server() -> Iterator[ExecServer]:
+    srv = ExecServer()
     try:
         yield srv
     finally:
@@ -52,8 +48,9 @@ def _settings(known_hosts: Path, key_file: Path, *, strict: bool = True) -> Sett
     return settings.model_copy(update={"ssh": ssh})
 
 
-def _spec(server: Any) -> SSHSpec:
-    return SSHSpec(host="127.0.0.1", user="root", port=server.port, key_file=None)
+def _host(server: ExecServer, spec: SSHSpec | None = None) -> PlannedHost:
+    spec = spec or SSHSpec(host="127.0.0.1", user="root", port=server.port, key_file=None)
+    return PlannedHost("box", ("primary",), spec)
 
 
 def test_unknown_host_key_fails_resolution_with_fingerprint_and_fix(
@@ -61,7 +58,7 @@ def test_unknown_host_key_fails_resolution_with_fingerprint_and_fix(
 ) -> None:
     known = tmp_path / "known_hosts"
     with pytest.raises(TargetError) as caught:
-        resolve_ssh(_settings(known, key_file), _spec(server), profile="production")
+        resolve_ssh(_settings(known, key_file), _host(server))
     message = str(caught.value)
     assert f"127.0.0.1 port {server.port}" in message and "unknown" in message
     assert "ssh-rsa" in message and key_fingerprint(server.key) in message
@@ -76,19 +73,19 @@ def test_changed_host_key_fails_resolution(server: Any, key_file: Path, tmp_path
     known.write_text(f"[127.0.0.1]:{server.port} ssh-rsa {other.get_base64()}\n")
     for strict in (True, False):
         with pytest.raises(TargetError, match=f"MISMATCH for 127.0.0.1 port {server.port}") as caught:
-            resolve_ssh(_settings(known, key_file, strict=strict), _spec(server), profile="production")
+            resolve_ssh(_settings(known, key_file, strict=strict), _host(server))
         assert key_fingerprint(server.key) in str(caught.value)
 
 
 def test_accept_new_records_then_every_connection_checks(server: Any, key_file: Path, tmp_path: Path) -> None:
     known = tmp_path / "known_hosts"
-    target = resolve_ssh(_settings(known, key_file, strict=False), _spec(server), profile="production")
+    target = resolve_ssh(_settings(known, key_file, strict=False), _host(server))
     assert target.known_hosts == (str(known),)
     entry = paramiko.HostKeys(str(known)).lookup(f"[127.0.0.1]:{server.port}")
     assert entry is not None and entry["ssh-rsa"].asbytes() == server.key.asbytes()
     # Strict from now on: resolution and the testinfra host pass with the recorded key.
-    resolve_ssh(_settings(known, key_file), _spec(server), profile="production")
-    assert _testinfra_host(target).run("exit 3").rc == 3
+    resolve_ssh(_settings(known, key_file), _host(server))
+    assert checks_host(target.endpoint).run("exit 3").rc == 3
 
 
 def test_testinfra_host_refuses_an_unknown_key(server: Any, key_file: Path, tmp_path: Path) -> None:
@@ -98,12 +95,12 @@ def test_testinfra_host_refuses_an_unknown_key(server: Any, key_file: Path, tmp_
         port=server.port,
         user="root",
         key_file=key_file,
-        profile="production",
-        is_scratch=False,
+        roles=("primary",),
+        kind="ssh",
         known_hosts=(str(tmp_path / "empty"),),
     )
     with pytest.raises(Exception, match="unknown"):
-        _testinfra_host(target).run("exit 0")
+        checks_host(target.endpoint).run("exit 0")
 
 
 def test_hashed_entry_from_alias_known_hosts_file(server: Any, key_file: Path, tmp_path: Path) -> None:
@@ -116,7 +113,7 @@ def test_hashed_entry_from_alias_known_hosts_file(server: Any, key_file: Path, t
     )
     spec = resolve_alias("box", ssh_config=config)
     assert spec.known_hosts == (alias_known,)
-    target = resolve_ssh(_settings(tmp_path / "known_hosts", key_file), spec, profile="production")
+    target = resolve_ssh(_settings(tmp_path / "known_hosts", key_file), _host(server, spec))
     assert target.known_hosts == (str(tmp_path / "known_hosts"), str(alias_known))
     assert Target.from_json(target.to_json()) == target
 
@@ -130,9 +127,22 @@ def test_scratch_pins_replace_a_servers_lines_and_its_address(
     hostkeys.pin("b", "10.0.0.3", [("ssh-rsa", one.get_base64())])
     # "a" recreated on b's old address: a's old lines and the address' lines go.
     hostkeys.pin("a", "10.0.0.3", [("ssh-rsa", two.get_base64())])
-    known = paramiko.HostKeys(hostkeys.scratch_known_hosts())
+    known = paramiko.HostKeys(str(hostkeys.pinned().path))
     assert known.lookup("10.0.0.2") is None
     assert known.lookup("10.0.0.3")["ssh-rsa"].asbytes() == two.asbytes()  # type: ignore[index]
     assert (tmp_path / "known_hosts").stat().st_mode & 0o777 == 0o600
     hostkeys.unpin("a")
     assert (tmp_path / "known_hosts").read_text() == ""
+
+
+def test_a_refused_port_fails_at_once_naming_the_fix(key_file: Path, tmp_path: Path) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    # Nothing listens on `port` now; connect_timeout is 5 s, the answer must not wait for it.
+    spec = SSHSpec(host="127.0.0.1", user="root", port=port, key_file=None)
+    started = time.monotonic()
+    with pytest.raises(TargetError, match=f"refused the connection: nothing listens on port {port}"):
+        resolve_ssh(_settings(tmp_path / "known_hosts", key_file), PlannedHost("box", ("primary",), spec))
+    assert time.monotonic() - started < 2

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 import targets.plugin as plugin
-from targets import Target
+from targets import Target, TargetError
+from targets.inventory import Fleet
 
 WAIVER_TESTS = """
 import pytest
@@ -34,7 +35,7 @@ def no_target_creation(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a target was resolved in a run that requests no target fixture")
 
-    monkeypatch.setattr(plugin, "resolve", refuse)
+    monkeypatch.setattr(plugin, "resolve_fleet", refuse)
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -80,7 +81,7 @@ def test_unknown_capability_is_an_error_naming_the_test(pytester: pytest.Pyteste
     result.stderr.fnmatch_lines(
         [
             "*test_unknown_capability_is_an_error_naming_the_test.py::test_needs_gpu*"
-            "requires('gpu')*known waivers: devmapper, kvm, upstream-artifacts*"
+            "requires('gpu')*known waivers: kvm, devmapper, upstream-artifacts, netpol-enforcement, csi-snapshots*"
         ]
     )
 
@@ -146,18 +147,21 @@ def test_changes_are_reported_per_phase(pytester: pytest.Pytester) -> None:
         class FakeHost:
             def __init__(self):
                 self.changes = []
+                self.results = []
 
         @pytest.fixture(scope="module")
         def fake(request):
             host = FakeHost()
-            request.config.stash[plugin.STATE].hosts.append(host)
+            request.config.stash[plugin.STATE].members["fake"] = plugin.Member(None, host, None)
             host.changes.append("setup op")
             yield host
             host.changes.extend(["teardown op 1", "teardown op 2"])
 
         def pytest_runtest_logreport(report):
+            from engine import contract
+
             with open("changes.jsonl", "a") as out:
-                out.write(json.dumps([report.nodeid, report.when, report.user_properties]) + "\\n")
+                out.write(json.dumps([report.nodeid, report.when, contract.changes(report)[0]]) + "\\n")
         """
     )
     pytester.makepyfile(
@@ -171,7 +175,7 @@ def test_changes_are_reported_per_phase(pytester: pytest.Pytester) -> None:
     )
     run(pytester).assert_outcomes(passed=2)
     lines = [json.loads(line) for line in (pytester.path / "changes.jsonl").read_text().splitlines()]
-    counts = [(nodeid.split("::")[1], when, dict(props)["hvs_changes"]) for nodeid, when, props in lines]
+    counts = [(nodeid.split("::")[1], when, count) for nodeid, when, count in lines]
     assert counts == [
         ("test_first", "setup", 1),
         ("test_first", "call", 3),
@@ -182,18 +186,27 @@ def test_changes_are_reported_per_phase(pytester: pytest.Pytester) -> None:
     ]
 
 
-def test_target_goes_to_workers_as_json(tmp_path: Path) -> None:
-    target = Target("hvs-scratch", "10.231.0.9", 22, "root", tmp_path / "key", "scratch", True)
-    state = SimpleNamespace(run_id="run-1", target=target)
+def test_the_fleet_goes_to_workers_as_json(tmp_path: Path) -> None:
+    members = (
+        Target("hvs-scratch-host1", "10.231.0.9", 22, "root", tmp_path / "key", ("primary",), "scratch"),
+        Target("probe1", "198.51.100.7", 2222, "root", tmp_path / "key", ("probe",), "ssh", ("/kh",)),
+    )
+    state = SimpleNamespace(run_id="run-1", fleet=Fleet(members, "my.toml"))
     stash = {plugin.STATE: state}
     node = SimpleNamespace(config=SimpleNamespace(stash=stash), workerinput={})
     plugin.pytest_configure_node(node)
     assert node.workerinput["hvs_run_id"] == "run-1"
-    assert Target.from_json(node.workerinput["hvs_target"]) == target
+    fleet = Fleet.from_json(node.workerinput["hvs_fleet"])
+    assert fleet == state.fleet
+    assert fleet.one("probe").endpoint.port == 2222
+    with pytest.raises(
+        TargetError, match=r"role 'worker' is held by no host.*under \[\[hosts\]\] in my.toml"
+    ):
+        fleet.one("worker")
 
 
-def test_lazy_target_is_not_sent_before_it_exists(tmp_path: Path) -> None:
-    state = SimpleNamespace(run_id="run-2", target=None)
+def test_lazy_fleet_is_not_sent_before_it_exists(tmp_path: Path) -> None:
+    state = SimpleNamespace(run_id="run-2", fleet=None)
     node = SimpleNamespace(config=SimpleNamespace(stash={plugin.STATE: state}), workerinput={})
     plugin.pytest_configure_node(node)
     assert node.workerinput == {"hvs_run_id": "run-2"}

@@ -83,7 +83,10 @@ def test_alias_bad_port_in_config(tmp_path: Path) -> None:
 
 
 def test_target_json_round_trip() -> None:
-    target = Target("n", "10.0.0.2", 22, "root", Path("/k"), "scratch", True, os="Debian", kernel="6.1")
+    target = Target(
+        "n", "10.0.0.2", 22, "root", Path("/k"), ("primary", "probe"), "scratch", ("/kh",), os="Debian"
+    )
     assert Target.from_json(target.to_json()) == target
     assert target.url == "ssh://root@10.0.0.2:22"
-    assert Target("n", "::1", 22, "root", Path("/k"), "p", False).testinfra_spec == "paramiko://root@[::1]:22"
+    assert Target("n", "::1", 2222, "root", Path("/k"), (), "ssh").url == "ssh://root@[::1]:2222"
+    assert target.endpoint.trust.files == (Path("/kh"),)
