@@ -2,10 +2,10 @@ import re
 from pathlib import Path
 
 import pytest
-from targets.resolve import effective_profile
 
 from settings.loader import DEFAULT_CONFIG, ConfigError, load_settings
-from settings.model import Waiver
+from settings.model import Role, Waiver
+from targets.inventory import effective_profile, plan_hosts
 from targets.spec import ScratchSpec, SSHSpec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,17 +23,42 @@ def problems(path: Path) -> list[str]:
     return info.value.problems
 
 
-def test_default_is_scratch() -> None:
+def test_default_is_a_scratch_fleet_of_a_primary_and_a_probe() -> None:
     settings = load_settings()
-    assert settings.target.kind == "scratch"
-    assert settings.profile.waivers == {Waiver.KVM, Waiver.DEVMAPPER, Waiver.UPSTREAM_ARTIFACTS}
+    hosts = plan_hosts(settings, None)
+    assert [(h.name, h.roles) for h in hosts] == [
+        ("hvs-scratch-host1", ("primary",)),
+        ("hvs-scratch-probe", ("probe",)),
+    ]
+    assert all(isinstance(h.spec, ScratchSpec) for h in hosts)
+    profile = effective_profile(settings, hosts)
+    assert profile.name == "scratch"
+    assert profile.waivers == {
+        Waiver.KVM,
+        Waiver.DEVMAPPER,
+        Waiver.UPSTREAM_ARTIFACTS,
+        Waiver.NETPOL_ENFORCEMENT,
+        Waiver.CSI_SNAPSHOTS,
+    }
     assert load_settings(DEFAULT_CONFIG) == settings
+
+
+def test_the_default_config_declares_its_ports_and_admins_and_the_probe_is_no_admin() -> None:
+    import ipaddress
+
+    settings = load_settings()
+    assert {rule.name for rule in settings.ports} >= {"ssh", "prometheus", "node-exporter", "oci-registry"}
+    admins = [ipaddress.ip_network(cidr) for cidr in settings.firewall.admin_sources]
+    subnet = ipaddress.ip_network(settings.scratch.subnet)
+    # The controller (the network's gateway) is an admin; no other address of the subnet is.
+    assert any(next(subnet.hosts()) in net for net in admins)
+    assert sum(net.num_addresses for net in admins) == 1
 
 
 def test_overrides_win_over_the_file() -> None:
     settings = load_settings(None, {"scratch.name": "other-name", "target.profile": "production"})
     assert settings.scratch.name == "other-name"
-    assert settings.profile.waivers == frozenset()
+    assert effective_profile(settings, plan_hosts(settings, None)).waivers == frozenset()
 
 
 @pytest.mark.parametrize(
@@ -42,7 +67,7 @@ def test_overrides_win_over_the_file() -> None:
         ('[scratch]\nsubnet = "10.0.0.300/24"\n', "scratch.subnet", "is not a CIDR"),
         ("[ssh]\nport = 70000\n", "ssh.port", "Fix: use a port between 1 and 65535"),
         (
-            '[[ports]]\nname = "web"\nteam = "Zulu"\nport = 80\n',
+            '[[ports]]\nname = "web"\nteam = "Zulu"\nport = 80\nsources = ["world"]\n',
             "ports[0].team",
             "Fix: use a team from plan.toml: Base, Alpha",
         ),
@@ -50,7 +75,21 @@ def test_overrides_win_over_the_file() -> None:
         ('[profiles.lab]\nwaivers = ["gpu"]\n', "profiles.lab.waivers", "Fix: use one of: kvm, devmapper"),
         ("[target]\nkinds = 'ssh'\n", "target.kinds", "Fix: remove it or correct its spelling (known keys"),
         ('[target]\nprofile = "nosuch"\n', "target.profile 'nosuch' is not defined", "use one of"),
-        ('[target]\nkind = "ssh"\n', "target.url is required", "ssh://user@host:port"),
+        (
+            '[[hosts]]\nname = "a"\nroles = ["primary"]\n[[hosts]]\nname = "b"\nroles = ["primary"]\n',
+            "hosts: role 'primary' is held by a, b",
+            "Fix: correct hosts",
+        ),
+        (
+            '[[hosts]]\nname = "a"\nroles = ["gpu-box"]\n',
+            "hosts[0].roles[0]",
+            "Fix: correct hosts[0].roles[0]",
+        ),
+        (
+            '[[ports]]\nname = "metrics"\nteam = "Charlie"\nport = 9100\n',
+            "firewall.admin_sources is empty, but ports metrics are admin-only",
+            'admin_sources = ["203.0.113.0/24"]',
+        ),
     ],
 )
 def test_each_error_names_the_field_and_the_fix(tmp_path: Path, text: str, field: str, fix: str) -> None:
@@ -71,9 +110,14 @@ def test_world_readable_key_is_refused(tmp_path: Path) -> None:
 
 
 def test_all_problems_in_one_error(tmp_path: Path) -> None:
-    path = write(tmp_path, '[ssh]\nport = 0\nkey = "/nonexistent"\n[scratch]\nsubnet = "x"\n')
+    ports = (
+        '[[ports]]\nname = "a"\nteam = "Alpha"\nport = 22\nsources = ["world"]\n'
+        '[[ports]]\nname = "b"\nteam = "Alpha"\nport = 22\nsources = ["world"]\n'
+    )
+    path = write(tmp_path, '[ssh]\nport = 0\nkey = "/nonexistent"\n[scratch]\nsubnet = "x"\n' + ports)
     found = problems(path)
-    assert [p.split(": ")[1] for p in found] == ["ssh.port", "scratch.subnet", "ssh.key"]
+    assert [p.split(": ")[1] for p in found] == ["ssh.port", "scratch.subnet", "ports", "ssh.key"]
+    assert "22/tcp is declared by both 'a' and 'b'" in found[2]
     with pytest.raises(ConfigError, match=r"invalid config .*suite.toml:\n  "):
         load_settings(path)
 
@@ -90,7 +134,7 @@ def test_hetzner_example_names_every_checksum_to_fill_in() -> None:
     text = example.read_text()
     if "FILL-IN" not in text:
         # Checksums filled in: the example must then load as is.
-        assert load_settings(example).target.url == "hetzner1"
+        assert load_settings(example).hosts_with(Role.PRIMARY)[0].ssh == "hetzner1"
         return
     found = problems(example)
     assert found, "placeholders must be rejected"
@@ -99,26 +143,29 @@ def test_hetzner_example_names_every_checksum_to_fill_in() -> None:
         assert "never guess" in message
 
 
-def test_hetzner_example_without_artifacts_is_a_valid_production_target() -> None:
+def test_hetzner_example_without_artifacts_is_a_valid_production_inventory(tmp_path: Path) -> None:
     text = (REPO / "settings" / "hetzner.example.toml").read_text().split("[artifacts.")[0]
-    settings = load_settings(None, _as_overrides(text))
-    assert settings.target.url == "hetzner1" and settings.profile.waivers == frozenset()
+    settings = load_settings(write(tmp_path, text))
+    hosts = plan_hosts(settings, None)
+    assert [(h.name, h.roles) for h in hosts] == [("hetzner1", ("primary",)), ("probe1", ("probe",))]
+    assert all(isinstance(h.spec, SSHSpec) for h in hosts)
+    assert effective_profile(settings, hosts).waivers == frozenset()
 
 
-def _as_overrides(text: str) -> dict[str, object]:
-    import tomllib
-
-    data = tomllib.loads(text)
-    return {f"{section}.{key}": value for section, table in data.items() for key, value in table.items()}
-
-
-def test_profile_defaults_by_target_kind() -> None:
+def test_profile_follows_the_primary_host_unless_the_config_names_one() -> None:
     default = load_settings()
-    assert effective_profile(default, ScratchSpec("x")) == "scratch"
+    assert effective_profile(default, plan_hosts(default, "scratch:other")).name == "scratch"
     # `--target ssh://...` with the default config: a real server never inherits scratch's waivers.
-    assert effective_profile(default, SSHSpec("h", "root", 22, None)) == "production"
+    remote = plan_hosts(default, "ssh://root@198.51.100.9")
+    assert [type(h.spec) for h in remote] == [SSHSpec, ScratchSpec]
+    assert effective_profile(default, remote).name == "production"
     explicit = load_settings(None, {"target.profile": "scratch"})
-    assert effective_profile(explicit, SSHSpec("h", "root", 22, None)) == "scratch"
+    assert effective_profile(explicit, plan_hosts(explicit, "ssh://root@198.51.100.9")).name == "scratch"
+
+
+def test_target_scratch_fleet_renames_every_scratch_server() -> None:
+    hosts = plan_hosts(load_settings(), "scratch:lab")
+    assert [h.name for h in hosts] == ["lab-host1", "lab-probe"]
 
 
 def test_hetzner_example_is_valid_once_its_checksums_are_filled_in(tmp_path: Path) -> None:

@@ -81,7 +81,8 @@ def test_unknown_capability_is_an_error_naming_the_test(pytester: pytest.Pyteste
     result.stderr.fnmatch_lines(
         [
             "*test_unknown_capability_is_an_error_naming_the_test.py::test_needs_gpu*"
-            "requires('gpu')*known waivers: kvm, devmapper, upstream-artifacts, netpol-enforcement, csi-snapshots*"
+            "requires('gpu')*known waivers: kvm, devmapper, upstream-artifacts, netpol-enforcement, "
+            "csi-snapshots*"
         ]
     )
 
