@@ -157,8 +157,8 @@ def apply(host: Host, settings: Settings, *, scratch: bool) -> list[OpResult]:
             f"[{host.name}] the declared ports would not let the controller ({controller}) reach SSH port "
             f"{ssh_port}: declare it in [[ports]] open to 'world', 'admin' or a CIDR holding {controller}"
         )
-    current_rules = host.read(RULES_FILE)
-    current_main = host.read(MAIN_CONFIG)
+    rules_stat, current_rules = ops.file_state(host, RULES_FILE)
+    main_stat, current_main = ops.file_state(host, MAIN_CONFIG)
     live = host.fact(LiveTableDigest())
     main_text = render_main()
     commands: list[Command] = []
@@ -172,6 +172,16 @@ def apply(host: Host, settings: Settings, *, scratch: bool) -> list[OpResult]:
         diffs.append(ops.unified_diff(MAIN_CONFIG, current_main, main_text.encode()))
     if commands or live != digest_of(rules_text):
         commands.append(f"nft -f {RULES_FILE}")
+    # Same text with another owner or mode: corrected without reloading the ruleset.
+    metadata: list[Command] = []
+    if current_rules == rules_text.encode():
+        metadata += ops.metadata_commands(RULES_FILE, rules_stat, mode="0644")
+    if current_main == main_text.encode():
+        metadata += ops.metadata_commands(MAIN_CONFIG, main_stat, mode="0755")
+    if not commands:
+        # Owner and mode cannot cut anyone off: no guard needed.
+        return [*results, host.execute(op, metadata, lock="firewall"), _enabled(host)]
+    commands += metadata
     saved = f"/run/hvsuite/rollback/firewall/live-{TABLE}.nft"
     guard = Guard(
         "firewall",
@@ -181,9 +191,12 @@ def apply(host: Host, settings: Settings, *, scratch: bool) -> list[OpResult]:
         seconds=settings.alpha.guard_seconds,
     )
     results.append(guarded_change(host, op, commands, guard, diff="".join(diffs) or None, lock="firewall"))
+    return [*results, _enabled(host)]
+
+
+def _enabled(host: Host) -> OpResult:
     # Boot loads /etc/nftables.conf; starting the oneshot now re-loads the same files.
-    results.append(ops.service(host, "nftables.service", enabled=True, running=True))
-    return results
+    return ops.service(host, "nftables.service", enabled=True, running=True)
 
 
 def list_ruleset_command() -> str:

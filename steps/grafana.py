@@ -93,6 +93,16 @@ def dashboard(uid: str, datasource_uid: str) -> dict[str, Any]:
     }
 
 
+def password_commands(path: str) -> tuple[str, str]:
+    """``(generate, valid)`` for the admin password file: ``generate`` writes a new random
+    password; ``valid`` succeeds while the file holds one (a single line of 32 or more letters
+    and digits), so a missing, emptied or hand-edited file is generated again."""
+    q = shlex.quote(path)
+    generate = f"umask 077 && head -c 32 /dev/urandom | base64 | tr -d '/+=\\n' > {q}"
+    valid = f"test -f {q} && test \"$(wc -l < {q})\" -le 1 && grep -qxE '[A-Za-z0-9]{{32,}}' {q}"
+    return generate, valid
+
+
 def apply(host: Host, settings: Settings, store: artifacts.ArtifactStore) -> bool:
     """Grafana's checked .deb copied and installed, provisioned and serving; True when changed."""
     grafana = settings.charlie.grafana
@@ -111,18 +121,18 @@ def apply(host: Host, settings: Settings, store: artifacts.ArtifactStore) -> boo
             name=f"install {PACKAGE} {version} from {pin.dest}",
             lock="apt",
         )
+        generate, valid = password_commands(grafana.admin_password_file)
         password = ops.command(
             host,
-            f"umask 077 && head -c 32 /dev/urandom | base64 | tr -d '/+=\\n' > {password_file}",
-            creates=grafana.admin_password_file,
+            generate,
+            unless=valid,
             name=f"generate the Grafana admin password in {grafana.admin_password_file}",
         )
         # Grafana reads it through GF_SECURITY_ADMIN_PASSWORD__FILE as user grafana.
         ops.command(
             host,
-            f"chgrp grafana {shlex.quote(grafana.admin_password_file)} && "
-            f"chmod 0640 {shlex.quote(grafana.admin_password_file)}",
-            unless=f'test "$(stat -c %G:%a {shlex.quote(grafana.admin_password_file)})" = grafana:640',
+            f"chown root:grafana {password_file} && chmod 0640 {password_file}",
+            unless=f'test "$(stat -c %U:%G:%a {password_file})" = root:grafana:640',
             name="Grafana admin password readable by grafana only",
         )
         ops.directory(host, f"/etc/systemd/system/{SERVICE}.service.d")

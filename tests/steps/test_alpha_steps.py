@@ -80,7 +80,9 @@ def test_rendered_ruleset_passes_nft_check(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_firewall_unchanged_when_files_and_live_table_match() -> None:
+def _converged_firewall(rules_mode: str = "644") -> tuple[list, FakeConnection]:
+    """firewall.apply on a host whose files and live table already match, with the rules
+    file's mode ``rules_mode``."""
     settings = _settings()
     rules = firewall.render(settings, [settings.scratch.subnet])
     conn = FakeConnection(
@@ -100,9 +102,23 @@ def test_firewall_unchanged_when_files_and_live_table_match() -> None:
         },
         files={firewall.RULES_FILE: rules.encode(), firewall.MAIN_CONFIG: firewall.render_main().encode()},
     )
+    conn.set_fact(FileInfo(firewall.RULES_FILE), f"regular file|root|root|{rules_mode}|1\n")
+    conn.set_fact(FileInfo(firewall.MAIN_CONFIG), "regular file|root|root|755|1\n")
     host = fake_host(conn)
-    results = firewall.apply(host, settings, scratch=True)
+    host.fresh = lambda: host  # type: ignore[method-assign]
+    return firewall.apply(host, _settings(), scratch=True), conn
+
+
+def test_firewall_unchanged_when_files_and_live_table_match() -> None:
+    results, _ = _converged_firewall()
     assert [r.op for r in results if r.changed] == []
+
+
+def test_firewall_file_with_a_drifted_mode_is_corrected_without_reloading_the_ruleset() -> None:
+    results, conn = _converged_firewall(rules_mode="666")
+    changed = [r for r in results if r.changed]
+    assert [r.commands for r in changed] == [[f"chmod 0644 -- {firewall.RULES_FILE}"]]
+    assert f"nft -f {firewall.RULES_FILE}" not in conn.commands
 
 
 def test_firewall_refuses_rules_that_would_lock_out_the_controller() -> None:

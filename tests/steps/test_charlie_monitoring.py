@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,29 @@ def test_host_dashboard_queries_node_series_through_the_provisioned_datasource()
 def test_grafana_datasource_points_at_prometheus_on_its_declared_port() -> None:
     text = ops.render("grafana-datasource.yaml.j2", {"uid": "ds-1", "url": "http://127.0.0.1:9095"})
     assert "uid: ds-1" in text and "url: http://127.0.0.1:9095" in text and "type: prometheus" in text
+
+
+@pytest.mark.parametrize(
+    ("content", "valid"),
+    [
+        (None, False),
+        (b"", False),
+        (b"admin", False),
+        (b"x" * 40 + b"\nsecond line\n", False),
+        (b"not a generated password at all, only spaces", False),
+        (b"A1b2" * 10 + b"\n", True),
+    ],
+)
+def test_grafana_admin_password_is_generated_again_when_missing_or_not_a_generated_one(
+    tmp_path: Path, content: bytes | None, valid: bool
+) -> None:
+    path = tmp_path / "admin-password"
+    if content is not None:
+        path.write_bytes(content)
+    generate, check = grafana.password_commands(str(path))
+    assert (subprocess.run(["sh", "-c", check], check=False).returncode == 0) is valid
+    subprocess.run(["sh", "-c", generate], check=True)
+    assert subprocess.run(["sh", "-c", check], check=False).returncode == 0, path.read_bytes()
+    assert path.read_bytes() != content
+    if content is None:
+        assert path.stat().st_mode & 0o777 == 0o600, "a new password file is created private"
