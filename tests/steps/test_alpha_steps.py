@@ -394,14 +394,22 @@ def test_a_rollback_drill_returns_the_refusal_and_fails_when_the_drop_in_is_kept
         sshd.refused_install(_sshd_host(accepted), SSHHardening(), "MaxAuthTries 3\n")
 
 
-def test_host_key_algorithms_and_weak_types_follow_the_allowed_types() -> None:
-    ssh = SSHHardening()
-    assert sshd.host_key_algorithms(ssh) == [
-        alg for kind in ssh.host_key_types for alg in sshd.HOST_KEY_ALGORITHMS[kind]
-    ]
+def test_host_key_algorithms_offered_follow_the_allowed_key_types() -> None:
+    def offered(types: list[str]) -> list[str]:
+        text = sshd.render(SSHHardening(host_key_types=types))  # type: ignore[arg-type]
+        line = next(line for line in text.splitlines() if line.startswith("HostKeyAlgorithms "))
+        return line.split(" ", 1)[1].split(",")
+
+    assert offered(["ed25519"]) == ["ssh-ed25519", "ssh-ed25519-cert-v01@openssh.com"]
+    default = offered(["ed25519", "rsa"])
+    # ed25519 first (the preference follows the setting's order); RSA keys sign with SHA-2
+    # only, never the SHA-1 "ssh-rsa"; no ECDSA unless allowed.
+    assert default[:2] == ["ssh-ed25519", "ssh-ed25519-cert-v01@openssh.com"]
+    assert {"rsa-sha2-512", "rsa-sha2-256"} <= set(default) and "ssh-rsa" not in default
+    assert not any("ecdsa" in alg for alg in default)
+    assert any(alg.startswith("ecdsa-sha2-") for alg in offered(["ed25519", "ecdsa"]))
     assert sshd.disallowed_host_key_types(SSHHardening(host_key_types=["ed25519"])) == ["dsa", "ecdsa", "rsa"]
     assert sshd.EffectiveConfig().parse("PasswordAuthentication no\n") == {"passwordauthentication": "no"}
-    assert sshd.config_guard().timer == "hvsuite-guard-sshd.timer"
 
 
 def test_weak_host_keys_are_removed_and_missing_allowed_ones_generated() -> None:
