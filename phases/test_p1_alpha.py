@@ -1,8 +1,9 @@
 """Team Alpha (phase 1): security baseline.
 
 Apply: TLS CA + server/client certificates for flintlock; an nftables firewall derived from
-the declared ports; an sshd hardening drop-in (check, validate, swap, fresh-login proof,
-automatic rollback); network sysctls and automatic security updates; fail2ban's sshd jail.
+the declared ports; sshd's main config and hardening drop-in (check, validate, swap,
+fresh-login proof, automatic rollback of both); network sysctls and automatic security
+updates; fail2ban's sshd jail.
 
 Verify from the outside wherever possible: a bounded port scan from the controller, the SSH
 server's offered methods and algorithms, a new key login, two rollback drills (a syntax

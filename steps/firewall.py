@@ -169,8 +169,8 @@ def apply(ctx: Context) -> None:
             f"[{host.name}] the declared ports would not let the controller ({controller}) reach SSH port "
             f"{ssh_port}: declare it in [[ports]] open to 'world', 'admin' or a CIDR holding {controller}"
         )
-    current_rules = host.read(RULES_FILE)
-    current_main = host.read(MAIN_CONFIG)
+    rules_stat, current_rules = ops.file_state(host, RULES_FILE)
+    main_stat, current_main = ops.file_state(host, MAIN_CONFIG)
     live = host.fact(LiveTableDigest())
     main_text = render_main()
     commands: list[Command] = []
@@ -184,15 +184,28 @@ def apply(ctx: Context) -> None:
         diffs.append(ops.unified_diff(MAIN_CONFIG, current_main, main_text.encode()))
     if commands or live != digest_of(rules_text):
         commands.append(f"nft -f {RULES_FILE}")
-    saved = f"/run/hvsuite/rollback/firewall/live-{TABLE}.nft"
-    guard = Guard(
-        "firewall",
-        files=(RULES_FILE, MAIN_CONFIG),
-        save=(f"nft list table inet {TABLE} > {saved} 2>/dev/null || rm -f {saved}",),
-        restore=(f"nft delete table inet {TABLE} 2>/dev/null; if [ -s {saved} ]; then nft -f {saved}; fi",),
-        seconds=settings.alpha.guard_seconds,
-    )
-    guarded_change(host, op, commands, guard, diff="".join(diffs) or None, lock="firewall")
+    # Same text with another owner or mode: corrected without reloading the ruleset.
+    metadata: list[Command] = []
+    if current_rules == rules_text.encode():
+        metadata += ops.metadata_commands(RULES_FILE, rules_stat, mode="0644")
+    if current_main == main_text.encode():
+        metadata += ops.metadata_commands(MAIN_CONFIG, main_stat, mode="0755")
+    if commands:
+        commands += metadata
+        saved = f"/run/hvsuite/rollback/firewall/live-{TABLE}.nft"
+        guard = Guard(
+            "firewall",
+            files=(RULES_FILE, MAIN_CONFIG),
+            save=(f"nft list table inet {TABLE} > {saved} 2>/dev/null || rm -f {saved}",),
+            restore=(
+                f"nft delete table inet {TABLE} 2>/dev/null; if [ -s {saved} ]; then nft -f {saved}; fi",
+            ),
+            seconds=settings.alpha.guard_seconds,
+        )
+        guarded_change(host, op, commands, guard, diff="".join(diffs) or None, lock="firewall")
+    else:
+        # Owner and mode cannot cut anyone off: no guard needed.
+        host.execute(op, metadata, lock="firewall")
     # Boot loads /etc/nftables.conf; starting the oneshot now re-loads the same files.
     ops.service(host, "nftables.service", enabled=True, running=True)
 

@@ -93,6 +93,16 @@ def dashboard(uid: str, datasource_uid: str) -> dict[str, Any]:
     }
 
 
+def password_commands(path: str) -> tuple[str, str]:
+    """``(generate, valid)`` for the admin password file: ``generate`` writes a new random
+    password; ``valid`` succeeds while the file holds one (a single line of 32 or more letters
+    and digits), so a missing, emptied or hand-edited file is generated again."""
+    q = shlex.quote(path)
+    generate = f"umask 077 && head -c 32 /dev/urandom | base64 | tr -d '/+=\\n' > {q}"
+    valid = f"test -f {q} && test \"$(wc -l < {q})\" -le 1 && grep -qxE '[A-Za-z0-9]{{32,}}' {q}"
+    return generate, valid
+
+
 @step("Grafana")
 def apply(ctx: Context) -> None:
     """Grafana's checked .deb copied and installed, provisioned and serving."""
@@ -104,7 +114,7 @@ def apply(ctx: Context) -> None:
     version = pin.version.removeprefix("v")
     password_file = shlex.quote(grafana.admin_password_file)
     installed_version = f"dpkg-query -W -f='${{Version}}' {PACKAGE} 2>/dev/null"
-    with host.step(f"Grafana {version}") as log:
+    with host.step(f"Grafana {version}"):
         artifacts.install(host, store, settings.charlie.grafana.artifact, pin)
         ops.command(
             host,
@@ -113,18 +123,18 @@ def apply(ctx: Context) -> None:
             name=f"install {PACKAGE} {version} from {pin.dest}",
             lock="apt",
         )
+        generate, valid = password_commands(grafana.admin_password_file)
         password = ops.command(
             host,
-            f"umask 077 && head -c 32 /dev/urandom | base64 | tr -d '/+=\\n' > {password_file}",
-            creates=grafana.admin_password_file,
+            generate,
+            unless=valid,
             name=f"generate the Grafana admin password in {grafana.admin_password_file}",
         )
         # Grafana reads it through GF_SECURITY_ADMIN_PASSWORD__FILE as user grafana.
         ops.command(
             host,
-            f"chgrp grafana {shlex.quote(grafana.admin_password_file)} && "
-            f"chmod 0640 {shlex.quote(grafana.admin_password_file)}",
-            unless=f'test "$(stat -c %G:%a {shlex.quote(grafana.admin_password_file)})" = grafana:640',
+            f"chown root:grafana {password_file} && chmod 0640 {password_file}",
+            unless=f'test "$(stat -c %U:%G:%a {password_file})" = root:grafana:640',
             name="Grafana admin password readable by grafana only",
         )
         ops.directory(host, f"/etc/systemd/system/{SERVICE}.service.d")
@@ -172,7 +182,6 @@ def apply(ctx: Context) -> None:
                 "grafana cli --homepath /usr/share/grafana admin reset-admin-password --password-from-stdin "
                 f"< {shlex.quote(grafana.admin_password_file)}"
             )
-    return log.changed
 
 
 # -- outside-in verification ---------------------------------------------------------------

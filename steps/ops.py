@@ -172,6 +172,25 @@ def _regular_file_stat(host: Host, path: str) -> FileStat | None:
     return stat
 
 
+def file_state(host: Host, path: str) -> tuple[FileStat | None, bytes | None]:
+    """A regular file's stat and content, ``(None, None)`` when absent; ApplyError when the
+    path is something else. For steps that swap a file themselves (under a guard) but compare
+    content, owner and mode the way :func:`file` does."""
+    path = check_path(path)
+    stat = _regular_file_stat(host, path)
+    return stat, host.read(path) if stat is not None else None
+
+
+def metadata_commands(
+    path: str, stat: FileStat | None, *, owner: str = "root", group: str = "root", mode: str = "0644"
+) -> list[Command]:
+    """chown/chmod for an existing file whose owner, group or mode drifted (none if absent)."""
+    if stat is None:
+        return []
+    _check_owner(owner, group)
+    return _metadata_commands(check_path(path), stat, owner, group, check_file_mode(mode))
+
+
 def file(
     host: Host,
     path: str,

@@ -56,7 +56,7 @@ def apply(ctx: Context) -> None:
     charlie = settings.charlie
     prometheus_port = settings.port("Charlie", "prometheus")
     node_exporter_port = settings.port("Charlie", "node-exporter")
-    with host.step("Prometheus and node_exporter") as log:
+    with host.step("Prometheus and node_exporter"):
         with host.step("systemd drop-ins before the packages' first start") as flags:
             for unit in (PROMETHEUS, NODE_EXPORTER):
                 ops.directory(host, f"/etc/systemd/system/{unit}.service.d")
@@ -100,7 +100,6 @@ def apply(ctx: Context) -> None:
             restart=flags.changed,
             reload=config.changed and not flags.changed,
         )
-    return log.changed
 
 
 # -- outside-in verification ---------------------------------------------------------------

@@ -1,15 +1,22 @@
 """SSH hardening: key-only logins, modern cryptography, weak host keys and DH moduli removed.
 
-The managed settings live in one drop-in (``/etc/ssh/sshd_config.d/00-hvsuite-hardening.conf``),
-never appended to ``sshd_config``. A new drop-in is checked, validated and swapped: the
-candidate is validated with ``sshd -t`` together with the live configuration before it is
-moved into place (a syntax error is never installed), the effective values are confirmed
-with ``sshd -T``, sshd reloads only on change, and a *new* key login is proven under a
-dead man's switch (``steps.guard``) that rolls the drop-in back if it is not.
+The suite owns both files sshd reads: the main ``/etc/ssh/sshd_config`` (rendered from a
+template: the Include of the drop-in directory first, then the distribution's non-security
+defaults, decided from /etc/os-release and the sftp-server that exists) and the hardening
+drop-in ``/etc/ssh/sshd_config.d/00-hvsuite-hardening.conf``. Either one drifting (an edit,
+an appended line sshd rejects) is rewritten by the next run and counted as a change.
+
+A change is checked, validated and swapped, main config first: each candidate is validated
+with ``sshd -t`` together with exactly what sshd will read after the swap (the other file as
+it will be, the other drop-ins as they are), so a syntax error is never installed and a
+broken live file never blocks its own repair. The effective values are confirmed with
+``sshd -T``, sshd reloads only on change, and a *new* key login is proven under a dead man's
+switch (``steps.guard``) that rolls both files back if it is not.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
 import shlex
 from collections.abc import Iterable, Sequence
@@ -17,15 +24,18 @@ from dataclasses import dataclass
 
 from settings.model import SSHHardening
 from steps import ops
-from steps.facts import CommandSucceeds, Fact
+from steps.facts import Fact, OsRelease
 from steps.guard import Guard, guarded_change
 from steps.runner import ApplyError, Command, Host, OpResult, Put
 
 SSHD_CONFIG = "/etc/ssh/sshd_config"
-DROPIN = "/etc/ssh/sshd_config.d/00-hvsuite-hardening.conf"
+DROPIN_DIR = "/etc/ssh/sshd_config.d"
+DROPIN = f"{DROPIN_DIR}/00-hvsuite-hardening.conf"
 MODULI = "/etc/ssh/moduli"
-# A config for `sshd -t` that reads the candidate first, then the live configuration.
-VALIDATION_CONFIG = "/run/hvsuite/sshd-candidate-test.conf"
+# Where the drop-in candidate waits while the main config is validated against it.
+STAGED_DROPIN = "/run/hvsuite/sshd-hardening-candidate.conf"
+# Where Debian-family and Red Hat-family packages put sftp-server, in the order tried.
+SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server")
 # Debian and Ubuntu name the unit ssh.service; try-reload-or-restart also covers Ubuntu's
 # socket-activated sshd when the service is not running.
 RELOAD = "systemctl try-reload-or-restart ssh.service"
@@ -60,8 +70,9 @@ def disallowed_host_key_types(ssh: SSHHardening) -> list[str]:
 
 
 def config_guard(seconds: int = 120) -> Guard:
-    """The dead man's switch of a drop-in change: restore the drop-in, reload sshd."""
-    return Guard("sshd", files=(DROPIN,), restore=(RELOAD,), seconds=seconds)
+    """The dead man's switch of an sshd config change: restore the main config and the
+    drop-in, reload sshd."""
+    return Guard("sshd", files=(SSHD_CONFIG, DROPIN), restore=(RELOAD,), seconds=seconds)
 
 
 def render(ssh: SSHHardening, *, extra: Sequence[str] = ()) -> str:
@@ -136,16 +147,6 @@ def effective_mismatches(effective: dict[str, str], ssh: SSHHardening) -> list[s
     ]
 
 
-def validate_command() -> str:
-    """``Put.validate`` for the drop-in: sshd -t on the candidate read first, then the live config."""
-    test_config = shlex.quote(VALIDATION_CONFIG)
-    return (
-        "mkdir -p -m 0700 /run/hvsuite && "
-        f"printf 'Include %s\\nInclude {SSHD_CONFIG}\\n' {{path}} > {test_config}"
-        f" && sshd -t -f {test_config}; status=$?; rm -f {test_config}; exit $status"
-    )
-
-
 def effective_check_command(ssh: SSHHardening) -> str:
     """Fails unless the installed configuration yields the hardened values (run before reload)."""
     checks = " && ".join(
@@ -155,24 +156,166 @@ def effective_check_command(ssh: SSHHardening) -> str:
     return f'out=$(mktemp) && {EFFECTIVE} > "$out" && {{ {checks}; }}; status=$?; rm -f "$out"; exit $status'
 
 
+# -- the main config -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """What sshd's main config takes from the distribution's openssh-server package."""
+
+    name: str
+    # The package's AcceptEnv (later releases, Debian 13 and Ubuntu 25.10, add COLORTERM NO_COLOR).
+    accept_env: str
+    # sshd is started from ssh.socket, whose listening ports come from Port/ListenAddress.
+    socket_activated: bool
+
+
+# The distributions the suite builds, by /etc/os-release (ID, VERSION_ID). Both packages' own
+# sshd_config set the same non-security keywords (UsePAM yes, PrintMotd no, AcceptEnv
+# LANG LC_*, Subsystem sftp /usr/lib/openssh/sftp-server); the difference is that Ubuntu
+# 24.04 starts sshd from ssh.socket (Debian 12 from ssh.service).
+DISTRIBUTIONS: dict[tuple[str, str], Distribution] = {
+    ("debian", "12"): Distribution("Debian 12", accept_env="LANG LC_*", socket_activated=False),
+    ("ubuntu", "24.04"): Distribution("Ubuntu 24.04", accept_env="LANG LC_*", socket_activated=True),
+}
+
+
+@dataclass(frozen=True)
+class SftpServer(Fact[str | None]):
+    """The first of SFTP_SERVERS that is an executable file; None without one."""
+
+    @property
+    def command(self) -> str:
+        paths = " ".join(shlex.quote(path) for path in SFTP_SERVERS)
+        return f'for p in {paths}; do if [ -f "$p" ] && [ -x "$p" ]; then echo "$p"; break; fi; done'
+
+    def parse(self, output: str) -> str | None:
+        return output.strip() or None
+
+
+@dataclass(frozen=True)
+class SessionPort(Fact[int]):
+    """The server port of the SSH session the suite runs on: a port sshd listens on."""
+
+    @property
+    def command(self) -> str:
+        return 'echo "$SSH_CONNECTION"'
+
+    def parse(self, output: str) -> int:
+        fields = output.split()
+        if len(fields) != 4 or not fields[3].isdigit():
+            raise ValueError(f"SSH_CONNECTION is {output.strip()!r}; the suite must run over SSH")
+        return int(fields[3])
+
+
+@dataclass(frozen=True)
+class MainConfig:
+    """The inputs of sshd's main config, read from the host."""
+
+    distribution: Distribution
+    port: int
+    # An sftp-server binary, or sshd's built-in "internal-sftp" without one: the suite
+    # itself reads and writes files over SFTP.
+    sftp_server: str
+
+
+def main_config(host: Host) -> MainConfig:
+    """The main config's inputs from the host's facts; ApplyError on a distribution whose
+    openssh-server defaults the suite does not know."""
+    release = host.fact(OsRelease())
+    distribution = DISTRIBUTIONS.get((release.get("ID", ""), release.get("VERSION_ID", "")))
+    if distribution is None:
+        found = release.get("PRETTY_NAME") or f"ID={release.get('ID')!r} {release.get('VERSION_ID')!r}"
+        known = " and ".join(d.name for d in DISTRIBUTIONS.values())
+        raise ApplyError(
+            f"[{host.name}] {found}: the suite renders {SSHD_CONFIG} for {known} only; add this "
+            "distribution's openssh-server defaults to steps.sshd.DISTRIBUTIONS"
+        )
+    return MainConfig(distribution, host.fact(SessionPort()), host.fact(SftpServer()) or "internal-sftp")
+
+
+def render_main(config: MainConfig) -> str:
+    """The main config's text: the drop-in Include first, then the distribution's defaults."""
+    return ops.render(
+        "sshd_config.j2",
+        {
+            "dropin": DROPIN,
+            "port": config.port,
+            "distribution": config.distribution.name,
+            "socket_activated": config.distribution.socket_activated,
+            "accept_env": config.distribution.accept_env,
+            "sftp_server": config.sftp_server,
+        },
+    )
+
+
+def validate_command(*, main: str = SSHD_CONFIG, dropin: str = "{path}") -> str:
+    """``Put.validate`` for either file: ``sshd -t`` on exactly what sshd reads after the swap.
+
+    A copy of ``main`` has its Include pointed at a private copy of the drop-in directory in
+    which ``dropin`` takes the hardening drop-in's place (the other drop-ins as they are). The
+    live file being replaced is never read, so a broken one cannot fail its own repair. One
+    of ``main`` and ``dropin`` is ``{path}``: the candidate, filled in by the runner.
+    """
+
+    def arg(path: str) -> str:
+        return path if path == "{path}" else shlex.quote(path)
+
+    include = f"Include {DROPIN_DIR}/*.conf"
+    pattern = "^" + include.replace(".", "\\.").replace("*", "\\*") + "\\$"
+    name = posixpath.basename(DROPIN)
+    steps = (
+        f'for f in {DROPIN_DIR}/*.conf; do if [ -f "$f" ] && [ "$f" != {shlex.quote(DROPIN)} ]; '
+        'then cp -- "$f" "$d/"; fi; done',
+        f'cp -- {arg(dropin)} "$d/{name}"',
+        f'sed "s#{pattern}#Include $d/*.conf#" {arg(main)} > "$d/sshd_config"',
+        'if ! grep -qxF "Include $d/*.conf" "$d/sshd_config"; then '
+        "echo 'the main config has no drop-in Include line' >&2; exit 1; fi",
+        'sshd -t -f "$d/sshd_config"',
+    )
+    return (
+        "mkdir -p -m 0700 /run/hvsuite && d=$(mktemp -d /run/hvsuite/sshd-test.XXXXXX) && "
+        f'( set -e; {"; ".join(steps)} ); status=$?; rm -rf -- "$d"; exit $status'
+    )
+
+
 def install_config(host: Host, ssh: SSHHardening, text: str, *, guard_seconds: int = 120) -> OpResult:
-    """Put ``text`` in place as the drop-in: check, validate (``sshd -t``), swap, confirm
-    (``sshd -T``), reload, prove a new login; roll back if any of that fails."""
-    op = f"sshd drop-in {DROPIN}"
+    """sshd's main config (rendered from the host's facts) and ``text`` as the drop-in, each
+    compared by content, owner and mode. New content is validated and swapped, main config
+    first (``sshd -t``, see :func:`validate_command`), confirmed (``sshd -t``, ``sshd -T``),
+    reloaded and proven by a new login under the guard; anything failing rolls both back."""
+    op = f"sshd config {SSHD_CONFIG}, {DROPIN}"
     if host.mode == "verify":
         return host.unchanged(op, "verify-only")
-    current = host.read(DROPIN)
-    data = text.encode()
-    if current == data:
-        return host.unchanged(op, "drop-in already as desired")
-    commands: list[Command] = [
-        "install -d -m 0755 /etc/ssh/sshd_config.d",
-        Put(DROPIN, data, "0644", validate=validate_command()),
-        "sshd -t",
-        effective_check_command(ssh),
-        RELOAD,
+    desired = {SSHD_CONFIG: render_main(main_config(host)).encode(), DROPIN: text.encode()}
+    state = {path: ops.file_state(host, path) for path in desired}
+    rewrite = [path for path, data in desired.items() if state[path][1] != data]
+    metadata = [
+        command
+        for path in desired
+        if path not in rewrite
+        for command in ops.metadata_commands(path, state[path][0])
     ]
-    diff = ops.unified_diff(DROPIN, current, data)
+    if not rewrite:
+        # Owner or mode alone: sshd reads the same text, nothing to validate or reload.
+        return host.execute(op, metadata, reason="" if metadata else "main config and drop-in as desired")
+    commands: list[Command] = []
+    if SSHD_CONFIG in rewrite:
+        dropin_after = DROPIN
+        if DROPIN in rewrite:
+            commands += ["mkdir -p -m 0700 /run/hvsuite", Put(STAGED_DROPIN, desired[DROPIN], "0600")]
+            dropin_after = STAGED_DROPIN
+        validate = validate_command(main="{path}", dropin=dropin_after)
+        commands.append(Put(SSHD_CONFIG, desired[SSHD_CONFIG], "0644", validate=validate))
+    if DROPIN in rewrite:
+        commands += [
+            f"install -d -m 0755 {DROPIN_DIR}",
+            Put(DROPIN, desired[DROPIN], "0644", validate=validate_command()),
+        ]
+        if SSHD_CONFIG in rewrite:
+            commands.append(f"rm -f -- {STAGED_DROPIN}")
+    commands += [*metadata, "sshd -t", effective_check_command(ssh), RELOAD]
+    diff = "".join(ops.unified_diff(path, state[path][1], desired[path]) for path in rewrite)
     return guarded_change(host, op, commands, config_guard(guard_seconds), diff=diff)
 
 
@@ -260,24 +403,12 @@ def moduli(host: Host) -> OpResult:
     )
 
 
-def include_present(host: Host) -> bool:
-    return host.fact(
-        CommandSucceeds(
-            f"grep -Eiq '^[[:space:]]*Include[[:space:]]+/etc/ssh/sshd_config\\.d/\\*\\.conf' {SSHD_CONFIG}"
-        )
-    )
-
-
 def apply(
     host: Host, ssh: SSHHardening, *, guard_seconds: int = 120, extra: Iterable[str] = ()
 ) -> list[OpResult]:
     """Everything of the "SSH hardening" task, in a safe order: allowed host keys exist
-    before the drop-in names them; weak ones go only after sshd stopped loading them."""
-    if host.mode != "verify" and not include_present(host):
-        raise ApplyError(
-            f"[{host.name}] {SSHD_CONFIG} has no 'Include /etc/ssh/sshd_config.d/*.conf' line, so the "
-            f"hardening drop-in would be ignored; add that line at the top of {SSHD_CONFIG}"
-        )
+    before the drop-in names them; the main config and the drop-in converge together (a
+    drifted main config is repaired first); weak keys go only after sshd stopped loading them."""
     return [
         host_keys(host, ssh),
         install_config(host, ssh, render(ssh, extra=list(extra)), guard_seconds=guard_seconds),

@@ -116,6 +116,11 @@ def names(indices: list[int]) -> list[str]:
     return [COLLECTION[i] if i < len(COLLECTION) else "<boundary>" for i in indices]
 
 
+def sends_of(nodeid: str, *nodes: FakeNode) -> int:
+    """How many times ``nodeid`` was sent to any of ``nodes``."""
+    return sum(names(batch).count(nodeid) for node in nodes for batch in node.sent)
+
+
 def finish(sched: DAGScheduling, gate: Gate, node: FakeNode, outcome: str = "passed") -> None:
     """Run every pending test of `node`: reports first, then completion (as xdist does)."""
     assert gate.run is not None
@@ -159,10 +164,12 @@ def test_failure_blocks_dependents_at_once_and_independent_teams_run() -> None:
     # D is dispatched (to record its block) while C still runs; E waits for C.
     assert names(b_node.sent[-1])[0] == "test_d.py::test_1"
     finish(sched, gate, b_node)
+    assert sends_of("test_e.py::test_1", gw0, gw1) == 0, "E was dispatched before C finished"
     finish(sched, gate, c_node)
-    assert (
-        names(c_node.sent[-1])[0] == "test_e.py::test_1" or names(b_node.sent[-1])[0] == "test_e.py::test_1"
-    )
+    # Once C is done, E goes to exactly one worker, whole.
+    assert sends_of("test_e.py::test_1", gw0, gw1) == 1
+    e_node = next(node for node in (gw0, gw1) if names(node.sent[-1])[0] == "test_e.py::test_1")
+    assert names(e_node.sent[-1]) == ["test_e.py::test_1", "test_e.py::test_2", "<boundary>"]
     for node in (gw0, gw1):
         finish(sched, gate, node)
     assert sched.tests_finished

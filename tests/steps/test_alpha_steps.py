@@ -16,7 +16,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from settings.model import PortRule, Settings, SSHHardening, TLSSettings
 from steps import fail2ban, firewall, flintlock, guard, hardening, probes, sshd, tls
-from steps.runner import ApplyError
+from steps.facts import FileInfo, OsRelease
+from steps.runner import ApplyError, Host, Mode
 from steps.testing import FakeConnection, fake_host
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -79,7 +80,9 @@ def test_rendered_ruleset_passes_nft_check(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_firewall_unchanged_when_files_and_live_table_match() -> None:
+def _converged_firewall(rules_mode: str = "644") -> tuple[list, FakeConnection]:
+    """firewall.apply on a host whose files and live table already match, with the rules
+    file's mode ``rules_mode``."""
     settings = _settings()
     rules = firewall.render(settings, [settings.scratch.subnet])
     conn = FakeConnection(
@@ -99,9 +102,23 @@ def test_firewall_unchanged_when_files_and_live_table_match() -> None:
         },
         files={firewall.RULES_FILE: rules.encode(), firewall.MAIN_CONFIG: firewall.render_main().encode()},
     )
+    conn.set_fact(FileInfo(firewall.RULES_FILE), f"regular file|root|root|{rules_mode}|1\n")
+    conn.set_fact(FileInfo(firewall.MAIN_CONFIG), "regular file|root|root|755|1\n")
     host = fake_host(conn)
-    results = firewall.apply(host, settings, scratch=True)
+    host.fresh = lambda: host  # type: ignore[method-assign]
+    return firewall.apply(host, _settings(), scratch=True), conn
+
+
+def test_firewall_unchanged_when_files_and_live_table_match() -> None:
+    results, _ = _converged_firewall()
     assert [r.op for r in results if r.changed] == []
+
+
+def test_firewall_file_with_a_drifted_mode_is_corrected_without_reloading_the_ruleset() -> None:
+    results, conn = _converged_firewall(rules_mode="666")
+    changed = [r for r in results if r.changed]
+    assert [r.commands for r in changed] == [[f"chmod 0644 -- {firewall.RULES_FILE}"]]
+    assert f"nft -f {firewall.RULES_FILE}" not in conn.commands
 
 
 def test_firewall_refuses_rules_that_would_lock_out_the_controller() -> None:
@@ -174,22 +191,188 @@ def test_dropin_is_key_only_with_modern_crypto() -> None:
     assert "ecdsa" not in text
 
 
-def test_sshd_validates_the_candidate_before_it_is_installed() -> None:
-    conn = FakeConnection({re.compile(r"sshd -t -f .*"): (255, "", "line 1: Bad configuration option")})
-    conn.respond(re.compile(r".*printf 'Include.*"), (255, "", "Bad configuration option"))
-    host = fake_host(conn)
+DEBIAN_12 = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n'
+UBUNTU_24_04 = 'PRETTY_NAME="Ubuntu 24.04.1 LTS"\nID=ubuntu\nID_LIKE=debian\nVERSION_ID="24.04"\n'
+SFTP = "/usr/lib/openssh/sftp-server"
+SSH_OP = f"sshd config {sshd.SSHD_CONFIG}, {sshd.DROPIN}"
+# A validation, as the runner fills it in: the candidate is a temp file beside the target.
+VALIDATION = re.compile(r"mkdir -p -m 0700 /run/hvsuite && d=\$\(mktemp -d .*sshd -t -f .*")
+
+
+def _main(port: int = 22, sftp: str = SFTP) -> str:
+    return sshd.render_main(sshd.MainConfig(sshd.DISTRIBUTIONS[("debian", "12")], port, sftp))
+
+
+def _sshd_conn(
+    files: dict[str, bytes] | None = None,
+    *,
+    os_release: str = DEBIAN_12,
+    sftp: str = SFTP + "\n",
+    modes: dict[str, str] | None = None,
+) -> FakeConnection:
+    """A Debian 12 host reached on port 22, with ``files`` (root:root, ``modes`` or 0644) and
+    every allowed host key and no weak moduli, so only the config files can differ."""
+    conn = FakeConnection(files=files)
+    conn.set_fact(OsRelease(), os_release)
+    conn.set_fact(sshd.SessionPort(), "10.231.0.1 50000 10.231.0.5 22\n")
+    conn.set_fact(sshd.SftpServer(), sftp)
+    conn.set_fact(sshd.HostKeyFiles(), "ssh_host_ed25519_key\nssh_host_rsa_key\n")
+    conn.set_fact(sshd.WeakModuli(), "0\n")
+    for path, data in (files or {}).items():
+        mode = (modes or {}).get(path, "644")
+        conn.set_fact(FileInfo(path), f"regular file|root|root|{mode}|{len(data)}\n")
+    return conn
+
+
+def _sshd_host(conn: FakeConnection, mode: Mode = "apply") -> Host:
+    host = fake_host(conn, mode=mode)
     host.fresh = lambda: host  # type: ignore[method-assign]
+    return host
+
+
+def _desired() -> dict[str, bytes]:
+    return {sshd.SSHD_CONFIG: _main().encode(), sshd.DROPIN: sshd.render(SSHHardening()).encode()}
+
+
+def _swap(conn: FakeConnection, path: str) -> int:
+    """Index of the command that moved a validated temp file to ``path``."""
+    return next(
+        i for i, c in enumerate(conn.commands) if c.startswith("mv -f -- ") and c.endswith(f" {path}")
+    )
+
+
+def test_main_config_includes_the_drop_ins_first_and_keeps_the_distribution_defaults() -> None:
+    lines = _main(port=2222).splitlines()
+    assert lines[0] == "Include /etc/ssh/sshd_config.d/*.conf"
+    settings = [line for line in lines if line and not line.startswith("#")]
+    assert settings == [
+        "Include /etc/ssh/sshd_config.d/*.conf",
+        "Port 2222",
+        "UsePAM yes",
+        "PrintMotd no",
+        "AcceptEnv LANG LC_*",
+        f"Subsystem sftp {SFTP}",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("os_release", "sftp", "subsystem", "socket"),
+    [
+        (DEBIAN_12, SFTP + "\n", f"Subsystem sftp {SFTP}", False),
+        (UBUNTU_24_04, SFTP + "\n", f"Subsystem sftp {SFTP}", True),
+        (
+            DEBIAN_12,
+            "/usr/libexec/openssh/sftp-server\n",
+            "Subsystem sftp /usr/libexec/openssh/sftp-server",
+            False,
+        ),
+        (DEBIAN_12, "", "Subsystem sftp internal-sftp", False),
+    ],
+)
+def test_main_config_follows_the_os_and_the_sftp_server_present(
+    os_release: str, sftp: str, subsystem: str, socket: bool
+) -> None:
+    conn = _sshd_conn(os_release=os_release, sftp=sftp)
+    text = sshd.render_main(sshd.main_config(fake_host(conn)))
+    assert subsystem in text.splitlines()
+    # Ubuntu 24.04 listens through ssh.socket: the file says how a port change takes effect.
+    assert ("systemctl restart ssh.socket" in text) is socket
+
+
+def test_main_config_for_an_unknown_distribution_is_refused_by_name() -> None:
+    conn = _sshd_conn(os_release='PRETTY_NAME="Fedora Linux 40"\nID=fedora\nVERSION_ID=40\n')
+    with pytest.raises(
+        ApplyError, match=r"Fedora Linux 40: the suite renders /etc/ssh/sshd_config for Debian 12"
+    ):
+        sshd.apply(_sshd_host(conn), SSHHardening())
+
+
+def test_drifted_main_config_is_validated_then_swapped_under_the_guard_and_counted() -> None:
+    desired = _desired()
+    drifted = desired[sshd.SSHD_CONFIG] + b"ThisIsNotAnOption yes\n"
+    conn = _sshd_conn({**desired, sshd.SSHD_CONFIG: drifted})
+    results = sshd.apply(_sshd_host(conn), SSHHardening())
+
+    changed = [r for r in results if r.changed]
+    assert [r.op for r in changed] == [SSH_OP]
+    assert changed[0].diff is not None and "\n-ThisIsNotAnOption yes\n" in changed[0].diff
+    assert f"--- a{sshd.SSHD_CONFIG}" in changed[0].diff and sshd.DROPIN not in changed[0].diff
+    assert conn.files[sshd.SSHD_CONFIG] == desired[sshd.SSHD_CONFIG]
+    assert conn.files[sshd.DROPIN] == desired[sshd.DROPIN]
+
+    commands = conn.commands
+    g = sshd.config_guard()
+    backups = [i for i, c in enumerate(commands) if c.startswith("if [ -e ") and "cp -a --" in c]
+    assert [commands[i].split()[3] for i in backups] == [sshd.SSHD_CONFIG, sshd.DROPIN]
+    arm = next(i for i, c in enumerate(commands) if "systemd-run" in c)
+    validations = [i for i, c in enumerate(commands) if VALIDATION.fullmatch(c)]
+    assert len(validations) == 1, "only the main config is rewritten"
+    validate = commands[validations[0]]
+    # The candidate (a temp file beside sshd_config) with the live drop-in, not the live main config.
+    assert re.search(r"sed .* /etc/ssh/\.sshd_config\.hvs-tmp\d+ > ", validate)
+    assert f'cp -- {sshd.DROPIN} "$d/00-hvsuite-hardening.conf"' in validate
+    swap = _swap(conn, sshd.SSHD_CONFIG)
+    check = commands.index("sshd -t")
+    reload = commands.index(sshd.RELOAD)
+    disarm = commands.index(guard.disarm_command(g))
+    assert max(backups) < arm < validations[0] < swap < check < reload < disarm
+    assert not any(c.endswith(f" {sshd.DROPIN}") and c.startswith("mv ") for c in commands)
+
+
+def test_main_config_and_drop_in_both_broken_are_repaired_in_one_validated_change() -> None:
+    desired = _desired()
+    conn = _sshd_conn({sshd.SSHD_CONFIG: b"ThisIsNotAnOption yes\n", sshd.DROPIN: b"AnotherBogus yes\n"})
+    result = sshd.install_config(_sshd_host(conn), SSHHardening(), desired[sshd.DROPIN].decode())
+    assert result.changed and conn.files[sshd.SSHD_CONFIG] == desired[sshd.SSHD_CONFIG]
+    assert conn.files[sshd.DROPIN] == desired[sshd.DROPIN]
+    commands = conn.commands
+    staged = _swap(conn, sshd.STAGED_DROPIN)
+    main_check, dropin_check = [i for i, c in enumerate(commands) if VALIDATION.fullmatch(c)]
+    # The main config is checked against the drop-in it will read (staged), never the broken live one.
+    assert f'cp -- {sshd.STAGED_DROPIN} "$d/' in commands[main_check]
+    # The drop-in is checked against the repaired main config.
+    assert f'#Include $d/*.conf#" {sshd.SSHD_CONFIG} > ' in commands[dropin_check]
+    assert staged < main_check < _swap(conn, sshd.SSHD_CONFIG) < dropin_check < _swap(conn, sshd.DROPIN)
+    assert sshd.STAGED_DROPIN not in conn.files
+    assert commands.index(sshd.RELOAD) > _swap(conn, sshd.DROPIN)
+
+
+def test_main_config_and_drop_in_as_desired_change_nothing() -> None:
+    conn = _sshd_conn(_desired())
+    results = sshd.apply(_sshd_host(conn), SSHHardening())
+    assert [r.op for r in results if r.changed] == []
+    assert not any(c.startswith(("mktemp", "mv ", "systemd-run", "systemctl")) for c in conn.commands)
+
+
+def test_only_owner_or_mode_drifted_is_corrected_without_a_reload() -> None:
+    conn = _sshd_conn(_desired(), modes={sshd.SSHD_CONFIG: "666"})
+    result = sshd.install_config(_sshd_host(conn), SSHHardening(), sshd.render(SSHHardening()))
+    assert result.changed and result.commands == [f"chmod 0644 -- {sshd.SSHD_CONFIG}"]
+    assert sshd.RELOAD not in conn.commands
+
+
+def test_check_mode_records_the_main_config_repair_without_running_it() -> None:
+    desired = _desired()
+    drifted = {**desired, sshd.SSHD_CONFIG: desired[sshd.SSHD_CONFIG] + b"ThisIsNotAnOption yes\n"}
+    conn = _sshd_conn(drifted)
+    results = sshd.apply(_sshd_host(conn, mode="check"), SSHHardening())
+    changed = [r for r in results if r.changed]
+    assert [r.op for r in changed] == [SSH_OP] and changed[0].reason == "would change (check mode)"
+    assert changed[0].diff and "-ThisIsNotAnOption yes" in changed[0].diff
+    assert any(c.startswith(f"put {sshd.SSHD_CONFIG} ") for c in changed[0].commands)
+    assert conn.files == drifted and conn.uploads == []
+    assert not any(c.startswith(("mktemp", "mv ", "systemd-run", "systemctl", "sshd")) for c in conn.commands)
+
+
+def test_sshd_validates_the_candidate_before_it_is_installed() -> None:
+    conn = _sshd_conn({sshd.SSHD_CONFIG: _main().encode()})
+    conn.respond(VALIDATION, (255, "", "line 1: Bad configuration option: Bogus"))
     with pytest.raises(ApplyError, match="rejected"):
-        sshd.install_config(host, SSHHardening(), "Bogus yes\n")
+        sshd.install_config(_sshd_host(conn), SSHHardening(), "Bogus yes\n")
     assert sshd.DROPIN not in conn.files, "a rejected drop-in reached its live path"
-    assert not any(c.startswith("systemctl try-reload-or-restart") for c in conn.commands[:-2])
-
-
-def test_sshd_unchanged_drop_in_is_not_reloaded() -> None:
-    text = sshd.render(SSHHardening())
-    conn = FakeConnection(files={sshd.DROPIN: text.encode()})
-    result = sshd.install_config(fake_host(conn), SSHHardening(), text)
-    assert not result.changed and conn.commands == []
+    g = sshd.config_guard()
+    assert f"/bin/sh {g.script}" in conn.commands, "the guard's restore did not run"
+    assert "sshd -t" not in conn.commands
 
 
 def test_effective_config_mismatches_are_named() -> None:
@@ -203,24 +386,30 @@ def test_effective_config_mismatches_are_named() -> None:
 
 
 def test_a_rollback_drill_returns_the_refusal_and_fails_when_the_drop_in_is_kept() -> None:
-    conn = FakeConnection({re.compile(r".*printf 'Include.*"): (255, "", "Bad configuration option")})
-    host = fake_host(conn)
-    host.fresh = lambda: host  # type: ignore[method-assign]
-    assert "rejected" in sshd.refused_install(host, SSHHardening(), "Bogus yes\n")
-    accepted = fake_host(FakeConnection())
-    accepted.fresh = lambda: accepted  # type: ignore[method-assign]
+    conn = _sshd_conn({sshd.SSHD_CONFIG: _main().encode()})
+    conn.respond(VALIDATION, (255, "", "Bad configuration option"))
+    assert "rejected" in sshd.refused_install(_sshd_host(conn), SSHHardening(), "Bogus yes\n")
+    accepted = _sshd_conn({sshd.SSHD_CONFIG: _main().encode()})
     with pytest.raises(AssertionError, match="kept the drill's drop-in"):
-        sshd.refused_install(accepted, SSHHardening(), "MaxAuthTries 3\n")
+        sshd.refused_install(_sshd_host(accepted), SSHHardening(), "MaxAuthTries 3\n")
 
 
-def test_host_key_algorithms_and_weak_types_follow_the_allowed_types() -> None:
-    ssh = SSHHardening()
-    assert sshd.host_key_algorithms(ssh) == [
-        alg for kind in ssh.host_key_types for alg in sshd.HOST_KEY_ALGORITHMS[kind]
-    ]
+def test_host_key_algorithms_offered_follow_the_allowed_key_types() -> None:
+    def offered(types: list[str]) -> list[str]:
+        text = sshd.render(SSHHardening(host_key_types=types))  # type: ignore[arg-type]
+        line = next(line for line in text.splitlines() if line.startswith("HostKeyAlgorithms "))
+        return line.split(" ", 1)[1].split(",")
+
+    assert offered(["ed25519"]) == ["ssh-ed25519", "ssh-ed25519-cert-v01@openssh.com"]
+    default = offered(["ed25519", "rsa"])
+    # ed25519 first (the preference follows the setting's order); RSA keys sign with SHA-2
+    # only, never the SHA-1 "ssh-rsa"; no ECDSA unless allowed.
+    assert default[:2] == ["ssh-ed25519", "ssh-ed25519-cert-v01@openssh.com"]
+    assert {"rsa-sha2-512", "rsa-sha2-256"} <= set(default) and "ssh-rsa" not in default
+    assert not any("ecdsa" in alg for alg in default)
+    assert any(alg.startswith("ecdsa-sha2-") for alg in offered(["ed25519", "ecdsa"]))
     assert sshd.disallowed_host_key_types(SSHHardening(host_key_types=["ed25519"])) == ["dsa", "ecdsa", "rsa"]
     assert sshd.EffectiveConfig().parse("PasswordAuthentication no\n") == {"passwordauthentication": "no"}
-    assert sshd.config_guard().timer == "hvsuite-guard-sshd.timer"
 
 
 def test_weak_host_keys_are_removed_and_missing_allowed_ones_generated() -> None:

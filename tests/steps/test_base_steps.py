@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -134,9 +138,56 @@ def test_exec_start_readers() -> None:
     assert flintlock.exec_flag("run --tls-cert= ;", "--tls-cert") is None
 
 
-def test_microvm_boot_runs_the_bounded_script_on_the_target() -> None:
-    conn = FakeConnection({"sh -s": (0, "boot marker after 2s\n", "")})
+def test_microvm_boot_sends_the_script_on_stdin_bounded_and_returns_a_failed_boot() -> None:
+    conn = FakeConnection({"sh -s": (1, "no boot marker within 60s\n", "")})
     result = flintlock.boot_microvm(fake_host(conn), _settings())
-    assert result.exit_code == 0 and conn.commands == ["sh -s"]
+    # A failed boot is returned (its console tail is the evidence), not raised.
+    assert result.exit_code == 1 and conn.commands == ["sh -s"]
     assert conn.run_kwargs[-1]["in_stream"].getvalue() == flintlock.boot_script(_settings())
     assert conn.run_kwargs[-1]["timeout"] == _settings().base.microvm_boot_timeout + 30
+
+
+FAKE_FIRECRACKER = """#!/bin/sh
+# argv: --no-api --config-file <path>; keeps the VM's config and plays its console.
+cp "$3" "$RECORD"
+if [ "$FAKE_BOOT" = ok ]; then echo "Debian GNU/Linux 12 hv ttyS0"; echo "hv login: "; exec sleep 30; fi
+echo "Kernel panic - not syncing"; exit 1
+"""
+
+
+@pytest.mark.parametrize("boot", ["ok", "panic"])
+@pytest.mark.skipif(not os.access("/run", os.W_OK), reason="the boot script's work directory is under /run")
+def test_boot_script_waits_for_the_marker_on_a_copy_of_the_rootfs_and_cleans_up(
+    tmp_path: Path, boot: str
+) -> None:
+    firecracker = tmp_path / "firecracker"
+    firecracker.write_text(FAKE_FIRECRACKER)
+    firecracker.chmod(0o755)
+    rootfs = tmp_path / "rootfs.ext4"
+    rootfs.write_bytes(b"rootfs image")
+    settings = _settings()
+    artifacts = dict(settings.artifacts)
+    for name, path in (("firecracker", firecracker), ("microvm-rootfs", rootfs)):
+        artifacts[name] = artifacts[name].model_copy(update={"dest": str(path)})
+    settings = settings.model_copy(update={"artifacts": artifacts})
+    record = tmp_path / "vm.json"
+    started = time.monotonic()
+    result = subprocess.run(
+        ["sh", "-s"],
+        input=flintlock.boot_script(settings),
+        env={**os.environ, "RECORD": str(record), "FAKE_BOOT": boot},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert time.monotonic() - started < 10, "the script waited although the VM had exited or booted"
+    if boot == "ok":
+        assert result.returncode == 0 and result.stdout.startswith("boot marker after "), result
+    else:
+        assert result.returncode == 1 and "no boot marker within" in result.stdout, result
+        assert "Kernel panic" in result.stdout, "the console tail is the evidence of a failed boot"
+    drive = json.loads(record.read_text())["drives"][0]["path_on_host"]
+    assert drive != str(rootfs) and drive.endswith("/rootfs.ext4"), "the VM booted the original rootfs"
+    assert not Path(drive).parent.exists(), "the work directory (and the rootfs copy) was left behind"
+    assert rootfs.read_bytes() == b"rootfs image"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from settings.model import ArtifactPin, Settings
-from steps import grafana, ops, prometheus
+from steps import firewall, grafana, ops, prometheus
 from steps.facts import AptListsAge, DebPackages, FileInfo, ServiceState
 from steps.runner import Host
 from steps.testing import FakeConnection, fake_host
@@ -35,19 +36,18 @@ def test_scrape_config_targets_the_declared_ports_and_labels_the_host() -> None:
     assert re.search(r"^  scrape_interval: 15s$", text, re.MULTILINE)
 
 
-def test_ports_come_from_the_declarations_and_a_missing_one_names_the_fix() -> None:
-    settings = Settings()
-    assert settings.port("Charlie", "prometheus") == 9095
-    assert settings.port("Charlie", "node-exporter") == 9100
+def test_a_missing_port_declaration_names_the_fix() -> None:
     bare = Settings(ports=[{"name": "ssh", "team": "Alpha", "port": 22, "sources": ["world"]}])
     with pytest.raises(ValueError, match=r"ports: no rule named 'prometheus' for team Charlie; declare it"):
         bare.port("Charlie", "prometheus")
 
 
-def test_metrics_ports_are_declared_for_admin_sources_only() -> None:
-    rules = {rule.name: rule for rule in Settings().ports_of("Charlie")}
-    assert set(rules) == {"prometheus", "node-exporter", "grafana"}
-    assert all(rule.sources == ["admin"] for rule in rules.values())
+def test_metrics_ports_are_reachable_from_admin_sources_only() -> None:
+    settings = Settings()
+    metrics = {settings.port("Charlie", name) for name in ("prometheus", "node-exporter", "grafana")}
+    admins = ["10.231.0.0/24"]
+    assert metrics <= firewall.allowed_ports(settings, admins, "10.231.0.7")
+    assert not metrics & firewall.allowed_ports(settings, admins, "198.51.100.7")
 
 
 def _fresh_host(tmp_path: Path) -> tuple[Host, FakeConnection]:
@@ -60,9 +60,10 @@ def _fresh_host(tmp_path: Path) -> tuple[Host, FakeConnection]:
     return fake_host(conn, lock_dir=tmp_path), conn
 
 
-def test_drop_ins_are_written_before_the_packages_first_start(tmp_path: Path) -> None:
+def _apply_fresh(tmp_path: Path, settings: Settings) -> tuple[Host, FakeConnection]:
+    """prometheus.apply on a host without the packages; systemd knows the units once the
+    install ran."""
     host, conn = _fresh_host(tmp_path)
-    # After the install, systemd knows the units.
     original_run = conn.run
 
     def run(command: str, **kwargs: object):  # type: ignore[no-untyped-def]
@@ -72,7 +73,12 @@ def test_drop_ins_are_written_before_the_packages_first_start(tmp_path: Path) ->
         return original_run(command, **kwargs)
 
     conn.run = run  # type: ignore[method-assign]
-    prometheus.apply(host, Settings())
+    prometheus.apply(host, settings)
+    return host, conn
+
+
+def test_drop_ins_are_written_before_the_packages_first_start(tmp_path: Path) -> None:
+    host, conn = _apply_fresh(tmp_path, Settings())
     commands = [command for result in host.changes for command in result.commands]
     install = commands.index(
         f"{ops.APT_GET} install --no-install-recommends prometheus prometheus-node-exporter"
@@ -91,6 +97,23 @@ def test_drop_ins_are_written_before_the_packages_first_start(tmp_path: Path) ->
         "--web.listen-address=0.0.0.0:9100"
         in conn.files[prometheus.dropin_path(prometheus.NODE_EXPORTER)].decode()
     )
+
+
+def test_listeners_and_scrape_targets_follow_the_declared_ports(tmp_path: Path) -> None:
+    moved = {"prometheus": 19095, "node-exporter": 19100}
+    settings = Settings(
+        ports=[
+            rule.model_copy(update={"port": moved[rule.name]}) if rule.name in moved else rule
+            for rule in Settings().ports
+        ]
+    )
+    _, conn = _apply_fresh(tmp_path, settings)
+    files = {path: data.decode() for path, data in conn.files.items()}
+    assert "--web.listen-address=0.0.0.0:19095" in files[prometheus.dropin_path(prometheus.PROMETHEUS)]
+    assert "--web.listen-address=0.0.0.0:19100" in files[prometheus.dropin_path(prometheus.NODE_EXPORTER)]
+    config = files[prometheus.CONFIG_PATH]
+    assert 'targets: ["127.0.0.1:19095"]' in config and 'targets: ["127.0.0.1:19100"]' in config
+    assert not re.search(r":(9095|9100)\b", "".join(files.values())), "a default port is still used"
 
 
 def _converged(tmp_path: Path, settings: Settings, config: str) -> tuple[Host, FakeConnection]:
@@ -164,3 +187,29 @@ def test_host_dashboard_queries_node_series_through_the_provisioned_datasource()
 def test_grafana_datasource_points_at_prometheus_on_its_declared_port() -> None:
     text = ops.render("grafana-datasource.yaml.j2", {"uid": "ds-1", "url": "http://127.0.0.1:9095"})
     assert "uid: ds-1" in text and "url: http://127.0.0.1:9095" in text and "type: prometheus" in text
+
+
+@pytest.mark.parametrize(
+    ("content", "valid"),
+    [
+        (None, False),
+        (b"", False),
+        (b"admin", False),
+        (b"x" * 40 + b"\nsecond line\n", False),
+        (b"not a generated password at all, only spaces", False),
+        (b"A1b2" * 10 + b"\n", True),
+    ],
+)
+def test_grafana_admin_password_is_generated_again_when_missing_or_not_a_generated_one(
+    tmp_path: Path, content: bytes | None, valid: bool
+) -> None:
+    path = tmp_path / "admin-password"
+    if content is not None:
+        path.write_bytes(content)
+    generate, check = grafana.password_commands(str(path))
+    assert (subprocess.run(["sh", "-c", check], check=False).returncode == 0) is valid
+    subprocess.run(["sh", "-c", generate], check=True)
+    assert subprocess.run(["sh", "-c", check], check=False).returncode == 0, path.read_bytes()
+    assert path.read_bytes() != content
+    if content is None:
+        assert path.stat().st_mode & 0o777 == 0o600, "a new password file is created private"

@@ -3,6 +3,8 @@ state; check mode records a diff and runs nothing; verify mode reads nothing."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -56,7 +58,31 @@ def test_packages_updates_missing_or_stale_cache(lock_dir: Path, lists: str) -> 
         f"{APT} update",
         f"{APT} install --no-install-recommends jq",
     ]
-    assert "DEBIAN_FRONTEND=noninteractive" in APT and "DPkg::Lock::Timeout=600" in APT
+
+
+def test_packages_command_runs_apt_get_unattended(lock_dir: Path, tmp_path: Path) -> None:
+    """The install command as issued, run by a shell against a stand-in apt-get: it must get
+    the non-interactive frontend in its environment and each option as its own argument."""
+    host, conn = make(lock_dir)
+    conn.set_fact(DebPackages(), "")
+    conn.set_fact(AptListsAge(), "now=1000\nnewest=900\n")
+    ops.packages(host, ["jq"])
+    [install] = changes(conn, DebPackages(), AptListsAge())
+    record = tmp_path / "apt-get.argv"
+    stand_in = tmp_path / "bin" / "apt-get"
+    stand_in.parent.mkdir()
+    stand_in.write_text(f'#!/bin/sh\nprintf "%s\\n" "frontend=$DEBIAN_FRONTEND" "$@" > {record}\n')
+    stand_in.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "DEBIAN_FRONTEND"}
+    env["PATH"] = f"{stand_in.parent}:{env['PATH']}"
+    subprocess.run(["sh", "-c", install], env=env, stdin=subprocess.DEVNULL, check=True)
+    frontend, *argv = record.read_text().splitlines()
+    assert frontend == "frontend=noninteractive"
+    assert argv[-3:] == ["install", "--no-install-recommends", "jq"] and "-y" in argv
+    options = [argv[i + 1] for i, word in enumerate(argv[:-1]) if word == "-o"]
+    # Waits for dpkg's lock (unattended-upgrades) instead of failing; never asks about a conffile.
+    assert "DPkg::Lock::Timeout=600" in options
+    assert {"Dpkg::Options::=--force-confdef", "Dpkg::Options::=--force-confold"} <= set(options)
 
 
 def test_packages_in_desired_state_runs_nothing_and_skips_cache_age(lock_dir: Path) -> None:
