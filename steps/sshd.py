@@ -19,11 +19,12 @@ from __future__ import annotations
 import posixpath
 import re
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from settings.model import SSHHardening
 from steps import ops
+from steps.api import Context, step
 from steps.facts import Fact, OsRelease
 from steps.guard import Guard, guarded_change
 from steps.runner import ApplyError, Command, Host, OpResult, Put
@@ -403,15 +404,13 @@ def moduli(host: Host) -> OpResult:
     )
 
 
-def apply(
-    host: Host, ssh: SSHHardening, *, guard_seconds: int = 120, extra: Iterable[str] = ()
-) -> list[OpResult]:
+@step("SSH hardening")
+def apply(ctx: Context) -> None:
     """Everything of the "SSH hardening" task, in a safe order: allowed host keys exist
     before the drop-in names them; the main config and the drop-in converge together (a
     drifted main config is repaired first); weak keys go only after sshd stopped loading them."""
-    return [
-        host_keys(host, ssh),
-        install_config(host, ssh, render(ssh, extra=list(extra)), guard_seconds=guard_seconds),
-        weak_host_keys(host, ssh),
-        moduli(host),
-    ]
+    host, ssh = ctx.host, ctx.settings.alpha.ssh
+    host_keys(host, ssh)
+    install_config(host, ssh, render(ssh), guard_seconds=ctx.settings.alpha.guard_seconds)
+    weak_host_keys(host, ssh)
+    moduli(host)

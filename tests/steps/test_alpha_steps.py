@@ -14,11 +14,12 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from settings.loader import load_settings
 from settings.model import PortRule, Settings, SSHHardening, TLSSettings
 from steps import fail2ban, firewall, flintlock, guard, hardening, probes, sshd, tls
 from steps.facts import FileInfo, OsRelease
 from steps.runner import ApplyError, Host, Mode
-from steps.testing import FakeConnection, fake_host
+from steps.testing import FakeConnection, fake_context, fake_host
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -27,7 +28,8 @@ NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def _settings(**changes) -> Settings:
-    return Settings(**changes)
+    """The embedded default config (its declared ports and admins) with ``changes``."""
+    return load_settings(None, changes)
 
 
 def test_rules_come_only_from_declared_ports() -> None:
@@ -48,12 +50,6 @@ def test_rules_come_only_from_declared_ports() -> None:
 def test_admin_port_without_admin_sources_is_a_clear_error() -> None:
     with pytest.raises(ApplyError, match=r"firewall.admin_sources is empty"):
         firewall.port_rules(_settings(), [])
-
-
-def test_scratch_admins_default_to_the_suite_subnet() -> None:
-    settings = _settings()
-    assert firewall.admin_sources(settings, scratch=True) == [settings.scratch.subnet]
-    assert firewall.admin_sources(settings, scratch=False) == []
 
 
 def test_allowed_ports_by_source_address() -> None:
@@ -84,7 +80,7 @@ def _converged_firewall(rules_mode: str = "644") -> tuple[list, FakeConnection]:
     """firewall.apply on a host whose files and live table already match, with the rules
     file's mode ``rules_mode``."""
     settings = _settings()
-    rules = firewall.render(settings, [settings.scratch.subnet])
+    rules = firewall.render(settings, settings.firewall.admin_sources)
     conn = FakeConnection(
         {
             firewall.SSHSession().command: (0, "10.231.0.1 50000 10.231.0.5 22\n", ""),
@@ -106,7 +102,7 @@ def _converged_firewall(rules_mode: str = "644") -> tuple[list, FakeConnection]:
     conn.set_fact(FileInfo(firewall.MAIN_CONFIG), "regular file|root|root|755|1\n")
     host = fake_host(conn)
     host.fresh = lambda: host  # type: ignore[method-assign]
-    return firewall.apply(host, _settings(), scratch=True), conn
+    return list(firewall.apply(fake_context(host, _settings())).ops), conn
 
 
 def test_firewall_unchanged_when_files_and_live_table_match() -> None:
@@ -130,7 +126,7 @@ def test_firewall_refuses_rules_that_would_lock_out_the_controller() -> None:
         }
     )
     with pytest.raises(ApplyError, match="would not let the controller"):
-        firewall.apply(fake_host(conn), settings, scratch=True)
+        firewall.apply(fake_context(fake_host(conn), settings))
 
 
 def test_a_changed_ruleset_is_validated_loaded_under_guard_and_proven() -> None:
@@ -147,7 +143,7 @@ def test_a_changed_ruleset_is_validated_loaded_under_guard_and_proven() -> None:
         }
     )
     host = fake_host(conn)
-    firewall.apply(host, settings, scratch=True)
+    firewall.apply(fake_context(host, settings))
     commands = conn.commands
     validate = [c for c in commands if c.startswith("nft -c -f")]
     assert validate, "the candidate ruleset was not validated"
@@ -284,14 +280,14 @@ def test_main_config_for_an_unknown_distribution_is_refused_by_name() -> None:
     with pytest.raises(
         ApplyError, match=r"Fedora Linux 40: the suite renders /etc/ssh/sshd_config for Debian 12"
     ):
-        sshd.apply(_sshd_host(conn), SSHHardening())
+        sshd.apply(fake_context(_sshd_host(conn)))
 
 
 def test_drifted_main_config_is_validated_then_swapped_under_the_guard_and_counted() -> None:
     desired = _desired()
     drifted = desired[sshd.SSHD_CONFIG] + b"ThisIsNotAnOption yes\n"
     conn = _sshd_conn({**desired, sshd.SSHD_CONFIG: drifted})
-    results = sshd.apply(_sshd_host(conn), SSHHardening())
+    results = sshd.apply(fake_context(_sshd_host(conn))).ops
 
     changed = [r for r in results if r.changed]
     assert [r.op for r in changed] == [SSH_OP]
@@ -339,7 +335,7 @@ def test_main_config_and_drop_in_both_broken_are_repaired_in_one_validated_chang
 
 def test_main_config_and_drop_in_as_desired_change_nothing() -> None:
     conn = _sshd_conn(_desired())
-    results = sshd.apply(_sshd_host(conn), SSHHardening())
+    results = sshd.apply(fake_context(_sshd_host(conn))).ops
     assert [r.op for r in results if r.changed] == []
     assert not any(c.startswith(("mktemp", "mv ", "systemd-run", "systemctl")) for c in conn.commands)
 
@@ -355,7 +351,7 @@ def test_check_mode_records_the_main_config_repair_without_running_it() -> None:
     desired = _desired()
     drifted = {**desired, sshd.SSHD_CONFIG: desired[sshd.SSHD_CONFIG] + b"ThisIsNotAnOption yes\n"}
     conn = _sshd_conn(drifted)
-    results = sshd.apply(_sshd_host(conn, mode="check"), SSHHardening())
+    results = sshd.apply(fake_context(_sshd_host(conn, mode="check"))).ops
     changed = [r for r in results if r.changed]
     assert [r.op for r in changed] == [SSH_OP] and changed[0].reason == "would change (check mode)"
     assert changed[0].diff and "-ThisIsNotAnOption yes" in changed[0].diff
@@ -666,7 +662,7 @@ def test_ss_parser_and_undeclared_listeners() -> None:
         ("tcp", 631, "cupsd"),
         ("udp", 5353, "avahi"),
     ]
-    assert [x.port for x in hardening.undeclared_listeners(listeners, Settings())] == [5353]
+    assert [x.port for x in hardening.undeclared_listeners(listeners, load_settings())] == [5353]
 
 
 def test_public_tcp_ports_leave_out_loopback_and_udp() -> None:

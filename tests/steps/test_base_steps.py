@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from settings.loader import load_settings
 from settings.model import ArtifactPin, PortRule, Settings
 from steps import flintlock, hypervisors
 from steps.runner import ApplyError
-from steps.testing import FakeConnection, fake_host
+from steps.testing import FakeConnection, fake_context, fake_host
 
 SHA = "0" * 64
 
@@ -31,7 +32,7 @@ def _settings(**changes) -> Settings:
         "microvm-kernel": _pin("6.1", "/var/lib/hvsuite/microvm/vmlinux"),
         "microvm-rootfs": _pin("22.04", "/var/lib/hvsuite/microvm/rootfs.ext4"),
     }
-    return Settings(artifacts=artifacts, **changes)
+    return load_settings(None, {"artifacts": artifacts, **changes})
 
 
 def test_virtualization_fact_and_problems() -> None:
@@ -94,7 +95,7 @@ def test_base_installs_the_unit_but_neither_enables_nor_starts_flintlockd() -> N
             ),
         }
     )
-    results = flintlock.base_service(fake_host(conn), _settings())
+    results = flintlock.unit(fake_context(fake_host(conn), _settings())).ops
     assert any(c.startswith(f"put {flintlock.UNIT_FILE}") for r in results for c in map(str, r.commands))
     changing = [c for c in conn.commands if c.startswith("systemctl ") and not c.startswith("systemctl show")]
     assert not any("flintlockd.service" in c for c in changing), changing
@@ -115,7 +116,7 @@ def test_base_leaves_a_flintlockd_that_bravo_enabled_and_started_alone() -> None
             flintlock.UNIT_FILE: flintlock.render_unit(_settings(), "eno1").encode(),
         },
     )
-    flintlock.base_service(fake_host(conn), _settings())
+    flintlock.unit(fake_context(fake_host(conn), _settings()))
     assert not any(
         c.startswith(("systemctl stop", "systemctl disable", "systemctl restart")) for c in conn.commands
     )

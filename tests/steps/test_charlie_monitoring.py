@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from settings.loader import load_settings
 from settings.model import ArtifactPin, Settings
 from steps import firewall, grafana, ops, prometheus
 from steps.facts import AptListsAge, DebPackages, FileInfo, ServiceState
 from steps.runner import Host
-from steps.testing import FakeConnection, fake_host
+from steps.testing import FakeConnection, fake_context, fake_host
 
 ACTIVE = "LoadState=loaded\nActiveState=active\nUnitFileState=enabled\nNeedDaemonReload=no\n"
 NOT_FOUND = "LoadState=not-found\nActiveState=inactive\nUnitFileState=\nNeedDaemonReload=no\n"
@@ -27,7 +28,7 @@ def _config(settings: Settings) -> str:
 
 
 def test_scrape_config_targets_the_declared_ports_and_labels_the_host() -> None:
-    text = _config(Settings())
+    text = _config(load_settings())
     assert 'targets: ["127.0.0.1:9095"]' in text
     assert 'targets: ["127.0.0.1:9100"]' in text
     assert 'instance: "hv-1"' in text
@@ -43,7 +44,7 @@ def test_a_missing_port_declaration_names_the_fix() -> None:
 
 
 def test_metrics_ports_are_reachable_from_admin_sources_only() -> None:
-    settings = Settings()
+    settings = load_settings()
     metrics = {settings.port("Charlie", name) for name in ("prometheus", "node-exporter", "grafana")}
     admins = ["10.231.0.0/24"]
     assert metrics <= firewall.allowed_ports(settings, admins, "10.231.0.7")
@@ -73,12 +74,12 @@ def _apply_fresh(tmp_path: Path, settings: Settings) -> tuple[Host, FakeConnecti
         return original_run(command, **kwargs)
 
     conn.run = run  # type: ignore[method-assign]
-    prometheus.apply(host, settings)
+    prometheus.apply(fake_context(host, settings))
     return host, conn
 
 
 def test_drop_ins_are_written_before_the_packages_first_start(tmp_path: Path) -> None:
-    host, conn = _apply_fresh(tmp_path, Settings())
+    host, conn = _apply_fresh(tmp_path, load_settings())
     commands = [command for result in host.changes for command in result.commands]
     install = commands.index(
         f"{ops.APT_GET} install --no-install-recommends prometheus prometheus-node-exporter"
@@ -101,11 +102,14 @@ def test_drop_ins_are_written_before_the_packages_first_start(tmp_path: Path) ->
 
 def test_listeners_and_scrape_targets_follow_the_declared_ports(tmp_path: Path) -> None:
     moved = {"prometheus": 19095, "node-exporter": 19100}
-    settings = Settings(
-        ports=[
-            rule.model_copy(update={"port": moved[rule.name]}) if rule.name in moved else rule
-            for rule in Settings().ports
-        ]
+    settings = load_settings(
+        None,
+        {
+            "ports": [
+                rule.model_copy(update={"port": moved[rule.name]}) if rule.name in moved else rule
+                for rule in load_settings().ports
+            ]
+        },
     )
     _, conn = _apply_fresh(tmp_path, settings)
     files = {path: data.decode() for path, data in conn.files.items()}
@@ -144,23 +148,23 @@ def _converged(tmp_path: Path, settings: Settings, config: str) -> tuple[Host, F
 
 
 def test_converged_host_changes_nothing(tmp_path: Path) -> None:
-    settings = Settings()
+    settings = load_settings()
     host, _ = _converged(tmp_path, settings, _config(settings))
-    assert prometheus.apply(host, settings) is False
+    assert prometheus.apply(fake_context(host, settings)).changed is False
     assert host.changes == []
 
 
 def test_scrape_config_change_reloads_prometheus_without_restarting_anything(tmp_path: Path) -> None:
-    settings = Settings()
+    settings = load_settings()
     host, _ = _converged(tmp_path, settings, "# an operator's hand edit\n")
-    prometheus.apply(host, settings)
+    prometheus.apply(fake_context(host, settings))
     assert [result.op for result in host.changes] == [f"file {prometheus.CONFIG_PATH}", "service prometheus"]
     assert host.changes[1].commands == ["systemctl reload-or-restart -- prometheus"]
 
 
 def test_grafana_without_a_pin_tells_the_operator_what_to_add() -> None:
     with pytest.raises(ValueError) as error:
-        grafana.grafana_pin(Settings())
+        grafana.grafana_pin(load_settings())
     message = str(error.value)
     assert "artifacts.grafana is not set" in message
     assert "sha256" in message and "waive upstream-artifacts" in message
