@@ -331,8 +331,10 @@ class Host:
 
     def _reconnect(self, exc: BaseException, what: str) -> None:
         assert self._connect is not None
+        title = f"[{self.name}] reconnected after a dropped connection ({type(exc).__name__}: {exc})"
         try:
-            self.connection = reconnect(self.name, self._connect, self.backoff)
+            with allure.step(self.redactor.redact(_truncate(title, _TITLE_LIMIT))):
+                self.connection = reconnect(self.name, self._connect, self.backoff)
         except ConnectionDropped as dropped:
             raise ApplyError(self.redactor.redact(f"{dropped} (while running {what!r})")) from exc
         except HostKeyError as refused:
