@@ -331,7 +331,7 @@ class Host:
 
     def _reconnect(self, exc: BaseException, what: str) -> None:
         assert self._connect is not None
-        title = f"[{self.name}] reconnected after a dropped connection ({type(exc).__name__}: {exc})"
+        title = f"[{self.name}] reconnect after a dropped connection ({type(exc).__name__}: {exc})"
         try:
             with allure.step(self.redactor.redact(_truncate(title, _TITLE_LIMIT))):
                 self.connection = reconnect(self.name, self._connect, self.backoff)

@@ -115,7 +115,7 @@ def test_killed_connections_were_survived(first: tuple[Path, dict[str, dict], li
     assert len(killed) >= 2, killed
     # ...and the runner noticed: each reconnect is an Allure step of the test it served.
     steps = " ".join(path.read_text() for path in (reports / "allure-results").glob("*-result.json"))
-    assert "reconnected after a dropped connection" in steps
+    assert "reconnect after a dropped connection" in steps
 
 
 def test_bravo_and_charlie_ran_side_by_side(first: tuple[Path, dict[str, dict], list[str]]) -> None:
