@@ -1,0 +1,134 @@
+"""The contract between the engine and the plugins and phase modules that feed it: run modes,
+waivers, apply fixtures and change counts, defined once.
+
+Everything here is plain data and small functions over pytest's public objects: the targets
+plugin writes through these functions, the engine reads through them, and neither spells a
+skip reason or a user-property key of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal, Protocol, TypeVar
+
+import pytest
+
+Mode = Literal["apply", "check", "verify"]
+MODES: tuple[Mode, ...] = ("apply", "check", "verify")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Attribute an apply fixture's function carries (pytest copies it onto the fixture definition).
+_APPLY_ATTRIBUTE = "hvsuite_apply_fixture"
+_CHANGES = "hvsuite_changes"
+_WOULD_CHANGE = "hvsuite_would_change"
+
+_WAIVED = "waived: "
+_CHECK = "check mode: "
+_BLOCKED = "blocked by "
+
+
+class SkipKind(StrEnum):
+    """Why a test was skipped, as the engine counts it."""
+
+    WAIVED = "waived"  # the target's profile cannot provide a capability: not a failure
+    CHECK = "check"  # a dry run (--check) applied nothing, so nothing was verified
+    BLOCKED = "blocked"  # a prerequisite team did not finish green
+    OTHER = "other"  # any other skip: the team is not complete
+
+
+MODE_KEY = pytest.StashKey[Mode]()
+
+
+def set_mode(config: pytest.Config, mode: Mode) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    config.stash[MODE_KEY] = mode
+
+
+def mode(config: pytest.Config) -> Mode:
+    """The run's mode: ``apply`` unless --check or --verify-only said otherwise."""
+    return config.stash.get(MODE_KEY, "apply")
+
+
+# -- skip reasons ---------------------------------------------------------------------------
+
+
+def waiver_reason(capability: str, profile: str) -> str:
+    return f"{_WAIVED}{capability} (profile {profile})"
+
+
+def check_reason(detail: str = "not verified, nothing was applied") -> str:
+    return f"{_CHECK}{detail}"
+
+
+def blocked_reason(cause: str) -> str:
+    """``cause`` names the root-cause team and test: "Team X (test id)"."""
+    return f"{_BLOCKED}{cause}"
+
+
+def skip_kind(reason: str) -> SkipKind:
+    for prefix, kind in ((_WAIVED, SkipKind.WAIVED), (_CHECK, SkipKind.CHECK), (_BLOCKED, SkipKind.BLOCKED)):
+        if reason.startswith(prefix):
+            return kind
+    return SkipKind.OTHER
+
+
+def waive(item: pytest.Item, capability: str, profile: str) -> None:
+    """Skip ``item`` because the profile waives ``capability`` (reported as waived)."""
+    item.add_marker(pytest.mark.skip(reason=waiver_reason(capability, profile)))
+
+
+# -- apply fixtures ---------------------------------------------------------------------------
+
+
+def apply_fixture(func: F) -> F:
+    """Declare a team's apply fixture: module-scoped, run in the run's mode. Under --check it
+    is the only fixture of the team module that is set up; checks are then skipped."""
+    setattr(func, _APPLY_ATTRIBUTE, True)
+    return pytest.fixture(scope="module")(func)  # type: ignore[return-value]
+
+
+def is_apply_fixture(obj: object) -> bool:
+    """Whether ``obj`` (a fixture function or pytest's definition of one) is an apply fixture."""
+    return bool(getattr(obj, _APPLY_ATTRIBUTE, False))
+
+
+# -- what changed ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WouldChange:
+    """One op a dry run would run: ``"[host] => op"`` and its redacted diff, if any."""
+
+    op: str
+    diff: str | None = None
+
+
+class _Report(Protocol):
+    user_properties: list[tuple[str, object]]
+
+
+def add_changes(report: _Report, count: int, would_change: Iterable[WouldChange] = ()) -> None:
+    """Record on a test report how many ops changed (or would change) during that phase."""
+    report.user_properties.append((_CHANGES, int(count)))
+    entries = [{"op": entry.op, "diff": entry.diff} for entry in would_change]
+    if entries:
+        report.user_properties.append((_WOULD_CHANGE, entries))
+
+
+def changes(report: _Report) -> tuple[int, list[WouldChange]]:
+    """(ops changed, ops that would change) recorded on ``report``."""
+    count = 0
+    would: list[WouldChange] = []
+    for key, value in getattr(report, "user_properties", ()) or ():
+        if key == _CHANGES and isinstance(value, int):
+            count += value
+        elif key == _WOULD_CHANGE and isinstance(value, list | tuple):
+            for entry in value:
+                if isinstance(entry, dict):
+                    diff = entry.get("diff")
+                    would.append(WouldChange(str(entry.get("op", "")), None if diff is None else str(diff)))
+    return count, would
