@@ -7,15 +7,17 @@ The small API for test modules and other plugins:
 - `add_environment(config, key, value)`: a line in Allure's environment.properties.
 - `set_target_name(config, name)`: the target team verdicts are recorded for (--resume).
 - `set_signal_webhook(config, url, timeout)`: the chat webhook for completion signals.
-- `set_check_mode(config)`: this run is a dry run (--check): the controller prints and writes
-  the would-change ops (reports/check.md, reports/check.json) and records no verdicts green.
+
+The contract with the targets plugin and the phase modules (run modes, skip reasons, apply
+fixtures, change counts) is `engine.contract`; the engine owns ``--check`` and
+``--verify-only`` and sets the mode (`engine.contract.mode`) in its pytest_configure.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from engine.config import CHECK_MODE_KEY, ENVIRONMENT_KEY, TARGET_KEY, WEBHOOK_KEY
+from engine.config import ENVIRONMENT_KEY, TARGET_KEY, WEBHOOK_KEY
 
 task = pytest.mark.task
 
@@ -38,9 +40,4 @@ def set_signal_webhook(config: pytest.Config, url: str | None, timeout: float = 
         config.stash[WEBHOOK_KEY] = (url, timeout)
 
 
-def set_check_mode(config: pytest.Config, enabled: bool = True) -> None:
-    """Mark this run as a dry run (--check); call it in pytest_configure."""
-    config.stash[CHECK_MODE_KEY] = enabled
-
-
-__all__ = ["add_environment", "set_check_mode", "set_signal_webhook", "set_target_name", "task"]
+__all__ = ["add_environment", "set_signal_webhook", "set_target_name", "task"]
