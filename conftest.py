@@ -1,4 +1,4 @@
-"""The suite's plugins: the engine (plan, ordering, signals, timeline, Allure) and the
-targets (config, scratch servers, SSH, waivers, apply modes)."""
+"""The suite's plugins: the engine (plan, ordering, run modes, signals, timeline, Allure) and
+the targets (config, inventory, SSH, waivers, change counts)."""
 
 pytest_plugins = ["engine.plugin", "targets.plugin"]

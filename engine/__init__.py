@@ -7,10 +7,12 @@ The small API for test modules and other plugins:
 - `add_environment(config, key, value)`: a line in Allure's environment.properties.
 - `set_target_name(config, name)`: the target team verdicts are recorded for (--resume).
 - `set_signal_webhook(config, url, timeout)`: the chat webhook for completion signals.
-- `set_check_mode(config)`: this run is a dry run (--check): the controller prints and writes
-  the would-change ops (reports/check.md, reports/check.json) and records no verdicts green.
 - `teams_to_run(config)`: the implemented teams this run may execute (their roles decide
   which hosts a run needs).
+
+The contract with the targets plugin and the phase modules (run modes, skip reasons, apply
+fixtures, change counts) is `engine.contract`; the engine owns ``--check`` and
+``--verify-only`` and sets the mode (`engine.contract.mode`) in its pytest_configure.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import pytest
 
 from engine import contract
-from engine.config import CHECK_MODE_KEY, ENVIRONMENT_KEY, TARGET_KEY, WEBHOOK_KEY
+from engine.config import ENVIRONMENT_KEY, TARGET_KEY, WEBHOOK_KEY
 from engine.plan import Team
 
 task = pytest.mark.task
@@ -44,11 +46,6 @@ def set_signal_webhook(config: pytest.Config, url: str | None, timeout: float = 
         config.stash[WEBHOOK_KEY] = (url, timeout)
 
 
-def set_check_mode(config: pytest.Config, enabled: bool = True) -> None:
-    """Mark this run as a dry run (--check); call it in pytest_configure."""
-    config.stash[CHECK_MODE_KEY] = enabled
-
-
 def teams_to_run(config: pytest.Config) -> list[Team]:
     """The implemented teams this run may execute (empty when no plan is loaded)."""
     from engine.plugin import SETTINGS_KEY
@@ -60,7 +57,6 @@ def teams_to_run(config: pytest.Config) -> list[Team]:
 __all__ = [
     "add_environment",
     "apply_fixture",
-    "set_check_mode",
     "set_signal_webhook",
     "set_target_name",
     "task",

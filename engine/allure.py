@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.contract import SkipKind, reason_pattern
 from steps.redact import Redactor
 
 # First match wins in Allure; apply failures are exceptions other than AssertionError, so
@@ -25,12 +26,17 @@ CATEGORIES = [
     {
         "name": "blocked",
         "matchedStatuses": ["skipped"],
-        "messageRegex": "(?s).*blocked by Team .*",
+        "messageRegex": reason_pattern(SkipKind.BLOCKED),
     },
     {
         "name": "waived",
         "matchedStatuses": ["skipped"],
-        "messageRegex": "(?s).*waived: .*",
+        "messageRegex": reason_pattern(SkipKind.WAIVED),
+    },
+    {
+        "name": "not verified (check mode)",
+        "matchedStatuses": ["skipped"],
+        "messageRegex": reason_pattern(SkipKind.CHECK),
     },
     {
         "name": "apply failed",

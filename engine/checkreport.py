@@ -1,19 +1,20 @@
 """The dry run's plan (``--check``): what every team would change, like
 ``ansible-playbook --check --diff``.
 
-The targets plugin hands each report's would-change ops to the controller as the user
-property ``("hvs_would_change", [{"op": "[host] => op", "diff": "..."}])`` (diffs already
-redacted by the runner; sensitive files carry no diff). The controller prints them per team
-in the terminal section "would change (check mode)", long diffs cut with a pointer, and
-writes the full list with every diff to ``reports/check.md`` and ``reports/check.json``.
-Pure functions: no pytest, no I/O beyond `write`.
+Each report carries its would-change ops (`engine.contract.add_changes`: ``"[host] => op"``
+and the runner's diff, already redacted; sensitive files carry no diff). The controller
+prints them per team in the terminal section "would change (check mode)", long diffs cut
+with a pointer, and writes the full list with every diff to ``reports/check.md`` and
+``reports/check.json``. Pure functions: no pytest, no I/O beyond `write`.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
+from engine import contract
 from engine.run import TeamRun
 
 SECTION = "would change (check mode)"
@@ -34,8 +35,10 @@ def summary_line(run: TeamRun) -> str:
     count = total(run)
     teams = sum(1 for name in teams_with_plan(run) if run.teams[name].would_change)
     if not count:
-        return "check mode: nothing would change; nothing was applied or verified"
-    return f"check mode: {count} op(s) would change in {teams} team(s); nothing was applied or verified"
+        return contract.check_reason("nothing would change; nothing was applied or verified")
+    return contract.check_reason(
+        f"{count} op(s) would change in {teams} team(s); nothing was applied or verified"
+    )
 
 
 def terminal_lines(run: TeamRun, markdown_path: Path, limit: int = TERMINAL_DIFF_LINES) -> list[str]:
@@ -45,8 +48,8 @@ def terminal_lines(run: TeamRun, markdown_path: Path, limit: int = TERMINAL_DIFF
         ops = status.would_change
         lines.append(f"Team {name} ({status.verdict.value}): {len(ops)} op(s) would change")
         for entry in ops:
-            lines.append(f"  ~ {entry['op']}")
-            diff = entry.get("diff")
+            lines.append(f"  ~ {entry.op}")
+            diff = entry.diff
             if not diff:
                 continue
             diff_lines = diff.rstrip("\n").splitlines()
@@ -69,7 +72,7 @@ def _notes(run: TeamRun, name: str) -> list[str]:
         if "; " in reason and reason not in seen:
             seen.append(reason)
     if status.blocked_by:
-        seen.append(f"blocked by {status.blocked_by}")
+        seen.append(contract.blocked_reason(status.blocked_by))
     seen.extend(f"failed: {failure}" for failure in status.failures)
     return seen
 
@@ -82,7 +85,7 @@ def document(run: TeamRun, target: str) -> dict[str, object]:
             {
                 "team": name,
                 "outcome": run.teams[name].verdict.value,
-                "would_change": run.teams[name].would_change,
+                "would_change": [asdict(entry) for entry in run.teams[name].would_change],
                 "notes": _notes(run, name),
             }
             for name in teams_with_plan(run)
@@ -96,10 +99,10 @@ def markdown(run: TeamRun, target: str) -> str:
         status = run.teams[name]
         out += [f"## Team {name} ({status.verdict.value}): {len(status.would_change)} op(s)", ""]
         for entry in status.would_change:
-            out.append(f"- `{entry['op']}`")
-            if entry.get("diff"):
-                fence = "````" if "```" in str(entry["diff"]) else "```"
-                out += ["", f"{fence}diff", str(entry["diff"]).rstrip("\n"), fence, ""]
+            out.append(f"- `{entry.op}`")
+            if entry.diff:
+                fence = "````" if "```" in entry.diff else "```"
+                out += ["", f"{fence}diff", entry.diff.rstrip("\n"), fence, ""]
         for note in _notes(run, name):
             out.append(f"- note: {note}")
         out.append("")

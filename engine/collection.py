@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from engine import allure
+from engine import allure, contract
 from engine.config import EngineSettings
-from engine.run import BLOCKED_PREFIX
 from engine.state import RecordedVerdict, TeamGate, Verdict
 
 BOUNDARY_NAME = "engine-team-boundary"
@@ -63,6 +62,8 @@ def selection_problems(
             hint = "select it too, use --teams to pull prerequisites in"
             if record is not None and record.verdict == Verdict.GREEN.value:
                 hint += ", or --resume to count its recorded green run"
+            elif record is not None and record.verdict == Verdict.WAIVED.value:
+                hint += " (--resume counts only green: a waived team verified nothing)"
             problems.append(f"Team {team} needs Team {req}, which is {state} ({history}); {hint}")
     return problems
 
@@ -159,7 +160,7 @@ class TeamCollector:
         gates = self.gates()
         own = gates.get(team)
         if own is not None and own.verdict is Verdict.BLOCKED and own.blocked_by:
-            return f"{BLOCKED_PREFIX}{own.blocked_by}"
+            return contract.blocked_reason(own.blocked_by)
         for req in self.settings.plan[team].requires:
             gate = gates.get(req)
             if gate is None or not gate.verdict.unblocks:
@@ -167,7 +168,7 @@ class TeamCollector:
                 if cause is None:
                     state = gate.verdict.value if gate is not None else "unknown"
                     cause = f"Team {req} ({'not finished' if state == 'pending' else state})"
-                return f"{BLOCKED_PREFIX}{cause}"
+                return contract.blocked_reason(cause)
         return None
 
     @pytest.hookimpl(tryfirst=True)

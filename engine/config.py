@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 
 from engine.plan import Plan, Team
-from engine.state import RecordedVerdict, VerdictLog
+from engine.state import RecordedVerdict, Verdict, VerdictLog
 
 TARGET_KEY = pytest.StashKey[str]()
 ENVIRONMENT_KEY = pytest.StashKey[dict[str, str]]()
 WEBHOOK_KEY = pytest.StashKey[tuple[str, float]]()
-CHECK_MODE_KEY = pytest.StashKey[bool]()
 
 DEFAULT_TARGET = "default"
 
@@ -68,7 +67,8 @@ class EngineSettings:
         while stack:
             name = stack.pop()
             record = recorded.get(name)
-            if name in wanted or (self.resume and record is not None and record.verdict == "green"):
+            counted = self.resume and record is not None and record.verdict == Verdict.GREEN.value
+            if name in wanted or counted:
                 continue
             wanted.add(name)
             stack.extend(self.plan[name].requires)

@@ -8,6 +8,7 @@ skip reason or a user-property key of its own.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -69,11 +70,22 @@ def blocked_reason(cause: str) -> str:
     return f"{_BLOCKED}{cause}"
 
 
+_PREFIXES = {SkipKind.WAIVED: _WAIVED, SkipKind.CHECK: _CHECK, SkipKind.BLOCKED: _BLOCKED}
+
+
 def skip_kind(reason: str) -> SkipKind:
-    for prefix, kind in ((_WAIVED, SkipKind.WAIVED), (_CHECK, SkipKind.CHECK), (_BLOCKED, SkipKind.BLOCKED)):
+    for kind, prefix in _PREFIXES.items():
         if reason.startswith(prefix):
             return kind
     return SkipKind.OTHER
+
+
+def reason_pattern(kind: SkipKind) -> str:
+    """A regular expression matching a whole message that carries a skip reason of ``kind``
+    (e.g. Allure's "Skipped: <reason>"), for tools that classify by message."""
+    if kind not in _PREFIXES:
+        raise ValueError(f"no reason pattern for {kind.value!r} skips")
+    return "(?s).*" + re.escape(_PREFIXES[kind]) + ".*"
 
 
 def waive(item: pytest.Item, capability: str, profile: str) -> None:

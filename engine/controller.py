@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from engine import allure, checkreport, timeline
-from engine.config import CHECK_MODE_KEY, ENVIRONMENT_KEY, WEBHOOK_KEY, EngineSettings
+from engine import allure, checkreport, contract, timeline
+from engine.config import ENVIRONMENT_KEY, WEBHOOK_KEY, EngineSettings
 from engine.run import TeamRun
 from engine.scheduler import DAGScheduling
 from engine.signals import Signal, SignalLog, WebhookPoster
@@ -27,12 +27,14 @@ from steps.redact import Redactor
 
 SIGNALLED = {
     Verdict.GREEN: "green",
+    Verdict.WAIVED: "waived",
     Verdict.FAILED: "failed",
     Verdict.BLOCKED: "blocked",
     Verdict.CHECKED: "checked",
 }
 # A dry run verifies nothing: its "checked" is never recorded (an earlier verdict stays).
-RECORDED = {Verdict.GREEN, Verdict.FAILED, Verdict.BLOCKED}
+# "waived" is recorded (it replaces an earlier green) but --resume counts only green.
+RECORDED = {Verdict.GREEN, Verdict.WAIVED, Verdict.FAILED, Verdict.BLOCKED}
 TEAM_UNIT = "team:"
 
 
@@ -57,8 +59,8 @@ class EngineController:
 
     @property
     def check_mode(self) -> bool:
-        """A dry run: the targets plugin said so, or some team was checked rather than verified."""
-        if self.config.stash.get(CHECK_MODE_KEY, False):
+        """A dry run: --check, or some team was checked rather than verified."""
+        if contract.mode(self.config) == "check":
             return True
         return self.run is not None and any(s.verdict is Verdict.CHECKED for s in self.run.teams.values())
 
@@ -118,7 +120,7 @@ class EngineController:
             self.settings.module_nodeid,
             implemented,
             green,
-            check_mode=self.config.stash.get(CHECK_MODE_KEY, False),
+            check_mode=contract.mode(self.config) == "check",
         )
         if not self.run.active:
             return
@@ -155,7 +157,7 @@ class EngineController:
             return
         issues = list(status.issues)
         if status.verdict is Verdict.BLOCKED and status.blocked_by:
-            issues.insert(0, f"blocked by {status.blocked_by}")
+            issues.insert(0, contract.blocked_reason(status.blocked_by))
         signal = Signal(
             team=name,
             verdict=kind,
@@ -274,28 +276,35 @@ class EngineController:
             self.check_files = checkreport.write(self.run, reports, self.settings.target_name)
         directory = allure.allure_dir(self.config)
         if directory is not None:
-            collected = self.run.collected_teams()
-            expected = Verdict.CHECKED if self.check_mode else Verdict.GREEN
-            not_green = [
-                name
-                for name in collected
-                if not (self.run.teams[name].verdict.counts_green or self.run.teams[name].verdict is expected)
-            ]
-            message = (
-                (checkreport.summary_line(self.run) if self.check_mode else "every collected team is green")
-                if not not_green
-                else "not green: "
-                + ", ".join(f"Team {n} ({self.run.teams[n].verdict.value})" for n in not_green)
-            )
+            passed, message = self._run_summary()
             allure.write_summary(
                 directory,
                 name="Run summary: team verdicts and timeline",
-                passed=not not_green,
+                passed=passed,
                 message=message,
                 attachments={"Timeline": markdown},
                 start=self.started,
                 stop=time.time(),
             )
+
+    def _run_summary(self) -> tuple[bool, str]:
+        """The run's entry in Allure: passed when every collected team is green (checked in a
+        dry run); a waived team was not verified, so it is not."""
+        assert self.run is not None
+        expected = Verdict.CHECKED if self.check_mode else Verdict.GREEN
+        teams = self.run.teams
+        not_green = [
+            name
+            for name in self.run.collected_teams()
+            if not (teams[name].verdict.counts_green or teams[name].verdict is expected)
+        ]
+        if not_green:
+            return False, "not green: " + ", ".join(
+                f"Team {name} ({teams[name].verdict.value})" for name in not_green
+            )
+        if self.check_mode:
+            return True, checkreport.summary_line(self.run)
+        return True, "every collected team is green"
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -333,6 +342,7 @@ class EngineController:
             write(note)
         if self.check_mode:
             write(checkreport.summary_line(run))
+        write(timeline.summary_line(run))
 
     @pytest.hookimpl
     def pytest_unconfigure(self, config: pytest.Config) -> None:

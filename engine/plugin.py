@@ -2,8 +2,12 @@
 
 Hooks, by process:
 
-- every process: ``pytest_addoption`` (group "hypervisor suite engine"),
-  ``pytest_configure`` (loads and validates the plan; registers the parts below).
+- every process: ``pytest_addoption`` (group "hypervisor suite engine", with the run modes
+  ``--check`` and ``--verify-only``), ``pytest_configure`` (tryfirst: sets the run's mode,
+  `engine.contract.set_mode`, before any other plugin's pytest_configure reads it; loads and
+  validates the plan; registers the parts below).
+- every process that runs tests, under ``--check``: `engine.checkmode.CheckMode` (apply
+  fixtures only, check bodies skipped).
 - collecting process (each xdist worker, or the only process): `engine.collection.TeamCollector`
   - ``pytest_collection_modifyitems`` (trylast: after -k/-m deselection): --teams, markers,
     Allure labels, the selection check, topological order;
@@ -28,11 +32,14 @@ from pathlib import Path
 
 import pytest
 
+from engine import contract
+from engine.checkmode import CheckMode
 from engine.collection import TeamCollector
 from engine.config import ENVIRONMENT_KEY, EngineSettings
+from engine.contract import SkipKind
 from engine.controller import EngineController
 from engine.plan import PlanError, load_plan
-from engine.run import CHECK_PREFIX, WAIVED_PREFIX, skip_reason
+from engine.run import skip_reason
 from engine.state import SharedState, write_json_atomic
 
 SETTINGS_KEY = pytest.StashKey[EngineSettings]()
@@ -76,18 +83,43 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="SECONDS",
         help="time-out of one webhook post (default 5)",
     )
+    for option, dest, text in MODE_OPTIONS:
+        group.addoption(option, dest=dest, action="store_true", help=text)
     parser.addini("plan_file", "the plan (teams, phases, prerequisites) as TOML", default="phases/plan.toml")
     parser.addini("reports_dir", "directory for signals, timeline and recorded verdicts", default="reports")
     parser.addini("signal_webhook", "chat webhook URL for completion signals", default="")
 
 
+# (option, dest, help): the run's mode; both absent means "apply".
+MODE_OPTIONS = (
+    (
+        "--check",
+        "engine_check",
+        "dry run: apply fixtures only report what they would change (with diffs); every other "
+        "fixture of a team module is not set up and every check is skipped (not verified)",
+    ),
+    ("--verify-only", "engine_verify_only", "run the read-only checks only; apply steps do nothing"),
+)
+
+
+def _mode(config: pytest.Config) -> contract.Mode:
+    check = bool(config.getoption("engine_check", False))
+    verify = bool(config.getoption("engine_verify_only", False))
+    if check and verify:
+        raise pytest.UsageError("--check and --verify-only exclude each other; choose one")
+    return "check" if check else "verify" if verify else "apply"
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, tuple[str, dict]] | None:
+    if not report.skipped:
+        return None
+    kind = contract.skip_kind(skip_reason(report))
     # A waiver is not an ordinary skip: count and show it as its own outcome ("12 waived").
-    if report.skipped and skip_reason(report).startswith(WAIVED_PREFIX):
+    if kind is SkipKind.WAIVED:
         return "waived", "w", ("WAIVED", {"yellow": True})
     # Nor is a dry run's skip (--check): "12 checked", not "12 skipped".
-    if report.skipped and skip_reason(report).startswith(CHECK_PREFIX):
+    if kind is SkipKind.CHECK:
         return "checked", "c", ("CHECKED", {"cyan": True})
     return None
 
@@ -97,8 +129,13 @@ def _resolve(config: pytest.Config, value: str) -> Path:
     return path if path.is_absolute() else config.rootpath / path
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "task(name): the plan task a check belongs to (the Allure story)")
+    mode = _mode(config)
+    contract.set_mode(config, mode)
+    if mode == "check":
+        config.pluginmanager.register(CheckMode(), "engine-check-mode")
     explicit = config.getoption("engine_plan")
     plan_path = _resolve(config, explicit or config.getini("plan_file"))
     if not plan_path.is_file() and not explicit:

@@ -1,14 +1,16 @@
 """The controller's account of one run: which tests belong to which team, each team's
 verdict as reports arrive, and who is blocked by whom.
 
-A team is green when every report of every one of its tests passed or was skipped as a
-waiver (reason starting with ``waived:``). In a dry run (``--check``) the targets plugin skips
-every check with a reason starting ``check mode:``: such a skip is not a failure either, and a
-team with at least one of them (and no failure) is "checked", which unblocks its dependents
-like green but is not green. Any other skip, a failure or an error makes it
+Skips are told apart by `engine.contract.skip_kind`. A team is green when every report of
+every one of its tests passed or was skipped as a waiver, and at least one test was not
+waived; a team whose every test was waived is "waived": nothing of it failed and nothing was
+verified, so it unblocks its dependents like green but is not green. In a dry run
+(``--check``) every check is skipped as a check-mode skip: such a skip is not a failure
+either, and a team with at least one of them (and no failure) is "checked", which unblocks
+its dependents like green but is not green. Any other skip, a failure or an error makes it
 not green; its transitive dependents are blocked at once (not when their turn comes), with
-the reason ``blocked by Team X (test id)`` naming the root-cause team and its first failing
-test. Pure bookkeeping: no pytest hooks, no I/O, so it is unit-testable with fake reports.
+`contract.blocked_reason` naming the root-cause team and its first failing test. Pure
+bookkeeping: no pytest hooks, no I/O, so it is unit-testable with fake reports.
 """
 
 from __future__ import annotations
@@ -18,15 +20,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from engine import contract
+from engine.contract import SkipKind, WouldChange
 from engine.plan import Plan
 from engine.state import RecordedVerdict, TeamGate, Verdict
 
-WAIVED_PREFIX = "waived:"
-CHECK_PREFIX = "check mode:"
-BLOCKED_PREFIX = "blocked by "
-CHANGES_PROPERTY = "hvs_changes"
-# [{"op": "[host] => op", "diff": str | None}, ...]: ops that would change (--check).
-WOULD_CHANGE_PROPERTY = "hvs_would_change"
+NOT_VERIFIED_WAIVED = "not verified: every check was waived"
 
 
 class ReportLike(Protocol):
@@ -68,10 +67,12 @@ class TeamStatus:
     first_failure: str | None = None
     failures: list[str] = field(default_factory=list)
     waivers: list[str] = field(default_factory=list)
-    # Tests skipped as "check mode: ..." (a dry run): "<test id>: <reason>".
+    # Tests skipped as waived, by node id (all of them: the team is "waived").
+    waived_tests: set[str] = field(default_factory=set)
+    # Tests skipped in check mode (a dry run): "<test id>: <reason>".
     checked: list[str] = field(default_factory=list)
-    # Ops that would change (--check), in order: {"op": ..., "diff": ...}.
-    would_change: list[dict[str, str | None]] = field(default_factory=list)
+    # Ops that would change (--check), in order.
+    would_change: list[WouldChange] = field(default_factory=list)
     # Set when a failure is seen; the verdict is final when the last test finishes.
     failing: bool = False
     start: float | None = None
@@ -92,7 +93,12 @@ class TeamStatus:
     def issues(self) -> list[str]:
         """Failures one by one; waivers counted per reason (the full list is in the timeline)."""
         reasons = Counter(entry.split(": ", 1)[1] for entry in self.waivers)
-        return [*self.failures, *(f"{count} check(s) {reason}" for reason, count in reasons.items())]
+        unverified = [NOT_VERIFIED_WAIVED] if self.verdict is Verdict.WAIVED else []
+        return [
+            *unverified,
+            *self.failures,
+            *(f"{count} check(s) {reason}" for reason, count in reasons.items()),
+        ]
 
 
 class TeamRun:
@@ -201,21 +207,21 @@ class TeamRun:
             status.end = stop if status.end is None else max(status.end, stop)
         if status.worker is None:
             status.worker = report_worker(report)
-        for key, value in getattr(report, "user_properties", ()) or ():
-            if key == CHANGES_PROPERTY and isinstance(value, int):
-                status.changes += value
-            elif key == WOULD_CHANGE_PROPERTY and isinstance(value, list | tuple):
-                status.would_change.extend(_would_change_entry(entry) for entry in value)
+        count, would_change = contract.changes(report)
+        status.changes += count
+        status.would_change.extend(would_change)
         problem: str | None = None
         if report.outcome == "failed":
             problem = report.nodeid if report.when in ("call", "???") else f"{report.nodeid} ({report.when})"
         elif report.outcome == "skipped":
             reason = skip_reason(report)
-            if reason.startswith(WAIVED_PREFIX):
+            kind = contract.skip_kind(reason)
+            if kind is SkipKind.WAIVED:
                 status.waivers.append(f"{report.nodeid}: {reason}")
-            elif reason.startswith(CHECK_PREFIX):
+                status.waived_tests.add(report.nodeid)
+            elif kind is SkipKind.CHECK:
                 status.checked.append(f"{report.nodeid}: {reason}")
-            elif reason.startswith(BLOCKED_PREFIX) and status.verdict is Verdict.BLOCKED:
+            elif kind is SkipKind.BLOCKED and status.verdict is Verdict.BLOCKED:
                 pass
             else:
                 problem = f"{report.nodeid} (skipped: {reason})"
@@ -233,7 +239,11 @@ class TeamRun:
     def _finished_verdict(self, status: TeamStatus) -> Verdict:
         if status.failing:
             return Verdict.FAILED
-        return Verdict.CHECKED if status.checked or self.check_mode else Verdict.GREEN
+        if status.checked or self.check_mode:
+            return Verdict.CHECKED
+        if status.waived_tests >= set(status.nodeids):
+            return Verdict.WAIVED
+        return Verdict.GREEN
 
     def stop_unfinished(self) -> list[str]:
         """At the end of a run: teams collected but never finished are "not run"."""
@@ -251,7 +261,8 @@ class TeamRun:
         return settled
 
     def next_teams(self, team: str) -> list[str]:
-        """Dependents of `team` that can start now that it is green (or checked)."""
+        """Dependents of `team` that can start now that it unblocks them (green, waived or
+        checked)."""
         return [
             dep
             for dep in self.plan.dependents(team)
@@ -259,10 +270,3 @@ class TeamRun:
             and not self.teams[dep].verdict.settled
             and all(self.teams[req].verdict.unblocks for req in self.plan[dep].requires)
         ]
-
-
-def _would_change_entry(entry: object) -> dict[str, str | None]:
-    if isinstance(entry, dict):
-        diff = entry.get("diff")
-        return {"op": str(entry.get("op", "")), "diff": None if diff is None else str(diff)}
-    return {"op": str(entry), "diff": None}

@@ -1,6 +1,6 @@
 """Completion signals in the plan's format ("Signal Format" in docs/AGENT_TEAMS_PLAN.md):
 
-    ✅ ALPHA COMPLETE            (❌ ALPHA FAILED / ⛔ ALPHA BLOCKED / 🔎 ALPHA CHECKED)
+    ✅ ALPHA COMPLETE     (⚠️ ALPHA WAIVED / ❌ ALPHA FAILED / ⛔ ALPHA BLOCKED / 🔎 ALPHA CHECKED)
     Phase: 1
     Duration: 12.3 s
     Issues: None
@@ -28,6 +28,8 @@ from steps.redact import Redactor
 
 HEADLINES = {
     "green": ("✅", "COMPLETE"),
+    # Every check was waived: dependents may start, nothing of the team was verified.
+    "waived": ("⚠️", "WAIVED"),
     "failed": ("❌", "FAILED"),
     "blocked": ("⛔", "BLOCKED"),
     # A dry run (--check): the team's would-change ops are known, nothing was verified.
@@ -38,7 +40,7 @@ HEADLINES = {
 @dataclass(frozen=True)
 class Signal:
     team: str
-    verdict: str  # "green" | "failed" | "blocked" | "checked"
+    verdict: str  # "green" | "waived" | "failed" | "blocked" | "checked"
     phase: int
     duration: float
     issues: list[str] = field(default_factory=list)

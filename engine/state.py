@@ -24,7 +24,11 @@ from typing import Any
 class Verdict(StrEnum):
     PENDING = "pending"
     GREEN = "green"
-    # A --check run (dry run): every test skipped as "check mode: ..." or waived, nothing
+    # Every test of the team was waived (the target's profile cannot provide what it
+    # checks, e.g. Base on a scratch target): nothing failed and nothing was verified. It
+    # unblocks its dependents like green, is recorded, and never counts for --resume.
+    WAIVED = "waived"
+    # A --check run (dry run): every test skipped in check mode or waived, nothing
     # failed. Not verified: it lets dependents run their own dry run, never counts as
     # green for --resume and is never recorded.
     CHECKED = "checked"
@@ -40,12 +44,14 @@ class Verdict(StrEnum):
 
     @property
     def counts_green(self) -> bool:
+        """Verified: green in this run or, with --resume, in a recorded one."""
         return self in (Verdict.GREEN, Verdict.RECORDED_GREEN)
 
     @property
     def unblocks(self) -> bool:
-        """Whether dependents may run after this team (green, or checked in a dry run)."""
-        return self.counts_green or self is Verdict.CHECKED
+        """Whether dependents may run after this team: green, all waived, or checked in a
+        dry run. Only `counts_green` teams were verified."""
+        return self.counts_green or self in (Verdict.WAIVED, Verdict.CHECKED)
 
     @property
     def settled(self) -> bool:

@@ -11,6 +11,7 @@ The same figures from the plan's estimated hours (upper bounds) are shown beside
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 from engine.plan import Plan
@@ -23,6 +24,8 @@ class TeamSpan:
     team: str
     phase: int
     outcome: str
+    # Green in this run (or recorded green with --resume); "waived" and "checked" are not.
+    verified: bool
     start: float | None
     end: float | None
     duration: float
@@ -51,6 +54,7 @@ def spans(run: TeamRun) -> list[TeamSpan]:
                 team=name,
                 phase=status.phase,
                 outcome=status.verdict.value,
+                verified=status.verdict.counts_green,
                 start=status.start,
                 end=status.end,
                 duration=status.duration,
@@ -97,6 +101,7 @@ def timeline_document(run: TeamRun, workers: int) -> dict[str, object]:
         "origin": origin,
         "workers": workers,
         "teams": [asdict(span) for span in team_spans],
+        "counts": verdict_counts(run),
         "comparison": asdict(measured(run)),
         "plan_estimate_hours": asdict(estimated(run.plan)),
     }
@@ -126,13 +131,39 @@ def comparison_table(run: TeamRun) -> list[str]:
 PLAN_TIME_BOUND_HOURS = 26
 
 
+# Always counted in the summary line, in this order; other verdicts only when present.
+COUNTED = (Verdict.GREEN, Verdict.WAIVED, Verdict.FAILED, Verdict.BLOCKED, Verdict.NOT_IMPLEMENTED)
+COUNTED_WHEN_PRESENT = (Verdict.CHECKED, Verdict.NOT_RUN, Verdict.RECORDED_GREEN, Verdict.NOT_SELECTED)
+
+
+def verdict_counts(run: TeamRun) -> dict[str, int]:
+    """Teams per verdict: every verdict of `COUNTED`, the others when some team has them."""
+    counts = Counter(status.verdict for status in run.teams.values())
+    shown = [*COUNTED, *(verdict for verdict in COUNTED_WHEN_PRESENT if counts[verdict])]
+    return {verdict.value: counts[verdict] for verdict in shown}
+
+
+def summary_line(run: TeamRun) -> str:
+    """The end-of-run count of the plan's teams per verdict: "teams: 3 green, 1 waived (not
+    verified), 0 failed, ..."."""
+    parts = []
+    for verdict, count in verdict_counts(run).items():
+        note = " (not verified)" if verdict == Verdict.WAIVED.value and count else ""
+        parts.append(f"{count} {verdict}{note}")
+    return f"teams: {', '.join(parts)}"
+
+
+def outcome_text(verdict: Verdict) -> str:
+    """A verdict as the team table shows it: a waived team says it was not verified."""
+    return "waived (not verified)" if verdict is Verdict.WAIVED else verdict.value
+
+
 def success_metrics(run: TeamRun) -> list[str]:
     """The plan's "Success Metrics" that a run can measure (merge conflicts and coordination
     between people have no counterpart here). A guard rollback fails its team, so "no step
     required rollback" holds when no team failed."""
-    done = {Verdict.GREEN, Verdict.RECORDED_GREEN}
-    complete = [name for name, status in run.teams.items() if status.verdict in done]
-    missing = [name for name, status in run.teams.items() if status.verdict not in done]
+    complete = [name for name, status in run.teams.items() if status.verdict.counts_green]
+    missing = [name for name, status in run.teams.items() if not status.verdict.counts_green]
     failed = [name for name, status in run.teams.items() if status.verdict is Verdict.FAILED]
     makespan = measured(run).makespan
 
@@ -161,7 +192,9 @@ def team_table(run: TeamRun) -> list[str]:
     ]
     for span in team_spans:
         start = "" if span.start is None else f"{span.start - origin:.1f}"
-        outcome = span.outcome if not span.blocked_by else f"{span.outcome}: {span.blocked_by}"
+        outcome = outcome_text(Verdict(span.outcome))
+        if span.blocked_by:
+            outcome = f"{outcome}: {span.blocked_by}"
         lines.append(
             f"| {span.team} | {span.phase} | {outcome} | {start} | {span.duration:.1f} | "
             f"{span.worker or ''} | {span.changes} | {span.tests} |"
@@ -181,6 +214,8 @@ def timeline_markdown(run: TeamRun) -> str:
             *comparison_table(run),
             "",
             *success_metrics(run),
+            "",
+            summary_line(run),
             "",
         ]
     )

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from synthetic import run, sleeper, timeline, write_suite
+from synthetic import run, signals, sleeper, timeline, write_suite
+
+from engine import contract
+from engine.allure import CATEGORIES
+from engine.contract import SkipKind
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.usefixtures("engine_env")
@@ -125,35 +130,156 @@ def test_allure_results_carry_plan_labels_and_categories(pytester: pytest.Pytest
     assert "profile=scratch password=" in environment and "hunter2" not in environment
 
 
-def test_waivers_count_green_and_show_as_their_own_outcome(pytester: pytest.Pytester) -> None:
-    waived = "\n".join(
-        [
-            "import pytest",
-            "",
+KVM = contract.waiver_reason("kvm", "scratch")
+
+# How a targets plugin waives: a capability marker the target's profile cannot provide.
+WAIVING_CONFTEST = """
+from engine import contract
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "requires(capability): a capability a profile may waive")
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for mark in item.iter_markers("requires"):
+            contract.waive(item, mark.args[0], "scratch")
+"""
+
+
+def waived_module(*tests: str, passing: tuple[str, ...] = ()) -> str:
+    lines = ["import pytest", ""]
+    for name in tests:
+        lines += [
+            '@pytest.mark.requires("kvm")',
             "@pytest.mark.task('Main task')",
-            "def test_needs_kvm():",
-            "    pytest.skip('waived: kvm (profile scratch)')",
+            f"def {name}():",
+            "    1 / 0",
             "",
-            "@pytest.mark.task('Main task')",
-            "def test_plain():",
-            "    pass",
         ]
-    )
+    for name in passing:
+        lines += ["@pytest.mark.task('Main task')", f"def {name}():", "    pass", ""]
+    return "\n".join(lines)
+
+
+def test_waivers_beside_passes_count_green_and_show_as_their_own_outcome(pytester: pytest.Pytester) -> None:
     write_suite(
         pytester,
         {"Alpha": (1, []), "Bravo": (2, ["Alpha"])},
-        {"Alpha": waived, "Bravo": sleeper("Bravo")},
+        {"Alpha": waived_module("test_needs_kvm", passing=("test_plain",)), "Bravo": sleeper("Bravo")},
     )
+    pytester.makeconftest(WAIVING_CONFTEST)
     result = run(pytester, "-p", "no:xdist")
     assert result.ret == 0
     result.stdout.fnmatch_lines(["*3 passed, 1 waived*"])
-    result.stdout.fnmatch_lines(["Issues: 1 check(s) waived: kvm (profile scratch)"])
-    result.stdout.fnmatch_lines(["  WAIVED test_alpha.py::test_needs_kvm: waived: kvm (profile scratch)"])
-    assert timeline(pytester)["Bravo"]["outcome"] == "green"
-    # Waivers do not stand in the way of the plan's success metrics.
+    result.stdout.fnmatch_lines([f"Issues: 1 check(s) {KVM}"])
+    result.stdout.fnmatch_lines([f"  WAIVED test_alpha.py::test_needs_kvm: {KVM}"])
+    assert {name: entry["outcome"] for name, entry in timeline(pytester).items()} == {
+        "Alpha": "green",
+        "Bravo": "green",
+    }
+    # Waivers beside verified checks do not stand in the way of the plan's success metrics.
     result.stdout.fnmatch_lines(
         [
             "  all phases complete with verification passing: yes (2/2 teams green)",
             "  no step required rollback (no team failed): yes",
+            "teams: 2 green, 0 waived, 0 failed, 0 blocked, 0 not implemented",
         ]
     )
+
+
+@pytest.mark.parametrize("xdist", [("-p", "no:xdist"), ("-n", "2")], ids=["no-xdist", "n2"])
+def test_a_team_with_every_check_waived_is_waived_not_green(
+    pytester: pytest.Pytester, xdist: tuple[str, str]
+) -> None:
+    teams = {"Base": (0, []), "Alpha": (1, ["Base"]), "Bravo": (2, ["Alpha"])}
+    bodies = {
+        "Base": waived_module("test_kvm", "test_boot"),
+        "Alpha": sleeper("Alpha"),
+        "Bravo": sleeper("Bravo"),
+    }
+    write_suite(pytester, teams, bodies)
+    pytester.makeconftest(WAIVING_CONFTEST)
+    result = run(pytester, *xdist, "--alluredir", "allure-results")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*4 passed, 2 waived*"])
+    # Its dependents ran (the gate unblocks them, also across xdist workers).
+    outcomes = {name: (entry["outcome"], entry["verified"]) for name, entry in timeline(pytester).items()}
+    assert outcomes == {"Base": ("waived", False), "Alpha": ("green", True), "Bravo": ("green", True)}
+    base = next(signal for signal in signals(pytester) if signal["team"] == "Base")
+    assert base["verdict"] == "waived"
+    assert base["text"].splitlines() == [
+        "⚠️ BASE WAIVED",
+        "Phase: 0",
+        f"Duration: {base['duration']:.1f} s",
+        f"Issues: not verified: every check was waived; 2 check(s) {KVM}",
+        "Next Teams Can Start: Team Alpha",
+    ]
+    result.stdout.fnmatch_lines(["| Base | 0 | waived (not verified) |*"])
+    summary = [
+        "  all phases complete with verification passing: no (2/3 teams green; Base (waived))",
+        "  total time < 26 h: yes (*",
+        "  no step required rollback (no team failed): yes",
+        "teams: 2 green, 1 waived (not verified), 0 failed, 0 blocked, 0 not implemented",
+    ]
+    result.stdout.fnmatch_lines(summary)
+    markdown = (pytester.path / "reports" / "timeline.md").read_text().splitlines()
+    assert summary[0] in markdown and summary[-1] in markdown
+    document = json.loads((pytester.path / "reports" / "timeline.json").read_text())
+    assert document["counts"] == {"green": 2, "waived": 1, "failed": 0, "blocked": 0, "not implemented": 0}
+    recorded = json.loads((pytester.path / "reports" / "state" / "default.json").read_text())["teams"]
+    assert {name: entry["verdict"] for name, entry in recorded.items()} == {
+        "Base": "waived",
+        "Alpha": "green",
+        "Bravo": "green",
+    }
+    results = [json.loads(p.read_text()) for p in (pytester.path / "allure-results").glob("*-result.json")]
+    run_summary = next(r for r in results if r["fullName"] == "engine.run_summary")
+    assert run_summary["status"] == "failed"
+    assert run_summary["statusDetails"]["message"] == "not green: Team Base (waived)"
+
+
+def test_resume_does_not_count_a_recorded_waived_team(pytester: pytest.Pytester) -> None:
+    teams = {"Base": (0, []), "Alpha": (1, ["Base"])}
+    write_suite(pytester, teams, {"Base": waived_module("test_kvm"), "Alpha": sleeper("Alpha")})
+    pytester.makeconftest(WAIVING_CONFTEST)
+    assert run(pytester, "-p", "no:xdist").ret == 0
+    refused = run(pytester, "-p", "no:xdist", "-k", "alpha", "--resume")
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    refused.stderr.fnmatch_lines(
+        [
+            "*Team Alpha needs Team Base, which is not selected (last recorded waived at *); "
+            "*(--resume counts only green: a waived team verified nothing)"
+        ]
+    )
+    # --teams with --resume runs the waived prerequisite again (it costs only its skips).
+    again = run(pytester, "-p", "no:xdist", "--teams", "Alpha", "--resume")
+    assert again.parseoutcomes() == {"passed": 2, "waived": 1}
+    assert timeline(pytester)["Base"]["outcome"] == "waived"
+    assert "counted green" not in again.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        (SkipKind.WAIVED, KVM),
+        (SkipKind.BLOCKED, contract.blocked_reason("Team Alpha (test_alpha.py::test_1)")),
+        (SkipKind.CHECK, contract.check_reason()),
+    ],
+)
+def test_allure_categories_classify_skips_by_the_contract(kind: SkipKind, reason: str) -> None:
+    # Allure matches the whole message: "Skipped: <reason>"; first matching category wins.
+    message = f"Skipped: {reason}"
+    matched = [
+        c["name"] for c in CATEGORIES if "messageRegex" in c and re.fullmatch(c["messageRegex"], message)
+    ]
+    named = {
+        SkipKind.WAIVED: "waived",
+        SkipKind.BLOCKED: "blocked",
+        SkipKind.CHECK: "not verified (check mode)",
+    }
+    assert matched == [named[kind]]
+    assert not [
+        c
+        for c in CATEGORIES
+        if "messageRegex" in c and re.fullmatch(c["messageRegex"], "Skipped: no network")
+    ]

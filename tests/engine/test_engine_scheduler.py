@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from engine import contract
+from engine.contract import WouldChange
 from engine.plan import plan_from_data
 from engine.run import TeamRun
 from engine.scheduler import DAGScheduling
@@ -186,28 +188,63 @@ def test_not_implemented_team_blocks_its_dependents() -> None:
     assert not run.ready("B")  # waits for A
 
 
-def test_waived_skip_is_green_and_other_skip_is_not() -> None:
+def skipped(nodeid: str, when: str, reason: str) -> Report:
+    return Report(nodeid, when, "skipped", ("x", 1, f"Skipped: {reason}"))
+
+
+KVM = contract.waiver_reason("kvm", "scratch")
+
+
+def test_a_waiver_beside_a_pass_is_green_and_other_skip_is_not() -> None:
     run = TeamRun(PLAN, COLLECTION, MODULES, set(MODULES))
     for nodeid in ("test_a.py::test_1", "test_a.py::test_2"):
         run.add_report(Report(nodeid, "setup"))
-        if nodeid.endswith("1"):
-            run.add_report(
-                Report(nodeid, "call", "skipped", ("x", 1, "Skipped: waived: kvm (profile scratch)"))
-            )
-        else:
-            run.add_report(Report(nodeid, "call"))
+        run.add_report(skipped(nodeid, "call", KVM) if nodeid.endswith("1") else Report(nodeid, "call"))
         run.add_report(Report(nodeid, "teardown"))
     assert run.teams["A"].verdict is Verdict.GREEN
-    assert run.teams["A"].waivers == ["test_a.py::test_1: waived: kvm (profile scratch)"]
-    run.add_report(Report("test_b.py::test_1", "setup", "skipped", ("x", 1, "Skipped: no network")))
+    assert run.teams["A"].waivers == [f"test_a.py::test_1: {KVM}"]
+    assert run.teams["A"].issues == [f"1 check(s) {KVM}"]
+    run.add_report(skipped("test_b.py::test_1", "setup", "no network"))
     assert run.teams["B"].failing and run.teams["D"].verdict is Verdict.BLOCKED
+
+
+def test_a_team_with_every_test_waived_is_waived_and_unblocks_its_dependents() -> None:
+    run = TeamRun(PLAN, COLLECTION, MODULES, set(MODULES))
+    run.add_report(skipped("test_a.py::test_1", "setup", KVM))
+    run.add_report(Report("test_a.py::test_1", "teardown"))
+    assert run.teams["A"].verdict is Verdict.PENDING  # test_2 still to come
+    run.add_report(Report("test_a.py::test_2", "setup"))
+    run.add_report(skipped("test_a.py::test_2", "call", contract.waiver_reason("devmapper", "scratch")))
+    run.add_report(Report("test_a.py::test_2", "teardown"))
+    status = run.teams["A"]
+    assert status.verdict is Verdict.WAIVED and not status.verdict.counts_green
+    assert status.issues[0].startswith("not verified")
+    assert run.ready("B") and run.ready("C")
+    assert run.next_teams("A") == ["B", "C"]
+    assert run.gates()["A"].verdict is Verdict.WAIVED
+
+
+def test_a_blocked_reason_counts_only_for_a_blocked_team() -> None:
+    run = TeamRun(PLAN, COLLECTION, MODULES, set(MODULES))
+    run.add_report(skipped("test_a.py::test_1", "setup", contract.blocked_reason("Team Z (x)")))
+    assert run.teams["A"].failing and run.teams["B"].verdict is Verdict.BLOCKED
+    assert run.teams["B"].blocked_by == "Team A (test_a.py::test_1)"
+    run.add_report(
+        skipped("test_b.py::test_1", "setup", contract.blocked_reason("Team A (test_a.py::test_1)"))
+    )
+    assert not run.teams["B"].failures
 
 
 def test_changes_are_summed_per_team() -> None:
     run = TeamRun(PLAN, COLLECTION, MODULES, set(MODULES))
-    run.add_report(Report("test_a.py::test_1", "setup", user_properties=[("hvs_changes", 3)]))
-    run.add_report(Report("test_a.py::test_2", "call", user_properties=[("hvs_changes", 2), ("other", 9)]))
+    setup = Report("test_a.py::test_1", "setup")
+    contract.add_changes(setup, 3)
+    call = Report("test_a.py::test_2", "call", user_properties=[("other", 9)])
+    contract.add_changes(call, 2, [WouldChange("[h] => service a")])
+    run.add_report(setup)
+    run.add_report(call)
     assert run.teams["A"].changes == 5
+    assert run.teams["A"].would_change == [WouldChange("[h] => service a")]
 
 
 def test_worker_crash_reports_lost_tests_and_returns_the_crash_item() -> None:

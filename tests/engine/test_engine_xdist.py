@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 from synthetic import run, signals, sleeper, stamps, timeline, write_suite
 
+from engine import contract
+
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.usefixtures("engine_env")
 
@@ -95,7 +97,7 @@ def test_failure_blocks_exactly_the_dependents(pytester: pytest.Pytester, mode: 
     cause = "Team Bravo (test_bravo.py::test_1)"
     assert teams["Delta"]["blocked_by"] == cause and teams["Foxtrot"]["blocked_by"] == cause
     assert set(stamps(pytester)) == {"Alpha", "Bravo", "Charlie", "Echo"}
-    result.stdout.fnmatch_lines([f"SKIPPED * test_foxtrot.py:*: blocked by {cause}"])
+    result.stdout.fnmatch_lines([f"SKIPPED * test_foxtrot.py:*: {contract.blocked_reason(cause)}"])
     heads = {s["team"]: s["text"].splitlines()[0] for s in signals(pytester)}
     assert heads["Bravo"] == "❌ BRAVO FAILED" and heads["Foxtrot"] == "⛔ FOXTROT BLOCKED"
     bravo = next(s for s in signals(pytester) if s["team"] == "Bravo")
