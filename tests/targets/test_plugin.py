@@ -98,7 +98,6 @@ def test_bad_config_fails_early(pytester: pytest.Pytester) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--check", "--verify-only"), "*--check and --verify-only exclude each other*"),
         (("--target", "ftp://x"), "*scheme 'ftp' is not supported*"),
         (("--artifacts-dir", "/nonexistent/dir"), "*--artifacts-dir /nonexistent/dir: not a directory*"),
     ],
@@ -118,24 +117,30 @@ def test_options_are_in_their_group(pytester: pytest.Pytester) -> None:
             "*--config=PATH*",
             "*--target=TARGET*",
             "*--scratch-rebuild*",
-            "*--check*",
-            "*--verify-only*",
             "*--artifacts-dir=DIR*",
         ]
     )
 
 
-def test_mode_and_settings_fixture(pytester: pytest.Pytester) -> None:
+def test_mode_comes_from_the_engine_and_settings_from_the_config(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
         import targets.plugin as plugin
 
-        def test_mode(request, settings):
+        def test_mode(request, settings, profile):
             assert request.config.stash[plugin.STATE].mode == "verify"
             assert settings.scratch.name == "hvs-scratch"
+            assert profile.name == "scratch"
         """
     )
-    run(pytester, "--verify-only").assert_outcomes(passed=1)
+    run(pytester, "-p", "engine.plugin", "--verify-only").assert_outcomes(passed=1)
+
+
+def test_help_neither_loads_the_config_nor_contacts_a_host(pytester: pytest.Pytester) -> None:
+    config = pytester.makefile(".toml", suite="[ssh]\nport = 0\n")
+    result = pytester.runpytest_inprocess("-p", "targets.plugin", "--config", str(config), "--help")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*--scratch-rebuild*"])
 
 
 def test_changes_are_reported_per_phase(pytester: pytest.Pytester) -> None:
@@ -213,153 +218,34 @@ def test_lazy_fleet_is_not_sent_before_it_exists(tmp_path: Path) -> None:
     assert node.workerinput == {"hvs_run_id": "run-2"}
 
 
-CHECK_CONFTEST = """
-import json
-from pathlib import Path
+def test_check_mode_reports_would_change_ops_by_host_with_redacted_diffs(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        import json
+        import pytest
+        import targets.plugin as plugin
+        from engine import contract
+        from steps import ops
+        from steps.testing import FakeConnection, fake_host
 
-import pytest
+        @pytest.fixture(scope="module")
+        def applied(request):
+            state = request.config.stash[plugin.STATE]
+            host = fake_host(FakeConnection(), name="hv1", mode=state.mode, secrets=["s3cret"])
+            state.members["hv1"] = plugin.Member(None, host, None)
+            ops.file(host, "/etc/demo.conf", "token s3cret\\n")
 
-import targets.plugin as plugin
-from steps import ops
-from steps.testing import FakeConnection, fake_host
-
-CONNECTION = FakeConnection()
-
-
-def ran(name):
-    with open(Path(__file__).parent / "ran.txt", "a") as out:
-        out.write(name + "\\n")
-
-
-@pytest.fixture(scope="session")
-def remote(request):
-    state = request.config.stash[plugin.STATE]
-    host = fake_host(CONNECTION, name="fake", mode=state.mode, secrets=["s3cret"])
-    state.hosts.append(host)
-    return host
-
-
-@pytest.fixture(scope="module")
-def applied(remote):
-    ran("applied")
-    ops.file(remote, "/etc/demo.conf", "hello s3cret\\n")
-    ops.file(remote, "/etc/demo.key", "private\\n", sensitive=True)
-
-
-@pytest.fixture(scope="module")
-def applied_served(remote, applied):
-    ran("served")
-    ops.file(remote, "/etc/served.conf", "on\\n")
-    assert remote.read("/etc/served.conf"), "/etc/served.conf is missing"
-
-
-@pytest.fixture(scope="module")
-def pushed(remote):
-    ran("pushed")
-    yield "image"
-
-
-@pytest.fixture
-def listener(remote):
-    ran("listener")
-    return 1
-
-
-def pytest_runtest_logreport(report):
-    with open("reports.jsonl", "a") as out:
-        out.write(json.dumps([report.nodeid, report.when, report.outcome, report.user_properties,
-                              str(report.longrepr or "")]) + "\\n")
-
-
-def pytest_sessionfinish(session):
-    writes = [c for c in CONNECTION.commands if c.startswith(("mktemp", "mv ", "chmod", "chown"))]
-    Path("host.json").write_text(json.dumps({"uploads": CONNECTION.uploads, "writes": writes}))
-"""
-
-CHECK_TESTS = """
-import pytest
-
-pytestmark = pytest.mark.usefixtures("applied")
-
-
-def test_plain():
-    raise AssertionError("a check body ran")
-
-
-def test_with_scaffolding(pushed, listener):
-    raise AssertionError("a check body ran")
-
-
-def test_with_a_second_apply_fixture(applied_served):
-    raise AssertionError("a check body ran")
-"""
-
-
-def check_run(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, list[list[Any]]]:
-    pytester.makeconftest(CHECK_CONFTEST)
-    pytester.makepyfile(test_checks=CHECK_TESTS)
-    pytester.makeini("[pytest]\nmarkers =\n    requires(capability): waivable capability\n")
-    # A subprocess: repeated in-process runs re-import steps/ and mix class identities.
-    result = pytester.runpytest_subprocess("-p", "targets.plugin", "-p", "no:cacheprovider", "-rs", *args)
-    lines = (pytester.path / "reports.jsonl").read_text().splitlines()
-    return result, [json.loads(line) for line in lines]
-
-
-@pytest.fixture
-def checkout_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PYTHONPATH", str(Path(plugin.__file__).resolve().parents[1]))
-    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
-
-
-@pytest.mark.usefixtures("checkout_path")
-def test_check_mode_applies_in_check_mode_and_skips_every_check_body(pytester: pytest.Pytester) -> None:
-    result, reports = check_run(pytester, "--check")
-    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
-    outcomes = {(nodeid.split("::")[1], when): outcome for nodeid, when, outcome, _, _ in reports}
-    assert {outcome for (_, when), outcome in outcomes.items() if when == "setup"} == {"skipped"}
-    assert "failed" not in outcomes.values()
-    reasons = {nodeid.split("::")[1]: text for nodeid, when, _, _, text in reports if when == "setup"}
-    assert all("check mode: not verified, nothing was applied" in text for text in reasons.values())
-    # The fixture that reads back what its apply step wrote stops on a host never built.
-    assert (
-        "fixture 'applied_served' stopped: AssertionError: /etc/served.conf is missing"
-        in (reasons["test_with_a_second_apply_fixture"])
+        def pytest_runtest_logreport(report):
+            count, would = contract.changes(report)
+            with open("changes.jsonl", "a") as out:
+                out.write(json.dumps([report.when, count, [[w.op, w.diff] for w in would]]) + "\\n")
+        """
     )
-    # Only apply fixtures ("applied", "applied_*") ran: no verification scaffolding, and
-    # nothing was written on the host.
-    assert (pytester.path / "ran.txt").read_text().split() == ["applied", "served"]
-    assert json.loads((pytester.path / "host.json").read_text()) == {"uploads": [], "writes": []}
-
-
-@pytest.mark.usefixtures("checkout_path")
-def test_check_mode_reports_would_change_ops_with_redacted_diffs(pytester: pytest.Pytester) -> None:
-    _, reports = check_run(pytester, "--check")
-    would = [
-        (nodeid.split("::")[1], when, value)
-        for nodeid, when, _, props, _ in reports
-        for key, value in props
-        if key == "hvs_would_change"
-    ]
-    assert [(name, when) for name, when, _ in would] == [
-        ("test_plain", "setup"),
-        ("test_with_a_second_apply_fixture", "setup"),
-    ]
-    first = would[0][2]
-    assert [entry["op"] for entry in first] == [
-        "[fake] => file /etc/demo.conf",
-        "[fake] => file /etc/demo.key",
-    ]
-    assert "+hello ********" in first[0]["diff"] and "s3cret" not in first[0]["diff"]
-    assert first[1]["diff"] == "content of /etc/demo.key changes (not shown: sensitive)\n"
-    assert [entry["op"] for entry in would[1][2]] == ["[fake] => file /etc/served.conf"]
-    changes = {(n.split("::")[1], w): dict(p)["hvs_changes"] for n, w, _, p, _ in reports}
-    assert changes[("test_plain", "setup")] == 2
-
-
-@pytest.mark.usefixtures("checkout_path")
-def test_apply_mode_runs_check_bodies_and_reports_no_would_change(pytester: pytest.Pytester) -> None:
-    result, reports = check_run(pytester)
-    assert result.ret == pytest.ExitCode.TESTS_FAILED
-    calls = [outcome for _, when, outcome, _, _ in reports if when == "call"]
-    assert calls == ["failed", "failed", "failed"]
-    assert not [key for *_, props, _ in reports for key, _ in props if key == "hvs_would_change"]
+    pytester.makepyfile("def test_it(applied):\n    pass\n")
+    run(pytester, "-p", "engine.plugin", "--check")
+    lines = [json.loads(line) for line in (pytester.path / "changes.jsonl").read_text().splitlines()]
+    setup = next(line for line in lines if line[0] == "setup")
+    assert setup[1] == 1
+    ((op, diff),) = setup[2]
+    assert op == "[hv1] => file /etc/demo.conf"
+    assert "+token ***" in diff and "s3cret" not in diff
