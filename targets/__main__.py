@@ -14,7 +14,7 @@ import time
 
 from settings.loader import ConfigError, load_settings
 from targets import TargetError, scratch
-from targets.podman import PodmanError
+from transport.podman import PodmanError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from targets import cache
-from targets.podman import (
+from transport.podman import (
     RECIPE_LABEL,
     ROLE_LABEL,
     SUITE_LABEL,

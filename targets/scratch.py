@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from settings.model import ScratchSettings
-from steps.runner import HostKeyError
 from targets import Target, TargetError, cache, hostkeys
 from targets.image import Recipe, ensure_image
-from targets.podman import (
+from transport.hostkeys import HostKeyError
+from transport.podman import (
     RECIPE_LABEL,
     ROLE_LABEL,
     SUITE_LABEL,
@@ -37,7 +37,7 @@ from targets.podman import (
     podman,
     podman_bytes,
 )
-from targets.ssh import wait_for_ssh
+from transport.ssh import wait_for_ssh
 
 log = logging.getLogger(__name__)
 
@@ -138,19 +138,23 @@ def _is_ours(data: dict[str, Any]) -> bool:
     return _labels(data).get(SUITE_LABEL) == SUITE_LABEL_VALUE
 
 
-def _target(name: str, address: str, profile: str, os_name: str = "", kernel: str = "") -> Target:
+def _target(
+    name: str, address: str, roles: tuple[str, ...] = (), os_name: str = "", kernel: str = ""
+) -> Target:
     key_file, _ = cache.scratch_keypair()
+    trust = hostkeys.trust(name)
     return Target(
         name=name,
         address=address,
         port=22,
         user="root",
         key_file=key_file,
-        profile=profile,
-        is_scratch=True,
+        roles=roles,
+        kind="scratch",
+        known_hosts=tuple(str(path) for path in trust.files),
+        trust_fix=trust.fix,
         os=os_name,
         kernel=kernel,
-        known_hosts=(hostkeys.scratch_known_hosts(),),
     )
 
 
@@ -158,7 +162,7 @@ def create(
     name: str,
     settings: ScratchSettings,
     *,
-    profile: str = "scratch",
+    roles: tuple[str, ...] = (),
     rebuild: bool = False,
     ready_timeout: float = 90.0,
 ) -> tuple[Target, CreateReport]:
@@ -196,15 +200,7 @@ def create(
         # like any other target's: nothing on the network is trusted on first use.
         hostkeys.pin(name, address, hostkeys.read_host_keys(name, timeout=ready_timeout))
         try:
-            waited, os_name, kernel = wait_for_ssh(
-                address,
-                22,
-                "root",
-                cache.cache_dir() / cache.KEY_NAME,
-                timeout=ready_timeout,
-                known_hosts=(hostkeys.scratch_known_hosts(),),
-                fix=hostkeys.scratch_fix(name),
-            )
+            waited, os_name, kernel = wait_for_ssh(_target(name, address).endpoint, timeout=ready_timeout)
         except HostKeyError as exc:
             raise TargetError(f"scratch server {name}: {exc}") from None
         except TimeoutError as exc:
@@ -220,7 +216,7 @@ def create(
             image_seconds=build.seconds,
             ready_seconds=time.monotonic() - started,
         )
-    return _target(name, address, profile, os_name, kernel), report
+    return _target(name, address, roles, os_name, kernel), report
 
 
 def _run_new(name: str, settings: ScratchSettings, recipe: Recipe, public_key: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 from settings.loader import load_settings
 from targets import Target, scratch
 from targets.image import Recipe
-from targets.podman import exists
+from transport.podman import exists
 from targets.ssh import open_client, run
 
 pytestmark = pytest.mark.skipif(

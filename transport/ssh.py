@@ -1,0 +1,276 @@
+"""The one way the suite opens SSH connections: to an :class:`Endpoint` (address, port, user,
+key and the :class:`~transport.hostkeys.KnownHosts` it trusts), for fabric (the apply
+runner), testinfra (checks), plain paramiko (reachability, facts) and the outside-in probes
+(a transport past key exchange, not logged in). Every one checks the host key.
+
+A dropped connection is reconnected here with bounded attempts and backoff, host key checked
+again (:func:`reconnect`); whether the interrupted command may simply run again is for the
+caller to decide (see ``steps.runner.Host``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import shlex
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import paramiko
+
+from transport.hostkeys import HostKeyError, KnownHosts
+
+T = TypeVar("T")
+
+# Errors that mean the connection itself is gone (not that a command failed).
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, paramiko.SSHException)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Everything needed to open an SSH connection to one host."""
+
+    name: str
+    address: str
+    port: int
+    user: str
+    key_file: Path
+    trust: KnownHosts
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"ssh://{self.user}@{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Bounded reconnect attempts: ``attempts`` tries, waiting ``first`` seconds, doubling up
+    to ``longest``; about 1+2+4+8+8 = 23 s by default, longer than a restarting sshd."""
+
+    attempts: int = 6
+    first: float = 1.0
+    longest: float = 8.0
+
+    def delays(self) -> Iterator[float]:
+        delay = self.first
+        for _ in range(self.attempts - 1):
+            yield delay
+            delay = min(delay * 2, self.longest)
+
+
+class ConnectionDropped(Exception):
+    """Reconnecting failed within the bound; the message names the host and the last cause."""
+
+
+def reconnect(endpoint: Endpoint, connect: Callable[[], T], backoff: Backoff = Backoff()) -> T:
+    """``connect()`` again until it succeeds or the bound is spent. A host key problem is not
+    retried: it fails at once (something else may answer on the address)."""
+    last: BaseException | None = None
+    delays = backoff.delays()
+    while True:
+        try:
+            return connect()
+        except HostKeyError:
+            raise
+        except CONNECTION_ERRORS as exc:
+            last = exc
+        delay = next(delays, None)
+        if delay is None:
+            raise ConnectionDropped(
+                f"[{endpoint.name}] the SSH connection to {endpoint.url} dropped and {backoff.attempts} "
+                f"reconnect attempts failed: {type(last).__name__}: {last}"
+            ) from last
+        time.sleep(delay)
+
+
+def open_client(endpoint: Endpoint, *, timeout: float) -> paramiko.SSHClient:
+    """A logged-in paramiko client, after checking the server's host key."""
+    client = endpoint.trust.client()
+    try:
+        client.connect(
+            endpoint.address,
+            port=endpoint.port,
+            username=endpoint.user,
+            key_filename=str(endpoint.key_file),
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+        )
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise endpoint.trust.explain(exc, endpoint.port) from None
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def run(client: paramiko.SSHClient, command: str, *, timeout: float = 30.0) -> tuple[int, str, str]:
+    _stdin, stdout, stderr = client.exec_command(command, timeout=timeout)
+    out = stdout.read().decode(errors="replace")
+    err = stderr.read().decode(errors="replace")
+    return stdout.channel.recv_exit_status(), out, err
+
+
+def read_facts(client: paramiko.SSHClient) -> tuple[str, str]:
+    """(PRETTY_NAME from /etc/os-release, kernel release) of the connected server."""
+    code, out, _ = run(client, ". /etc/os-release && printf '%s\\n' \"$PRETTY_NAME\"; uname -r")
+    lines = out.splitlines()
+    if code != 0 or len(lines) < 2:
+        return "", ""
+    return lines[0], lines[1]
+
+
+def wait_for_ssh(
+    endpoint: Endpoint, *, timeout: float, command: str = "true", retry_refused: bool = True
+) -> tuple[float, str, str]:
+    """Retry a login running ``command`` until it exits 0 or ``timeout`` passes; returns
+    (seconds waited, os, kernel). Raises TimeoutError with the last error, HostKeyError at
+    once, and ConnectionRefusedError at once unless ``retry_refused`` (a booting server
+    refuses until sshd listens; a running one that refuses will not change its mind)."""
+    started = time.monotonic()
+    deadline = started + timeout
+    last = "no attempt made"
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(last)
+        try:
+            client = open_client(endpoint, timeout=max(1.0, min(remaining, 5.0)))
+            try:
+                code, _out, err = run(client, command, timeout=max(1.0, remaining))
+                if code == 0:
+                    os_name, kernel = read_facts(client)
+                    return time.monotonic() - started, os_name, kernel
+                last = f"`{shlex.quote(command)}` exited {code}: {err.strip()}"
+            finally:
+                client.close()
+        except HostKeyError:
+            raise
+        except ConnectionRefusedError:
+            if not retry_refused:
+                raise
+            last = f"connection refused on port {endpoint.port}"
+        except (TimeoutError, OSError, paramiko.SSHException, EOFError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.2)
+
+
+def fabric_connection(endpoint: Endpoint, *, timeout: float) -> Any:
+    """A fabric Connection whose client trusts only ``endpoint.trust`` (fabric's own client
+    would accept any key); not opened yet."""
+    from fabric import Config, Connection
+
+    connection = Connection(
+        host=endpoint.address,
+        user=endpoint.user,
+        port=endpoint.port,
+        # The endpoint is already resolved (alias included): ~/.ssh/config must not rewrite it.
+        config=Config(overrides={"load_ssh_configs": False}),
+        connect_timeout=int(timeout),
+        connect_kwargs={"key_filename": str(endpoint.key_file), "look_for_keys": False, "allow_agent": False},
+    )
+    connection.client = endpoint.trust.client()
+    return connection
+
+
+def testinfra_host(endpoint: Endpoint, *, timeout: float = 10.0, backoff: Backoff = Backoff()) -> Any:
+    """A testinfra host over paramiko that checks the host key and reconnects (bounded)
+    when the connection dropped. Checks are read-only, so a command cut off by the drop is
+    run again on the new connection."""
+    import testinfra.host
+
+    backend = _testinfra_backend()(
+        # testinfra's get_backend strips the scheme; the backend takes the rest.
+        endpoint.url.removeprefix("ssh://"),
+        endpoint=endpoint,
+        backoff=backoff,
+        ssh_identity_file=str(endpoint.key_file),
+        timeout=int(timeout),
+    )
+    host = testinfra.host.Host(backend)
+    backend.set_host(host)
+    return host
+
+
+@functools.cache
+def _testinfra_backend() -> type:
+    from testinfra.backend.paramiko import ParamikoBackend
+
+    class EndpointBackend(ParamikoBackend):
+        """testinfra's paramiko backend on a resolved endpoint: no ssh config, host keys
+        checked, a dropped connection reopened through :func:`reconnect`."""
+
+        def __init__(self, hostspec: str, *, endpoint: Endpoint, backoff: Backoff, **kwargs: Any) -> None:
+            self.endpoint = endpoint
+            self.backoff = backoff
+            super().__init__(hostspec, **kwargs)
+
+        @functools.cached_property
+        def client(self) -> paramiko.SSHClient:
+            return reconnect(self.endpoint, lambda: open_client(self.endpoint, timeout=self.timeout), self.backoff)
+
+        def run(self, command: str, *args: str, **kwargs: Any) -> Any:
+            cmd = self.encode(self.get_command(command, *args))
+            try:
+                rc, stdout, stderr = self._exec_command(cmd)
+            except CONNECTION_ERRORS:
+                transport = self.client.get_transport()
+                if transport is not None and transport.is_active():
+                    raise
+                self.client.close()
+                del self.client  # the cached_property opens a new connection on next use
+                rc, stdout, stderr = self._exec_command(cmd)
+            return self.result(rc, cmd, stdout, stderr)
+
+    return EndpointBackend
+
+
+@contextlib.contextmanager
+def handshake(endpoint: Endpoint, *, timeout: float) -> Iterator[paramiko.Transport]:
+    """A transport past key exchange with a verified host key, not authenticated (for probes
+    that ask what the server offers)."""
+    known = endpoint.trust.load()
+    with socket.create_connection((endpoint.address, endpoint.port), timeout=timeout) as sock:
+        transport = paramiko.Transport(sock)
+        try:
+            transport.banner_timeout = timeout
+            _prefer_known_key_types(transport, known.lookup(_key_name(endpoint)) or {})
+            transport.start_client(timeout=timeout)
+            endpoint.trust.check(endpoint.address, endpoint.port, transport.get_remote_server_key(), known)
+            yield transport
+        finally:
+            transport.close()
+
+
+def _key_name(endpoint: Endpoint) -> str:
+    return endpoint.address if endpoint.port == 22 else f"[{endpoint.address}]:{endpoint.port}"
+
+
+def _prefer_known_key_types(transport: paramiko.Transport, entries: Any) -> None:
+    # As OpenSSH does: ask for a host key type known for this host first.
+    if not entries:
+        return
+    options = transport.get_security_options()
+    offered = list(options.key_types)
+    known: list[str] = []
+    for key_type in entries:
+        names = ["rsa-sha2-512", "rsa-sha2-256", key_type] if key_type == "ssh-rsa" else [key_type]
+        known += [name for name in names if name in offered and name not in known]
+    options.key_types = known + [name for name in offered if name not in known]
+
+
+def key_login(endpoint: Endpoint, *, timeout: float = 10.0) -> str:
+    """Log in with the key over a brand-new connection and return ``id -un`` (proves access)."""
+    client = open_client(endpoint, timeout=timeout)
+    try:
+        return run(client, "id -un", timeout=timeout)[1].strip()
+    finally:
+        client.close()
