@@ -19,6 +19,7 @@ import json
 import logging
 import resource
 import shutil
+import socket
 import subprocess
 import tarfile
 import time
@@ -62,7 +63,7 @@ ADDRESS_LABEL = "io.hvsuite.address"
 # Which revision of the `podman create` flags (with the image's entrypoint) it was made with.
 RUN_FLAGS_LABEL = "io.hvsuite.run-flags"
 # Bump when the way a server is run changes so that existing servers must be recreated.
-# 2: hvs-init entrypoint and --ip. A server without this label (revision 1) runs its systemd on
+# 2: hvs-init entrypoint, --ip and --mac-address. A server without this label (revision 1) runs its systemd on
 #    the host's whole name=systemd cgroup tree and, when it shuts down, deletes the other
 #    servers' cgroup dirs: it is removed before any server is created (remove_old_flag_servers).
 RUN_FLAGS_REVISION = "2"
@@ -456,7 +457,10 @@ def _create(
                 f"see `podman inspect {name}`"
             )
         # Pin the host keys read through the container runtime (trusted), then verify them
-        # like any other target's: nothing on the network is trusted on first use.
+        # like any other target's: nothing on the network is trusted on first use. Each
+        # `podman exec` costs a few hundred ms of CPU, so wait for sshd to listen first (a
+        # TCP connect is nearly free): polling by exec slowed parallel boots down 3-5 times.
+        _wait_for_port(name, address, 22, timeout=ready_timeout)
         hostkeys.pin(name, address, hostkeys.read_host_keys(name, timeout=ready_timeout))
         try:
             _waited, os_name, kernel = wait_for_ssh(_target(name, address).endpoint, timeout=ready_timeout)
@@ -475,6 +479,29 @@ def _create(
             ready_seconds=time.monotonic() - started,
         )
     return _target(name, address, roles, os_name, kernel), report
+
+
+def mac_address(address: str) -> str:
+    """A locally administered unicast MAC made from the address' last three bytes (02:68:76
+    for "hv"): the same address always gets the same MAC, distinct within a /8 or smaller."""
+    last = ipaddress.ip_address(address).packed[-3:]
+    return "02:68:76:" + ":".join(f"{byte:02x}" for byte in last)
+
+
+def _wait_for_port(name: str, address: str, port: int, *, timeout: float) -> None:
+    """Until something accepts TCP connections on address:port (nothing is read from it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((address, port), timeout=1.0):
+                return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise TargetError(
+                    f"scratch server {name}: nothing listens on {address}:{port} after {timeout:.0f} s "
+                    f"({exc}); see `podman logs {name}`"
+                ) from None
+        time.sleep(0.05)
 
 
 def _run_new(
@@ -522,6 +549,10 @@ def _run_new(
         # Without a fixed address the network hands out a new one at every start.
         "--ip",
         address,
+        # A new MAC behind the same address leaves the host's and the other servers' ARP
+        # entries stale after a restart: SSH to it then stalled for about 30 s.
+        "--mac-address",
+        mac_address(address),
         # containerd's overlayfs snapshotter needs a real filesystem, not the container's overlay.
         "--volume",
         f"{volume_name(name)}:/var/lib/containerd",

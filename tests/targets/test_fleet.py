@@ -59,6 +59,11 @@ def test_pick_address_keeps_other_names_addresses_back_until_full() -> None:
         pick("10.9.0.0/30", gateway="10.9.0.1", used=["10.9.0.2"])
 
 
+def test_mac_follows_the_address() -> None:
+    assert scratch.mac_address("10.231.0.7") == "02:68:76:e7:00:07"
+    assert scratch.mac_address("10.231.0.7") != scratch.mac_address("10.231.1.7")
+
+
 def test_address_book_keeps_the_latest_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HVSUITE_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(scratch, "ADDRESS_BOOK_SIZE", 3)
@@ -127,10 +132,12 @@ def exec_in(name: str, command: str) -> subprocess.CompletedProcess[str]:
     return podman("exec", name, "sh", "-c", command, check=False, timeout=60)
 
 
-def address_of(name: str, network: str) -> str:
+def address_of(name: str, network: str) -> tuple[str, str]:
+    """(IP address, MAC address) on ``network``."""
     data = inspect("container", name) or {}
     networks = (data.get("NetworkSettings") or {}).get("Networks") or {}
-    return (networks.get(network) or {}).get("IPAddress") or ""
+    attached = networks.get(network) or {}
+    return attached.get("IPAddress") or "", attached.get("MacAddress") or ""
 
 
 def assert_works(target: Target, *, running: bool = False) -> None:
@@ -147,8 +154,9 @@ def assert_works(target: Target, *, running: bool = False) -> None:
 
 
 def wait_back(target: Target, network: str) -> None:
-    """After podman start/restart: same address, SSH answers again."""
-    assert address_of(target.name, network) == target.address, f"{target.name} changed its address"
+    """After podman start/restart: same address (and MAC), SSH answers again."""
+    expected = (target.address, scratch.mac_address(target.address))
+    assert address_of(target.name, network) == expected, f"{target.name} changed its address"
     wait_for_ssh(target.endpoint, timeout=60)
 
 
@@ -161,13 +169,25 @@ def assert_own_cgroup_tree(name: str) -> None:
     assert proc.stdout.strip().endswith(":name=systemd:/init.scope"), f"{name}: {proc.stdout!r}"
 
 
+class Laps:
+    """Prints how long each step of a long test took (the CI log shows where time goes)."""
+
+    def __init__(self) -> None:
+        self.began = self.last = time.monotonic()
+
+    def __call__(self, what: str) -> None:
+        now = time.monotonic()
+        print(f"{now - self.began:6.1f} s  +{now - self.last:5.1f} s  {what}")
+        self.last = now
+
+
 @needs_podman
 def test_fleet_survives_losing_members(caplog: pytest.LogCaptureFixture) -> None:
     settings = load_settings().scratch
     run_id = uuid.uuid4().hex[:6]
     a, b, c = (f"{PREFIX}-{run_id}-{x}" for x in "abc")
     old = f"{PREFIX}-{run_id}-old"
-    began = time.monotonic()
+    lap = Laps()
     try:
         # A suite server made with the old run flags (created, never started) goes first.
         build = ensure_image(scratch.recipe_for(settings))
@@ -185,7 +205,7 @@ def test_fleet_survives_losing_members(caplog: pytest.LogCaptureFixture) -> None
         assert not exists("container", old)
         assert any("old run flags" in r.message and old in r.message for r in caplog.records), caplog.text
         ta, tb, tc = (fleet[name][0] for name in (a, b, c))
-        print(f"fleet of 3 ready in {time.monotonic() - began:.1f} s")
+        lap("fleet of 3 created in parallel, the old-flag server removed")
         assert (ta.roles, tb.roles, tc.roles) == (("control-plane",), ("worker",), ("worker", "probe"))
         assert len({ta.address, tb.address, tc.address}) == 3
         listed = {row.name: row for row in scratch.list_servers(settings)}
@@ -194,28 +214,34 @@ def test_fleet_survives_losing_members(caplog: pytest.LogCaptureFixture) -> None
             assert_own_cgroup_tree(name)
         code, out = ssh(tb, "systemd-run --unit=hvs-keepalive sleep 10000")
         assert code == 0, out
+        lap("checked roles, addresses, cgroup trees; keepalive service started in b")
 
         podman("stop", a, timeout=60)
         for target in (tb, tc):
             assert_works(target)
         stopped = {row.name: row for row in scratch.list_servers(settings)}[a]
         assert stopped.state == "exited" and stopped.address == ta.address
+        lap("stopped a: b, c work")
 
         podman("start", a, timeout=60)
         wait_back(ta, settings.network)
         assert_works(ta)
+        lap("started a: same address, works")
 
         podman("kill", c, timeout=60)
         for target in (ta, tb):
             assert_works(target)
+        lap("killed c: a, b work")
         podman("start", c, timeout=60)
         wait_back(tc, settings.network)
         assert_works(tc)
+        lap("started c: same address, works")
 
         assert scratch.destroy(a)
         for target in (tb, tc):
             assert_works(target)
         assert ssh(tb, "systemctl is-active hvs-keepalive") == (0, "active")
+        lap("destroyed a: b, c work, b's keepalive runs")
 
         podman("restart", c, timeout=120)
         wait_back(tc, settings.network)
@@ -223,11 +249,12 @@ def test_fleet_survives_losing_members(caplog: pytest.LogCaptureFixture) -> None
             assert_works(target, running=True)
             assert_own_cgroup_tree(target.name)
         assert ssh(tb, "systemctl is-active hvs-keepalive") == (0, "active")
+        lap("restarted c: same address; b, c work, systemd running")
 
         # Recreated under its name, a server gets its old address back.
         again, report = scratch.create(a, settings, roles=("control-plane",))
         assert report.created and again.address == ta.address
-        print(f"fleet test body took {time.monotonic() - began:.1f} s")
+        lap("recreated a: its old address again")
     finally:
         for name in (a, b, c):
             scratch.destroy(name)
@@ -235,3 +262,4 @@ def test_fleet_survives_losing_members(caplog: pytest.LogCaptureFixture) -> None
         for name in (a, b, c, old):
             assert not exists("container", name)
             assert not exists("volume", scratch.volume_name(name))
+        lap("cleaned up")
