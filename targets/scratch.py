@@ -448,7 +448,7 @@ def _create(
                 )
             roles = roles or _roles_of(data)
             if not (data.get("State") or {}).get("Running"):
-                podman("start", name, timeout=60)
+                _start(name, _recorded_address(data, settings.network), settings.network)
         data = inspect("container", name) or {}
         address = _address(data, settings.network)
         if not address:
@@ -479,6 +479,24 @@ def _create(
             ready_seconds=time.monotonic() - started,
         )
     return _target(name, address, roles, os_name, kernel), report
+
+
+def _start(name: str, address: str, network: str) -> None:
+    try:
+        podman("start", name, timeout=60)
+    except PodmanError as exc:
+        if "is not available" not in exc.stderr:
+            raise
+        holders = [
+            str(data.get("Name", "")).lstrip("/")
+            for data in _network_containers(network)
+            if _address(data, network) == address
+        ]
+        raise TargetError(
+            f"scratch server {name} cannot start: its address {address} is taken"
+            f"{' by ' + ', '.join(holders) if holders else ''}. Fix: remove that container, or "
+            f"recreate {name} (--rebuild) to give it another address"
+        ) from exc
 
 
 def mac_address(address: str) -> str:
