@@ -22,6 +22,7 @@ import shutil
 import socket
 import subprocess
 import tarfile
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -63,9 +64,10 @@ ADDRESS_LABEL = "io.hvsuite.address"
 # Which revision of the `podman create` flags (with the image's entrypoint) it was made with.
 RUN_FLAGS_LABEL = "io.hvsuite.run-flags"
 # Bump when the way a server is run changes so that existing servers must be recreated.
-# 2: hvs-init entrypoint, --ip and --mac-address. A server without this label (revision 1) runs its systemd on
-#    the host's whole name=systemd cgroup tree and, when it shuts down, deletes the other
-#    servers' cgroup dirs: it is removed before any server is created (remove_old_flag_servers).
+# 2: the hvs-init entrypoint, --ip and --mac-address. A server without this label (revision 1)
+#    runs its systemd on the host's whole name=systemd cgroup tree and, when it shuts down,
+#    deletes the other servers' cgroup dirs: it is removed before any server is created
+#    (remove_old_flag_servers).
 RUN_FLAGS_REVISION = "2"
 
 
@@ -289,28 +291,50 @@ def _network_containers(network: str) -> list[dict[str, Any]]:
         return []
 
 
-def _allocate_address(name: str, settings: ScratchSettings, gateway: str | None, previous: str) -> str:
-    """A free address for new server ``name``: the one it had before (``previous``, or the
-    address book's) when still free. Held under a file lock with the address book, which
-    reserves each name's address so that parallel creations never pick the same one."""
-    with cache.lock("scratch-addresses", timeout=120):
-        book = _address_book()
-        used = set()
-        for data in _network_containers(settings.network):
-            other = str(data.get("Name", "")).lstrip("/")
-            if other == name:
-                continue
-            used.update(filter(None, (_labels(data).get(ADDRESS_LABEL), _address(data, settings.network))))
-        reserved = [address for other, address in book.items() if other != name]
-        address = pick_address(
-            settings.subnet,
-            gateway=gateway,
-            used=used,
-            reserved=reserved,
-            preferred=(previous, book.get(name)),
-        )
-        _remember({name: address})
-    return address
+class _AddressPool:
+    """Hands out addresses on the suite's network to new servers (of one create call or one
+    fleet). The containers' addresses are read once: a podman call costs CPU that parallel
+    boots need. What is handed out afterwards, here or by another run sharing the cache, is in
+    the address book, which is read and written under its file lock at every allocation and
+    reserves each name's address."""
+
+    def __init__(self, settings: ScratchSettings) -> None:
+        self.settings = settings
+        self.gateway = ensure_network(settings)
+        self._lock = threading.Lock()
+        self._in_use: dict[str, set[str]] | None = None
+        self._handed_out: set[str] = set()
+
+    def _containers(self) -> dict[str, set[str]]:
+        with self._lock:
+            if self._in_use is None:
+                network = self.settings.network
+                self._in_use = {
+                    str(data.get("Name", "")).lstrip("/"): {
+                        a for a in (_labels(data).get(ADDRESS_LABEL), _address(data, network)) if a
+                    }
+                    for data in _network_containers(network)
+                }
+            return self._in_use
+
+    def allocate(self, name: str, previous: str) -> str:
+        """A free address for new server ``name``; the one it had before (``previous``, or
+        the address book's) when that is still free."""
+        containers = self._containers()
+        # The server's own old container (removed before it is recreated) holds nothing.
+        used = {address for other, held in containers.items() if other != name for address in held}
+        with self._lock, cache.lock("scratch-addresses", timeout=120):
+            book = _address_book()
+            address = pick_address(
+                self.settings.subnet,
+                gateway=self.gateway,
+                used=used | self._handed_out,
+                reserved=[address for other, address in book.items() if other != name],
+                preferred=(previous, book.get(name)),
+            )
+            _remember({name: address})
+            self._handed_out.add(address)
+        return address
 
 
 # --- creation -----------------------------------------------------------------------------
@@ -362,7 +386,10 @@ def create(
     roles = _check_roles(roles)
     build = ensure_image(recipe_for(settings))
     remove_old_flag_servers()
-    return _create(name, settings, roles=roles, rebuild=rebuild, ready_timeout=ready_timeout, build=build)
+    pool = _AddressPool(settings)
+    return _create(
+        name, settings, roles, rebuild=rebuild, ready_timeout=ready_timeout, build=build, pool=pool
+    )
 
 
 def create_fleet(
@@ -375,18 +402,19 @@ def create_fleet(
         return {}
     build = ensure_image(recipe_for(settings))
     cache.scratch_keypair()
-    ensure_network(settings)
     remove_old_flag_servers()
-    with ThreadPoolExecutor(max_workers=len(wanted), thread_name_prefix="scratch") as pool:
+    pool = _AddressPool(settings)
+    with ThreadPoolExecutor(max_workers=len(wanted), thread_name_prefix="scratch") as threads:
         futures = {
-            name: pool.submit(
+            name: threads.submit(
                 _create,
                 name,
                 settings,
-                roles=roles,
+                roles,
                 rebuild=rebuild,
                 ready_timeout=settings.ready_timeout,
                 build=build,
+                pool=pool,
             )
             for name, roles in wanted.items()
         }
@@ -410,11 +438,12 @@ def create_fleet(
 def _create(
     name: str,
     settings: ScratchSettings,
-    *,
     roles: tuple[str, ...],
+    *,
     rebuild: bool,
     ready_timeout: float,
     build: BuildReport,
+    pool: _AddressPool,
 ) -> tuple[Target, CreateReport]:
     recipe = recipe_for(settings)
     _key_file, public_key = cache.scratch_keypair()
@@ -433,8 +462,7 @@ def _create(
             _remove(name)
             data = None
         if data is None:
-            gateway = ensure_network(settings)
-            address = _allocate_address(name, settings, gateway, previous)
+            address = pool.allocate(name, previous)
             _run_new(name, settings, build.image_id or recipe.image, recipe, public_key, address, roles)
             created = True
         else:
@@ -540,8 +568,12 @@ def _run_new(
         f"{ADDRESS_LABEL}={address}",
         f"{ROLES_LABEL}={','.join(roles)}",
     ]
-    if not exists("volume", volume_name(name)):
-        podman("volume", "create", "--label", labels[0], "--label", labels[1], volume_name(name), timeout=30)
+    volume = podman(
+        "volume", "create", "--label", labels[0], "--label", labels[1], volume_name(name),
+        check=False, timeout=30,
+    )  # fmt: skip
+    if volume.returncode != 0 and not exists("volume", volume_name(name)):
+        raise PodmanError(volume.args, volume.returncode, volume.stderr)
     label_args = [arg for label in labels for arg in ("--label", label)]
     podman(
         "create",

@@ -9,11 +9,13 @@ import shutil
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from settings.loader import load_settings
+from settings.model import ScratchSettings
 from targets import Target, TargetError, scratch
 from targets import __main__ as cli
 from targets.image import ensure_image
@@ -71,6 +73,38 @@ def test_address_book_keeps_the_latest_names(tmp_path: Path, monkeypatch: pytest
         scratch._remember({f"s{i}": f"10.9.0.{i + 2}"})
     scratch._remember({"s2": "10.9.0.50"})
     assert scratch._address_book() == {"s3": "10.9.0.5", "s4": "10.9.0.6", "s2": "10.9.0.50"}
+
+
+def test_address_pool_hands_out_distinct_addresses_to_parallel_creations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HVSUITE_CACHE_DIR", str(tmp_path))
+    reads: list[str] = []
+
+    def containers(network: str) -> list[dict[str, object]]:
+        reads.append(network)
+        return [
+            # Stopped: only its label tells its address.
+            {"Name": "stopped", "Config": {"Labels": {scratch.ADDRESS_LABEL: "10.9.0.2"}}},
+            # Running without a label (not made by this suite, or with old flags).
+            {"Name": "other", "NetworkSettings": {"Networks": {"net": {"IPAddress": "10.9.0.4"}}}},
+            # The old container of a server being recreated.
+            {"Name": "again", "NetworkSettings": {"Networks": {"net": {"IPAddress": "10.9.0.3"}}}},
+        ]
+
+    monkeypatch.setattr(scratch, "ensure_network", lambda settings: "10.9.0.1")
+    monkeypatch.setattr(scratch, "_network_containers", containers)
+    pool = scratch._AddressPool(ScratchSettings(network="net", subnet="10.9.0.0/24"))
+    assert pool.allocate("again", previous="10.9.0.3") == "10.9.0.3"
+    with ThreadPoolExecutor(max_workers=8) as threads:
+        got = list(threads.map(lambda i: pool.allocate(f"s{i}", previous=""), range(8)))
+    assert len(set(got)) == 8 and not set(got) & {"10.9.0.1", "10.9.0.2", "10.9.0.3", "10.9.0.4"}
+    assert reads == ["net"]
+    # Recreated later under its name, a server gets its booked address back.
+    assert (
+        scratch._AddressPool(ScratchSettings(network="net", subnet="10.9.0.0/24")).allocate("s5", previous="")
+        == got[5]
+    )
 
 
 def test_roles_are_checked() -> None:
