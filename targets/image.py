@@ -15,6 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from targets import cache
 from transport.podman import (
@@ -28,7 +29,9 @@ from transport.podman import (
 )
 
 # Bump when the build procedure changes in a way the hashed text below does not show.
-RECIPE_REVISION = "1"
+# 2: servers boot through hvs-init (podman's host-wide cgroup bind undone); every server built
+#    before it must be recreated (see targets.scratch.RUN_FLAGS_REVISION).
+RECIPE_REVISION = "2"
 
 # Exactly what a systemd server reachable over SSH needs; python3 for testinfra's modules.
 INCLUDES = (
@@ -44,6 +47,31 @@ INCLUDES = (
 
 # Files copied into the image, path -> content.
 FILES: dict[str, str] = {
+    # The servers' entrypoint, so that losing one server does not break the others (podman
+    # issue #17727). Chosen over running without podman's systemd mode (`--systemd=false` plus
+    # its tmpfs mounts and stop signal by hand) because it keeps every podman flag and
+    # what systemd mode sets up (machine-id = container id, tmpfs mounts, stop signal, no host
+    # ttys) exactly as the phases were verified with, and it does nothing where podman adds no
+    # such bind (cgroup v2, a fixed podman). A newer podman that refuses `--systemd=always` with
+    # `--cgroupns=private` on cgroup v1 fails loudly at create; `--systemd=false` is the way out then.
+    "usr/local/sbin/hvs-init": """#!/bin/sh
+# podman 4.3 in systemd mode on cgroup v1 bind-mounts the host's whole name=systemd hierarchy
+# over the container's private one (mountinfo root "/../.."), even with --cgroupns=private.
+# systemd would take the host's root for its own and, when it shuts down, delete every empty
+# cgroup directory there: the other containers' libpod-<id> dirs (`podman exec` into them then
+# fails). Lazily unmount that bind so runc's private mount (root "/") shows, then run systemd.
+set -u
+mnt=/sys/fs/cgroup/systemd
+i=0
+# The last mountinfo line for a mount point is the mount on top.
+while [ "$i" -lt 4 ] &&
+    awk -v m="$mnt" '$5 == m { root = $4 } END { exit !(root != "" && root != "/") }' /proc/self/mountinfo
+do
+    umount -l "$mnt" || break
+    i=$((i + 1))
+done
+exec /sbin/init "$@"
+""",
     "usr/local/sbin/hvs-plain-etc": """#!/bin/sh
 # podman bind-mounts these three files: editing them in place fails with EBUSY. Replace
 # each mount with a plain file holding the same content, once, early at boot.
@@ -100,7 +128,7 @@ UseDNS no
 CONTAINERFILE = """FROM {base}
 COPY rootfs/ /
 RUN set -eu; \\
-    chmod 0755 /usr/local/sbin/hvs-plain-etc; \\
+    chmod 0755 /usr/local/sbin/hvs-plain-etc /usr/local/sbin/hvs-init; \\
     : > /etc/machine-id; \\
     rm -f /var/lib/dbus/machine-id; ln -s /etc/machine-id /var/lib/dbus/machine-id; \\
     rm -f /etc/ssh/ssh_host_*; \\
@@ -108,7 +136,7 @@ RUN set -eu; \\
     systemctl mask systemd-firstboot.service getty.target console-getty.service; \\
     rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 STOPSIGNAL SIGRTMIN+3
-CMD ["/sbin/init"]
+CMD ["/usr/local/sbin/hvs-init"]
 """
 
 
@@ -150,12 +178,17 @@ class BuildReport:
     image: str
     built: bool
     seconds: float
+    # The id of the image carrying this recipe: servers are created from it, not from the tag,
+    # which another run building another recipe may move meanwhile.
+    image_id: str = ""
 
 
 def current_recipe(image: str) -> str | None:
     data = inspect("image", image)
-    if data is None:
-        return None
+    return None if data is None else _recipe_label(data)
+
+
+def _recipe_label(data: dict[str, Any]) -> str | None:
     labels = (data.get("Config") or {}).get("Labels") or data.get("Labels") or {}
     return labels.get(RECIPE_LABEL)
 
@@ -164,8 +197,9 @@ def ensure_image(recipe: Recipe, *, rebuild: bool = False, timeout: float = 1200
     """Build the image unless one with this recipe's hash exists. Safe across processes."""
     started = time.monotonic()
     with cache.lock("image", timeout=timeout):
-        if not rebuild and current_recipe(recipe.image) == recipe.hash:
-            return BuildReport(recipe.image, False, time.monotonic() - started)
+        data = inspect("image", recipe.image)
+        if not rebuild and data is not None and _recipe_label(data) == recipe.hash:
+            return BuildReport(recipe.image, False, time.monotonic() - started, str(data.get("Id", "")))
         if rebuild or inspect("image", recipe.base_image) is None:
             _build_rootfs(recipe)
         _build_image(recipe)
@@ -176,7 +210,8 @@ def ensure_image(recipe: Recipe, *, rebuild: bool = False, timeout: float = 1200
             "--filter", f"label={SUITE_LABEL}={SUITE_LABEL_VALUE}", "--filter", f"label={ROLE_LABEL}=image",
             timeout=120,
         )  # fmt: skip
-    return BuildReport(recipe.image, True, time.monotonic() - started)
+        data = inspect("image", recipe.image) or {}
+    return BuildReport(recipe.image, True, time.monotonic() - started, str(data.get("Id", "")))
 
 
 def _build_rootfs(recipe: Recipe) -> None:

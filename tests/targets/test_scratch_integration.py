@@ -9,12 +9,15 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from targets.ssh import open_client, run
 
 from settings.loader import load_settings
 from targets import Target, scratch
 from targets.image import Recipe
 from transport.podman import exists
+from transport.ssh import open_client, run
+
+# Name prefix of the servers this test creates (a developer may set their own).
+PREFIX = os.environ.get("HVSUITE_TEST_PREFIX", "hvs-it")
 
 pytestmark = pytest.mark.skipif(
     shutil.which("podman") is None or os.geteuid() != 0,
@@ -25,18 +28,14 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def servers() -> Iterator[list[Target]]:
     settings = load_settings().scratch
-    names = [f"hvs-it-{uuid.uuid4().hex[:8]}-{i}" for i in (1, 2)]
-    created: list[Target] = []
+    names = [f"{PREFIX}-{uuid.uuid4().hex[:8]}-{i}" for i in (1, 2)]
     try:
-        for name in names:
-            started = time.monotonic()
-            target, report = scratch.create(name, settings, ready_timeout=settings.ready_timeout)
-            print(
-                f"{name}: created={report.created} ssh ready in {report.ready_seconds:.2f} s, "
-                f"total {time.monotonic() - started:.2f} s"
-            )
-            created.append(target)
-        yield created
+        started = time.monotonic()
+        fleet = scratch.create_fleet({names[0]: ("primary",), names[1]: ("probe",)}, settings)
+        for target, report in fleet.values():
+            print(f"{target.name}: created={report.created} ssh ready in {report.ready_seconds:.2f} s")
+        print(f"both ready in {time.monotonic() - started:.2f} s")
+        yield [fleet[name][0] for name in names]
     finally:
         for name in names:
             started = time.monotonic()
@@ -47,9 +46,7 @@ def servers() -> Iterator[list[Target]]:
 
 
 def sh(target: Target, command: str) -> tuple[int, str]:
-    client = open_client(
-        target.address, target.port, target.user, target.key_file, timeout=10, known_hosts=target.known_hosts
-    )
+    client = open_client(target.endpoint, timeout=10)
     try:
         code, out, err = run(client, command, timeout=120)
     finally:
@@ -112,9 +109,13 @@ def test_reuse_does_not_recreate(servers: list[Target]) -> None:
     _code, before = sh(servers[0], "cat /etc/machine-id")
     target, report = scratch.create(servers[0].name, settings)
     assert not report.created and target.address == servers[0].address
+    # Reused without roles asked for: the ones it was created with.
+    assert target.roles == ("primary",)
     assert sh(target, "cat /etc/machine-id")[1] == before
     listed = {row.name: row for row in scratch.list_servers(settings)}
-    assert listed[servers[0].name].state == "running" and listed[servers[0].name].current
+    row = listed[servers[0].name]
+    assert row.state == "running" and row.current and row.roles == ("primary",)
+    assert row.address == servers[0].address
 
 
 def test_recipe_hash_is_in_the_image_label(servers: list[Target]) -> None:
