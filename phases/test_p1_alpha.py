@@ -108,21 +108,40 @@ def test_port_scan_shows_exactly_the_allowed_ports(
     )
 
 
+@pytest.fixture
+def admin_only_port(host, settings: Settings) -> Iterator[int]:
+    """A declared admin-only port that listens: a service's, or (before Bravo and Charlie
+    start theirs) a throwaway listener on one, so the probe's scan has something to miss."""
+    listening = hardening.public_tcp_ports(probes.read_fact(host, hardening.Listeners()))
+    admin_only = [r.port for r in settings.ports if r.proto == "tcp" and "world" not in r.sources]
+    assert admin_only, "no admin-only port is declared: nothing to prove closed"
+    serving = sorted(set(admin_only) & listening)
+    if serving:
+        yield serving[0]
+        return
+    with probes.temporary_listener(host, admin_only[0], unit="hvsuite-admin-only-listener") as port:
+        yield port
+
+
 @task("Firewall")
-def test_a_host_that_is_no_admin_reaches_only_world_ports(host, probe, settings: Settings, target) -> None:
+def test_a_host_that_is_no_admin_reaches_only_world_ports(
+    host, probe, settings: Settings, target, admin_only_port: int
+) -> None:
     # The same scan from the probe host, which is outside firewall.admin_sources: admin-only
     # ports (metrics, the registry, flintlock's API) must be as closed to it as to anyone.
     address = probes.read_fact(probe.host, firewall.SourceAddress(target.address))
     allowed = firewall.allowed_ports(settings, settings.firewall.admin_sources, address)
     world = {rule.port for rule in settings.ports if "world" in rule.sources and rule.proto == "tcp"}
     assert allowed == world, f"{address} is inside firewall.admin_sources: this proves nothing"
+    # The controller (an admin) reaches the admin-only port: it answers, so a miss is the firewall.
+    assert probes.scan_ports(target.address, [admin_only_port], timeout=2.0).open == {admin_only_port}
     listening = hardening.public_tcp_ports(probes.read_fact(host, hardening.Listeners()))
-    assert listening - world, "no admin-only port listens: nothing to prove closed"
     plan = probes.scan_plan(rule.port for rule in settings.ports)
     scan = probes.scan_ports_from(probe.remote, target.address, plan, timeout=1.0, concurrency=128)
     assert scan.open == world & listening, (
         f"from {address}: open {sorted(scan.open)}; world ports listening: {sorted(world & listening)}"
     )
+    assert admin_only_port in scan.filtered, f"port {admin_only_port} answered {address} instead of dropping"
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ import filelock
 
 from steps.redact import Redactor
 from transport.hostkeys import HostKeyError
-from transport.ssh import Backoff, ConnectionDropped, reconnect
+from transport.ssh import CONNECTION_ERRORS, Backoff, ConnectionDropped, reconnect
 
 if TYPE_CHECKING:
     from steps.facts import Fact
@@ -577,6 +577,9 @@ class Host:
             connection = self._connect() if self._connect is not None else _clone_connection(self.connection)
         except HostKeyError as exc:
             raise ApplyError(f"[{self.name}] {exc}") from exc
+        except CONNECTION_ERRORS as exc:
+            # Refused, timed out, authentication failed: the login this proves did not happen.
+            raise ApplyError(f"[{self.name}] a new SSH login failed: {type(exc).__name__}: {exc}") from exc
         host = self._sibling(connection, self.mode)
         host.run("true")
         return host

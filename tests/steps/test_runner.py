@@ -218,6 +218,17 @@ def test_fresh_login_failure_is_an_apply_error(lock_dir: Path) -> None:
         host.fresh()
 
 
+def test_a_refused_new_login_is_an_apply_error_not_a_crash(lock_dir: Path) -> None:
+    import paramiko
+
+    def connect() -> FakeConnection:
+        raise paramiko.AuthenticationException("Authentication failed.")
+
+    host = Host("h", FakeConnection(), lock_dir=lock_dir, connect=connect)
+    with pytest.raises(ApplyError, match=r"\[h\] a new SSH login failed: AuthenticationException"):
+        host.fresh()
+
+
 def test_idempotence_gate_lists_ops_that_would_change(lock_dir: Path) -> None:
     conn = FakeConnection(
         {FileInfo("/etc/a").command: (0, "regular file|root|root|644|1\n", "")},
