@@ -155,8 +155,14 @@ def guarded_change(
 
 
 def _roll_back(host: Host, guard: Guard, op: str, why: str) -> None:
-    restored = host.run(f"/bin/sh {shlex.quote(guard.script)}", check=False)
-    host.run(f"systemctl stop -- {shlex.quote(guard.unit)}.timer", check=False)
+    try:
+        restored = host.run(f"/bin/sh {shlex.quote(guard.script)}", check=False)
+        host.run(f"systemctl stop -- {shlex.quote(guard.unit)}.timer", check=False)
+    except ApplyError as unreachable:
+        # The connection dropped and no new login gets in (the change may lock everyone out):
+        # the host's own switch restores the files when its timer fires. Wait for it.
+        _await_switch(host, guard, op, why, unreachable)
+        return
     host.invalidate_facts()
     try:
         prove_login(host)
@@ -170,3 +176,21 @@ def _roll_back(host: Host, guard: Guard, op: str, why: str) -> None:
             f"[{host.name}] {op}: rolled back after '{why}', access proven, but the restore script "
             f"exited {restored.exit_code}: {restored.stderr.strip()}"
         )
+
+
+SWITCH_POLL = 5.0
+
+
+def _await_switch(host: Host, guard: Guard, op: str, why: str, cause: ApplyError) -> None:
+    """Prove a new login once the dead man's switch has fired (``guard.seconds`` after it
+    was armed, plus a margin); raise ApplyError naming both failures if none comes back."""
+    bound = guard.seconds + 30
+    try:
+        prove_login(host, attempts=int(bound // max(SWITCH_POLL, 1.0)) + 1, delay=SWITCH_POLL)
+    except ApplyError as exc:
+        raise ApplyError(
+            f"[{host.name}] {op}: rollback after '{why}' could not reach the host ({cause}), and no new "
+            f"login came back within {bound} s, when the host's own switch should have restored the "
+            f"files; use the console. {exc}"
+        ) from exc
+    host.invalidate_facts()

@@ -168,6 +168,45 @@ def test_failed_login_proof_rolls_the_change_back() -> None:
     assert "systemctl reload ssh || status=1" in guard.restore_script(g)
 
 
+def test_a_drop_during_a_lock_out_waits_for_the_hosts_own_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The change locks everyone out and the connection drops: the restore cannot be run over
+    # SSH, so the rollback waits for the host's timer to restore the files, then proves access.
+    monkeypatch.setattr(guard, "SWITCH_POLL", 0.0)
+    monkeypatch.setattr(guard.time, "sleep", lambda seconds: None)
+    conn = FakeConnection()
+    conn.drop_on(re.compile(r"/bin/sh /run/hvsuite/rollback/sshd/restore\.sh"))
+    # The change's own proof fails 6 times, then the first wait; the switch fires after that.
+    logins = iter([False] * 7 + [True])
+
+    def fresh() -> Host:
+        if not next(logins):
+            raise ApplyError("Authentication failed.")
+        return host
+
+    host = fake_host(conn)
+    host.fresh = fresh  # type: ignore[method-assign]
+    g = guard.Guard("sshd", files=("/etc/x.conf",), restore=("systemctl reload ssh",), seconds=30)
+    with pytest.raises(ApplyError, match="so it was rolled back and access proven again"):
+        guard.guarded_change(host, "op", ["touch /etc/x.conf"], g)
+    assert next(logins, None) is None, "access was not proven after the switch fired"
+
+
+def test_no_login_after_the_switch_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(guard, "SWITCH_POLL", 0.0)
+    monkeypatch.setattr(guard.time, "sleep", lambda seconds: None)
+    conn = FakeConnection()
+    conn.drop_on(re.compile(r"/bin/sh .*restore\.sh"))
+    host = fake_host(conn)
+
+    def refuse() -> Host:
+        raise ApplyError("Authentication failed.")
+
+    host.fresh = refuse  # type: ignore[method-assign]
+    g = guard.Guard("sshd", files=("/etc/x.conf",), restore=(), seconds=30)
+    with pytest.raises(ApplyError, match=r"no new login came back within 60 s.*use the console"):
+        guard.guarded_change(host, "op", ["touch /etc/x.conf"], g)
+
+
 # -- sshd -------------------------------------------------------------------------------------
 
 
