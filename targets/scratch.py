@@ -455,7 +455,7 @@ def _create(
                 f"a container named {name!r} exists but was not created by this suite; "
                 "choose another scratch name (--target scratch:NAME)"
             )
-        created = False
+        created = started_now = False
         previous = ""
         if data is not None and (rebuild or not _is_current(data, recipe)):
             previous = _recorded_address(data, settings.network)
@@ -477,6 +477,7 @@ def _create(
             roles = roles or _roles_of(data)
             if not (data.get("State") or {}).get("Running"):
                 _start(name, _recorded_address(data, settings.network), settings.network)
+                started_now = True
         data = inspect("container", name) or {}
         address = _address(data, settings.network)
         if not address:
@@ -486,9 +487,11 @@ def _create(
             )
         # Pin the host keys read through the container runtime (trusted), then verify them
         # like any other target's: nothing on the network is trusted on first use. Each
-        # `podman exec` costs a few hundred ms of CPU, so wait for sshd to listen first (a
-        # TCP connect is nearly free): polling by exec slowed parallel boots down 3-5 times.
-        _wait_for_port(name, address, 22, timeout=ready_timeout)
+        # `podman exec` costs a few hundred ms of CPU, so a booting server is first waited
+        # for by TCP connects to sshd (nearly free): polling by exec slowed parallel boots
+        # down 3-5 times.
+        if created or started_now:
+            _wait_for_port(name, address, 22, timeout=ready_timeout)
         hostkeys.pin(name, address, hostkeys.read_host_keys(name, timeout=ready_timeout))
         try:
             _waited, os_name, kernel = wait_for_ssh(_target(name, address).endpoint, timeout=ready_timeout)
