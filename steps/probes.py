@@ -81,6 +81,11 @@ def scan_ports(
     Raises ValueError for an empty or oversized port list and TimeoutError when the whole
     scan exceeds ``deadline`` seconds.
     """
+    return asyncio.run(_scan(address, _bounded(ports, concurrency), timeout, concurrency, deadline))
+
+
+def _bounded(ports: Iterable[int], concurrency: int) -> list[int]:
+    """The sorted ports of a scan, refused with ValueError beyond the probe's bounds."""
     wanted = sorted(set(ports))
     if not wanted:
         raise ValueError("scan_ports: no ports to scan")
@@ -90,7 +95,7 @@ def scan_ports(
         raise ValueError("scan_ports: ports must be within 1-65535")
     if not 1 <= concurrency <= 512:
         raise ValueError("scan_ports: concurrency must be within 1-512")
-    return asyncio.run(_scan(address, wanted, timeout, concurrency, deadline))
+    return wanted
 
 
 async def _scan(
@@ -170,9 +175,7 @@ def scan_ports_from(
     what a machine that is not the controller can reach. Same bounds as a local scan."""
     import json
 
-    wanted = sorted(set(ports))
-    if not wanted or len(wanted) > MAX_SCAN_PORTS or not 1 <= concurrency <= 512:
-        raise ValueError(f"scan_ports_from: {len(wanted)} ports / concurrency {concurrency} out of bounds")
+    wanted = _bounded(ports, concurrency)
     request = {
         "address": address,
         "ports": wanted,

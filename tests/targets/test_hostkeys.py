@@ -2,12 +2,11 @@
 (unknown or different: a TargetError naming host, port, key type, fingerprint and fix;
 strict_host_keys = false records it), the testinfra host checks it too, a refused port fails
 at once, and scratch servers' pinned keys live in the suite's own known_hosts file, one
-group of lines per server."""
+group of lines per ssh_server."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +23,6 @@ from transport.hostkeys import key_fingerprint
 from transport.ssh import checks_host
 
 
-@pytest.fixture
-def server() -> Iterator[ExecServer]:
-    srv = ExecServer()
-    try:
-        yield srv
-    finally:
-        srv.close()
-
-
-@pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    path = tmp_path / "id_rsa"
-    paramiko.RSAKey.generate(1024).write_private_key_file(str(path))
-    return path
-
-
 def _settings(known_hosts: Path, key_file: Path, *, strict: bool = True) -> Settings:
     settings = load_settings()
     ssh = settings.ssh.model_copy(
@@ -48,51 +31,53 @@ def _settings(known_hosts: Path, key_file: Path, *, strict: bool = True) -> Sett
     return settings.model_copy(update={"ssh": ssh})
 
 
-def _host(server: ExecServer, spec: SSHSpec | None = None) -> PlannedHost:
-    spec = spec or SSHSpec(host="127.0.0.1", user="root", port=server.port, key_file=None)
+def _host(ssh_server: ExecServer, spec: SSHSpec | None = None) -> PlannedHost:
+    spec = spec or SSHSpec(host="127.0.0.1", user="root", port=ssh_server.port, key_file=None)
     return PlannedHost("box", ("primary",), spec)
 
 
 def test_unknown_host_key_fails_resolution_with_fingerprint_and_fix(
-    server: Any, key_file: Path, tmp_path: Path
+    ssh_server: Any, key_file: Path, tmp_path: Path
 ) -> None:
     known = tmp_path / "known_hosts"
     with pytest.raises(TargetError) as caught:
-        resolve_ssh(_settings(known, key_file), _host(server))
+        resolve_ssh(_settings(known, key_file), _host(ssh_server))
     message = str(caught.value)
-    assert f"127.0.0.1 port {server.port}" in message and "unknown" in message
-    assert "ssh-rsa" in message and key_fingerprint(server.key) in message
-    assert f"ssh-keyscan -p {server.port} 127.0.0.1 >> {known}" in message
+    assert f"127.0.0.1 port {ssh_server.port}" in message and "unknown" in message
+    assert "ssh-rsa" in message and key_fingerprint(ssh_server.key) in message
+    assert f"ssh-keyscan -p {ssh_server.port} 127.0.0.1 >> {known}" in message
     assert "ssh.strict_host_keys = false" in message
     assert not known.exists()
 
 
-def test_changed_host_key_fails_resolution(server: Any, key_file: Path, tmp_path: Path) -> None:
+def test_changed_host_key_fails_resolution(ssh_server: Any, key_file: Path, tmp_path: Path) -> None:
     known = tmp_path / "known_hosts"
     other = paramiko.RSAKey.generate(1024)
-    known.write_text(f"[127.0.0.1]:{server.port} ssh-rsa {other.get_base64()}\n")
+    known.write_text(f"[127.0.0.1]:{ssh_server.port} ssh-rsa {other.get_base64()}\n")
     for strict in (True, False):
-        with pytest.raises(TargetError, match=f"MISMATCH for 127.0.0.1 port {server.port}") as caught:
-            resolve_ssh(_settings(known, key_file, strict=strict), _host(server))
-        assert key_fingerprint(server.key) in str(caught.value)
+        with pytest.raises(TargetError, match=f"MISMATCH for 127.0.0.1 port {ssh_server.port}") as caught:
+            resolve_ssh(_settings(known, key_file, strict=strict), _host(ssh_server))
+        assert key_fingerprint(ssh_server.key) in str(caught.value)
 
 
-def test_accept_new_records_then_every_connection_checks(server: Any, key_file: Path, tmp_path: Path) -> None:
+def test_accept_new_records_then_every_connection_checks(
+    ssh_server: Any, key_file: Path, tmp_path: Path
+) -> None:
     known = tmp_path / "known_hosts"
-    target = resolve_ssh(_settings(known, key_file, strict=False), _host(server))
+    target = resolve_ssh(_settings(known, key_file, strict=False), _host(ssh_server))
     assert target.known_hosts == (str(known),)
-    entry = paramiko.HostKeys(str(known)).lookup(f"[127.0.0.1]:{server.port}")
-    assert entry is not None and entry["ssh-rsa"].asbytes() == server.key.asbytes()
+    entry = paramiko.HostKeys(str(known)).lookup(f"[127.0.0.1]:{ssh_server.port}")
+    assert entry is not None and entry["ssh-rsa"].asbytes() == ssh_server.key.asbytes()
     # Strict from now on: resolution and the testinfra host pass with the recorded key.
-    resolve_ssh(_settings(known, key_file), _host(server))
+    resolve_ssh(_settings(known, key_file), _host(ssh_server))
     assert checks_host(target.endpoint).run("exit 3").rc == 3
 
 
-def test_testinfra_host_refuses_an_unknown_key(server: Any, key_file: Path, tmp_path: Path) -> None:
+def test_testinfra_host_refuses_an_unknown_key(ssh_server: Any, key_file: Path, tmp_path: Path) -> None:
     target = Target(
         name="t",
         address="127.0.0.1",
-        port=server.port,
+        port=ssh_server.port,
         user="root",
         key_file=key_file,
         roles=("primary",),
@@ -103,17 +88,18 @@ def test_testinfra_host_refuses_an_unknown_key(server: Any, key_file: Path, tmp_
         checks_host(target.endpoint).run("exit 0")
 
 
-def test_hashed_entry_from_alias_known_hosts_file(server: Any, key_file: Path, tmp_path: Path) -> None:
+def test_hashed_entry_from_alias_known_hosts_file(ssh_server: Any, key_file: Path, tmp_path: Path) -> None:
     alias_known = tmp_path / "alias_known_hosts"
-    hashed = paramiko.HostKeys.hash_host(f"[127.0.0.1]:{server.port}")
-    alias_known.write_text(f"{hashed} ssh-rsa {server.key.get_base64()}\n")
+    hashed = paramiko.HostKeys.hash_host(f"[127.0.0.1]:{ssh_server.port}")
+    alias_known.write_text(f"{hashed} ssh-rsa {ssh_server.key.get_base64()}\n")
     config = tmp_path / "ssh_config"
     config.write_text(
-        f"Host box\n    HostName 127.0.0.1\n    Port {server.port}\n    UserKnownHostsFile {alias_known}\n"
+        f"Host box\n    HostName 127.0.0.1\n    Port {ssh_server.port}\n"
+        f"    UserKnownHostsFile {alias_known}\n"
     )
     spec = resolve_alias("box", ssh_config=config)
     assert spec.known_hosts == (alias_known,)
-    target = resolve_ssh(_settings(tmp_path / "known_hosts", key_file), _host(server, spec))
+    target = resolve_ssh(_settings(tmp_path / "known_hosts", key_file), _host(ssh_server, spec))
     assert target.known_hosts == (str(tmp_path / "known_hosts"), str(alias_known))
     assert Target.from_json(target.to_json()) == target
 

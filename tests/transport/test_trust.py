@@ -7,7 +7,7 @@ an unknown key once and still refuses a changed one."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,28 +20,12 @@ from transport.hostkeys import HostKeyError, KnownHosts, PinnedKeys, key_fingerp
 from transport.ssh import Endpoint, checks_host, fabric_connection, key_login
 
 
-@pytest.fixture
-def server() -> Iterator[ExecServer]:
-    srv = ExecServer()
-    try:
-        yield srv
-    finally:
-        srv.close()
-
-
-@pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    path = tmp_path / "id_rsa"
-    paramiko.RSAKey.generate(1024).write_private_key_file(str(path))
-    return path
-
-
 def _line(name: str, key: Any) -> str:
     return f"{name} {key.get_name()} {key.get_base64()}\n"
 
 
-def _endpoint(server: ExecServer, key_file: Path, trust: KnownHosts) -> Endpoint:
-    return Endpoint("local", "127.0.0.1", server.port, "tester", key_file, trust)
+def _endpoint(ssh_server: ExecServer, key_file: Path, trust: KnownHosts) -> Endpoint:
+    return Endpoint("local", "127.0.0.1", ssh_server.port, "tester", key_file, trust)
 
 
 def _trust(tmp_path: Path, text: str, **kwargs: Any) -> KnownHosts:
@@ -78,86 +62,94 @@ CLIENTS: dict[str, Callable[[Endpoint], str]] = {
 }
 
 
-def test_fingerprint_is_openssh_sha256(server: ExecServer, tmp_path: Path) -> None:
+def test_fingerprint_is_openssh_sha256(ssh_server: ExecServer, tmp_path: Path) -> None:
     pub = tmp_path / "key.pub"
-    pub.write_text(_line("127.0.0.1", server.key))
+    pub.write_text(_line("127.0.0.1", ssh_server.key))
     out = subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True, check=True).stdout
-    assert key_fingerprint(server.key) in out
+    assert key_fingerprint(ssh_server.key) in out
 
 
 @pytest.mark.parametrize("client", CLIENTS)
 def test_a_known_port_entry_is_accepted(
-    server: ExecServer, key_file: Path, tmp_path: Path, client: str
+    ssh_server: ExecServer, key_file: Path, tmp_path: Path, client: str
 ) -> None:
-    trust = _trust(tmp_path, server.known_hosts_line())
-    assert CLIENTS[client](_endpoint(server, key_file, trust)) in {"ok", "password,publickey", "tester"}
+    trust = _trust(tmp_path, ssh_server.known_hosts_line())
+    assert CLIENTS[client](_endpoint(ssh_server, key_file, trust)) in {"ok", "password,publickey", "tester"}
 
 
-def test_a_hashed_entry_is_accepted(server: ExecServer, key_file: Path, tmp_path: Path) -> None:
-    hashed = paramiko.HostKeys.hash_host(f"[127.0.0.1]:{server.port}")
-    trust = _trust(tmp_path, _line(hashed, server.key))
-    assert _probe(_endpoint(server, key_file, trust)) == "password,publickey"
-    assert _fabric(_endpoint(server, key_file, trust)) == "ok"
+def test_a_hashed_entry_is_accepted(ssh_server: ExecServer, key_file: Path, tmp_path: Path) -> None:
+    hashed = paramiko.HostKeys.hash_host(f"[127.0.0.1]:{ssh_server.port}")
+    trust = _trust(tmp_path, _line(hashed, ssh_server.key))
+    assert _probe(_endpoint(ssh_server, key_file, trust)) == "password,publickey"
+    assert _fabric(_endpoint(ssh_server, key_file, trust)) == "ok"
 
 
 @pytest.mark.parametrize("client", CLIENTS)
 def test_an_unknown_key_is_refused_with_fingerprint_and_fix(
-    server: ExecServer, key_file: Path, tmp_path: Path, client: str
+    ssh_server: ExecServer, key_file: Path, tmp_path: Path, client: str
 ) -> None:
     # An entry for port 22 does not vouch for another port: "[host]:port" is its own name.
-    trust = _trust(tmp_path, _line("127.0.0.1", server.key))
+    trust = _trust(tmp_path, _line("127.0.0.1", ssh_server.key))
     with pytest.raises(HostKeyError) as caught:
-        CLIENTS[client](_endpoint(server, key_file, trust))
+        CLIENTS[client](_endpoint(ssh_server, key_file, trust))
     message = str(caught.value)
-    assert "unknown" in message and f"127.0.0.1 port {server.port}" in message
-    assert server.key.get_name() in message and key_fingerprint(server.key) in message
-    assert f"ssh-keyscan -p {server.port} 127.0.0.1 >>" in message
+    assert "unknown" in message and f"127.0.0.1 port {ssh_server.port}" in message
+    assert ssh_server.key.get_name() in message and key_fingerprint(ssh_server.key) in message
+    assert f"ssh-keyscan -p {ssh_server.port} 127.0.0.1 >>" in message
     assert "ssh.strict_host_keys = false" in message
-    assert caught.value.fingerprint == key_fingerprint(server.key)
+    assert caught.value.fingerprint == key_fingerprint(ssh_server.key)
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-def test_a_different_key_is_refused(server: ExecServer, key_file: Path, tmp_path: Path, client: str) -> None:
+def test_a_different_key_is_refused(
+    ssh_server: ExecServer, key_file: Path, tmp_path: Path, client: str
+) -> None:
     other = paramiko.RSAKey.generate(1024)
-    trust = _trust(tmp_path, _line(f"[127.0.0.1]:{server.port}", other))
+    trust = _trust(tmp_path, _line(f"[127.0.0.1]:{ssh_server.port}", other))
     with pytest.raises(HostKeyError) as caught:
-        CLIENTS[client](_endpoint(server, key_file, trust))
+        CLIENTS[client](_endpoint(ssh_server, key_file, trust))
     message = str(caught.value)
-    assert "MISMATCH" in message and f"port {server.port}" in message
-    assert key_fingerprint(server.key) in message and key_fingerprint(other) in message
-    assert f"ssh-keygen -R '[127.0.0.1]:{server.port}'" in message
+    assert "MISMATCH" in message and f"port {ssh_server.port}" in message
+    assert key_fingerprint(ssh_server.key) in message and key_fingerprint(other) in message
+    assert f"ssh-keygen -R '[127.0.0.1]:{ssh_server.port}'" in message
 
 
-def test_no_known_hosts_file_trusts_nothing(server: ExecServer, key_file: Path, tmp_path: Path) -> None:
+def test_no_known_hosts_file_trusts_nothing(ssh_server: ExecServer, key_file: Path, tmp_path: Path) -> None:
     trust = KnownHosts((tmp_path / "missing",))
     with pytest.raises(HostKeyError, match="unknown"):
-        _probe(_endpoint(server, key_file, trust))
+        _probe(_endpoint(ssh_server, key_file, trust))
 
 
 def test_accept_new_records_the_key_once_and_refuses_a_change(
-    server: ExecServer, key_file: Path, tmp_path: Path
+    ssh_server: ExecServer, key_file: Path, tmp_path: Path
 ) -> None:
     record = tmp_path / "sub" / "known_hosts"
     trust = KnownHosts((record,), record_to=record)
-    assert _fabric(_endpoint(server, key_file, trust)) == "ok"
-    assert record.read_text().split() == [f"[127.0.0.1]:{server.port}", "ssh-rsa", server.key.get_base64()]
+    assert _fabric(_endpoint(ssh_server, key_file, trust)) == "ok"
+    assert record.read_text().split() == [
+        f"[127.0.0.1]:{ssh_server.port}",
+        "ssh-rsa",
+        ssh_server.key.get_base64(),
+    ]
     assert record.stat().st_mode & 0o777 == 0o600
     # Now known: a strict connection passes, and a second accept-new one records nothing more.
-    assert _probe(_endpoint(server, key_file, KnownHosts((record,)))) == "password,publickey"
-    assert _fabric(_endpoint(server, key_file, trust)) == "ok"
+    assert _probe(_endpoint(ssh_server, key_file, KnownHosts((record,)))) == "password,publickey"
+    assert _fabric(_endpoint(ssh_server, key_file, trust)) == "ok"
     assert len(record.read_text().splitlines()) == 1
     # A different key is refused even in accept-new mode, and nothing is recorded.
-    record.write_text(_line(f"[127.0.0.1]:{server.port}", paramiko.RSAKey.generate(1024)))
+    record.write_text(_line(f"[127.0.0.1]:{ssh_server.port}", paramiko.RSAKey.generate(1024)))
     before = record.read_text()
-    with pytest.raises(HostKeyError, match=f"MISMATCH for 127.0.0.1 port {server.port}"):
-        _fabric(_endpoint(server, key_file, trust))
+    with pytest.raises(HostKeyError, match=f"MISMATCH for 127.0.0.1 port {ssh_server.port}"):
+        _fabric(_endpoint(ssh_server, key_file, trust))
     assert record.read_text() == before
 
 
-def test_a_custom_fix_replaces_the_default_advice(server: ExecServer, key_file: Path, tmp_path: Path) -> None:
+def test_a_custom_fix_replaces_the_default_advice(
+    ssh_server: ExecServer, key_file: Path, tmp_path: Path
+) -> None:
     trust = _trust(tmp_path, "", fix="Fix: recreate the scratch server.")
     with pytest.raises(HostKeyError, match=r"Fix: recreate the scratch server\.") as caught:
-        _testinfra(_endpoint(server, key_file, trust))
+        _testinfra(_endpoint(ssh_server, key_file, trust))
     assert "ssh-keyscan" not in str(caught.value)
 
 
