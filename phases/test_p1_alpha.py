@@ -137,7 +137,7 @@ def test_a_host_that_is_no_admin_reaches_only_world_ports(
     assert probes.scan_ports(target.address, [admin_only_port], timeout=2.0).open == {admin_only_port}
     listening = hardening.public_tcp_ports(probes.read_fact(host, hardening.Listeners()))
     plan = probes.scan_plan(rule.port for rule in settings.ports)
-    scan = probes.scan_ports_from(probe.remote, target.address, plan, timeout=1.0, concurrency=128)
+    scan = probes.scan_ports(target.address, plan, timeout=1.0, concurrency=128, via=probe.remote)
     assert scan.open == world & listening, (
         f"from {address}: open {sorted(scan.open)}; world ports listening: {sorted(world & listening)}"
     )

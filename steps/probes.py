@@ -75,13 +75,19 @@ def scan_ports(
     timeout: float = 1.0,
     concurrency: int = 128,
     deadline: float = 120.0,
+    via: Any = None,
 ) -> ScanResult:
-    """TCP connect scan of ``ports`` on ``address`` only, ``concurrency`` at a time.
+    """TCP connect scan of ``ports`` on ``address`` only, ``concurrency`` at a time, from the
+    controller, or with ``via`` (a ``steps.runner.Host``) from that host: what a machine that
+    is not the controller can reach.
 
     Raises ValueError for an empty or oversized port list and TimeoutError when the whole
     scan exceeds ``deadline`` seconds.
     """
-    return asyncio.run(_scan(address, _bounded(ports, concurrency), timeout, concurrency, deadline))
+    wanted = _bounded(ports, concurrency)
+    if via is not None:
+        return _scan_from(via, address, wanted, timeout, concurrency, deadline)
+    return asyncio.run(_scan(address, wanted, timeout, concurrency, deadline))
 
 
 def _bounded(ports: Iterable[int], concurrency: int) -> list[int]:
@@ -162,20 +168,11 @@ print(json.dumps({"states": states, "seconds": time.monotonic() - started}))
 """
 
 
-def scan_ports_from(
-    remote: Any,
-    address: str,
-    ports: Iterable[int],
-    *,
-    timeout: float = 1.0,
-    concurrency: int = 128,
-    deadline: float = 120.0,
+def _scan_from(
+    remote: Any, address: str, wanted: list[int], timeout: float, concurrency: int, deadline: float
 ) -> ScanResult:
-    """:func:`scan_ports` run on another host through ``remote`` (a ``steps.runner.Host``):
-    what a machine that is not the controller can reach. Same bounds as a local scan."""
     import json
 
-    wanted = _bounded(ports, concurrency)
     request = {
         "address": address,
         "ports": wanted,

@@ -9,6 +9,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -475,7 +476,17 @@ def test_port_scan_is_bounded() -> None:
     assert len(probes.scan_plan([9090])) < probes.MAX_SCAN_PORTS
 
 
-def test_port_scan_tells_open_from_refused_on_loopback() -> None:
+class _LocalHost:
+    """Runs a command here, the way a runner Host runs it on another host (sh, stdin)."""
+
+    def run(self, command: str, *, stdin: str, timeout: float) -> Any:
+        return subprocess.run(
+            ["sh", "-c", command], input=stdin, capture_output=True, text=True, timeout=timeout
+        )
+
+
+@pytest.mark.parametrize("via", [None, _LocalHost()], ids=["from-the-controller", "from-another-host"])
+def test_port_scan_tells_open_from_refused_on_loopback(via: Any) -> None:
     import socket
 
     with socket.socket() as server:
@@ -485,8 +496,8 @@ def test_port_scan_tells_open_from_refused_on_loopback() -> None:
         with socket.socket() as other:
             other.bind(("127.0.0.1", 0))
             closed = other.getsockname()[1]
-        result = probes.scan_ports("127.0.0.1", [port, closed], timeout=1.0)
-    assert result.open == {port} and result.refused == {closed}
+        result = probes.scan_ports("127.0.0.1", [port, closed], timeout=1.0, via=via)
+    assert result.open == {port} and result.refused == {closed} and result.scanned == 2
 
 
 @dataclass(frozen=True)
