@@ -369,7 +369,8 @@ def remove_old_flag_servers() -> list[str]:
         data = inspect("container", name)
         if data is not None:
             remembered[name] = _address(data, _network_of(data))
-        _remove(name)
+        # Killed, not stopped: its systemd's clean shutdown is what deletes the others' dirs.
+        _remove(name, grace=0)
         hostkeys.unpin(name)
     with cache.lock("scratch-addresses", timeout=120):
         _remember({k: v for k, v in remembered.items() if v})
@@ -639,8 +640,8 @@ def _run_new(
         raise
 
 
-def _remove(name: str) -> None:
-    podman("rm", "--force", "--time", "5", name, check=False, timeout=60)
+def _remove(name: str, *, grace: int = 5) -> None:
+    podman("rm", "--force", "--time", str(grace), name, check=False, timeout=60)
     podman("volume", "rm", "--force", volume_name(name), check=False, timeout=30)
 
 
