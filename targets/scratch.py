@@ -56,6 +56,8 @@ NETWORK_STATE = "network-state.json"
 # the most recent names only (their addresses are kept back from other new servers).
 ADDRESS_BOOK = "scratch-addresses.json"
 ADDRESS_BOOK_SIZE = 64
+# A new server whose address another run took between allocation and start gets another.
+ADDRESS_ATTEMPTS = 3
 
 # The inventory roles a server was created for, comma-separated.
 ROLES_LABEL = "io.hvsuite.roles"
@@ -336,6 +338,12 @@ class _AddressPool:
             self._handed_out.add(address)
         return address
 
+    def taken(self, address: str) -> None:
+        """``address`` turned out to be in use: read the containers' addresses again."""
+        with self._lock:
+            self._in_use = None
+            self._handed_out.add(address)
+
 
 # --- creation -----------------------------------------------------------------------------
 
@@ -361,7 +369,8 @@ def remove_old_flag_servers() -> list[str]:
         data = inspect("container", name)
         if data is not None:
             remembered[name] = _address(data, _network_of(data))
-        _remove(name)
+        # Killed, not stopped: its systemd's clean shutdown is what deletes the others' dirs.
+        _remove(name, grace=0)
         hostkeys.unpin(name)
     with cache.lock("scratch-addresses", timeout=120):
         _remember({k: v for k, v in remembered.items() if v})
@@ -462,8 +471,19 @@ def _create(
             _remove(name)
             data = None
         if data is None:
-            address = pool.allocate(name, previous)
-            _run_new(name, settings, build.image_id or recipe.image, recipe, public_key, address, roles)
+            image = build.image_id or recipe.image
+            for attempt in range(1, ADDRESS_ATTEMPTS + 1):
+                address = pool.allocate(name, previous)
+                try:
+                    _run_new(name, settings, image, recipe, public_key, address, roles)
+                    break
+                except PodmanError as exc:
+                    # Another run (another cache, so another address book) took it meanwhile.
+                    if "is not available" not in exc.stderr or attempt == ADDRESS_ATTEMPTS:
+                        raise
+                    log.info("scratch server %s: %s was taken meanwhile; trying another", name, address)
+                    pool.taken(address)
+                    previous = ""
             created = True
         else:
             if roles and roles != _roles_of(data):
@@ -620,8 +640,8 @@ def _run_new(
         raise
 
 
-def _remove(name: str) -> None:
-    podman("rm", "--force", "--time", "5", name, check=False, timeout=60)
+def _remove(name: str, *, grace: int = 5) -> None:
+    podman("rm", "--force", "--time", str(grace), name, check=False, timeout=60)
     podman("volume", "rm", "--force", volume_name(name), check=False, timeout=30)
 
 

@@ -100,6 +100,10 @@ def test_address_pool_hands_out_distinct_addresses_to_parallel_creations(
         got = list(threads.map(lambda i: pool.allocate(f"s{i}", previous=""), range(8)))
     assert len(set(got)) == 8 and not set(got) & {"10.9.0.1", "10.9.0.2", "10.9.0.3", "10.9.0.4"}
     assert reads == ["net"]
+    # An address another run took meanwhile is not handed out again; the containers are read again.
+    pool.taken("10.9.0.20")
+    assert pool.allocate("late", previous="10.9.0.20") != "10.9.0.20"
+    assert reads == ["net", "net"]
     # Recreated later under its name, a server gets its booked address back.
     assert (
         scratch._AddressPool(ScratchSettings(network="net", subnet="10.9.0.0/24")).allocate("s5", previous="")
