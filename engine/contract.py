@@ -12,12 +12,12 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
-Mode = Literal["apply", "check", "verify"]
-MODES: tuple[Mode, ...] = ("apply", "check", "verify")
+# The runner's modes (steps/ stays free of pytest, so the literal lives there).
+from steps.runner import MODES, Mode
 
 F = TypeVar("F", bound=Callable[..., Any])
 

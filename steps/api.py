@@ -75,20 +75,25 @@ class Step:
     def __call__(self, ctx: Context) -> Applied:
         host = ctx.host
         ops: list[OpResult] = []
-        for attempt in range(1, STEP_RETRIES + 2):
-            try:
-                with host.step(self.title) as log:
-                    try:
-                        self.function(ctx)
-                    finally:
-                        ops += log.results
-                return Applied(self.title, tuple(ops))
-            except ConnectionLost as lost:
-                if attempt > STEP_RETRIES:
-                    raise ApplyError(
-                        f"[{host.name}] step {self.title!r}: the connection dropped {attempt} times "
-                        f"while it ran; last: {lost}"
-                    ) from lost
+        try:
+            for attempt in range(1, STEP_RETRIES + 2):
+                try:
+                    with host.step(self.title) as log:
+                        try:
+                            self.function(ctx)
+                        finally:
+                            ops += log.results
+                    return Applied(self.title, tuple(ops))
+                except ConnectionLost as lost:
+                    if attempt > STEP_RETRIES:
+                        raise ApplyError(
+                            f"[{host.name}] step {self.title!r}: the connection dropped {attempt} "
+                            f"times while it ran; last: {lost}"
+                        ) from lost
+                    # What already changed still counts on the next attempt (see Host.execute).
+                    host.carried_changes |= {result.op for result in ops if result.changed}
+        finally:
+            host.carried_changes.clear()
         raise AssertionError("unreachable")  # pragma: no cover
 
 

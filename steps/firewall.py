@@ -25,6 +25,7 @@ from steps.api import Context, step
 from steps.facts import Fact
 from steps.guard import Guard, guarded_change
 from steps.runner import ApplyError, Command, Put
+from steps.sshd import SessionPort
 
 TABLE = "hvsuite_filter"
 INCLUDE_DIR = "/etc/nftables.d"
@@ -163,7 +164,8 @@ def apply(ctx: Context) -> None:
         host.unchanged(op, "verify-only")
         return
     controller, _ = host.fact(SSHSession())
-    ssh_port = settings.ssh.port
+    # The port this very session came in on: the one a new login must still reach.
+    ssh_port = host.fact(SessionPort())
     if ssh_port not in allowed_ports(settings, admins, controller):
         raise ApplyError(
             f"[{host.name}] the declared ports would not let the controller ({controller}) reach SSH port "

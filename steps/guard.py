@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from steps.runner import ApplyError, Command, Host, OpResult, Put
+from steps.runner import ApplyError, Command, ConnectionLost, Host, OpResult, Put
 
 ROLLBACK_DIR = "/run/hvsuite/rollback"
 
@@ -101,8 +101,17 @@ def arm_commands(guard: Guard) -> list[Command]:
 
 
 def disarm_command(guard: Guard) -> str:
+    """Stop the switch; fails only while its timer is still active. Stopping an already
+    stopped (collected) timer is fine, so the command may safely run twice."""
     unit = shlex.quote(guard.unit)
-    return f"systemctl stop -- {unit}.timer && rm -rf -- {shlex.quote(guard.directory)}"
+    return (
+        f"systemctl stop -- {unit}.timer 2>/dev/null; "
+        f"! systemctl is-active --quiet -- {unit}.timer && rm -rf -- {shlex.quote(guard.directory)}"
+    )
+
+
+def armed_command(guard: Guard) -> str:
+    return f"systemctl is-active --quiet -- {shlex.quote(guard.unit)}.timer"
 
 
 def prove_login(host: Host, *, attempts: int = 6, delay: float = 1.0) -> None:
@@ -139,6 +148,13 @@ def guarded_change(
         result = host.execute(
             op, [*backup_commands(guard), *arm_commands(guard), *commands], diff=diff, lock=lock
         )
+    except ConnectionLost:
+        # Cut off somewhere in backup, arm or change. Armed: something may have changed, so
+        # restore before the step runs again. Not armed: the change itself never started, and
+        # a restore script left by an earlier run must not run.
+        if host.run(armed_command(guard), check=False).ok:
+            _roll_back(host, guard, op, "the connection dropped during the change")
+        raise
     except ApplyError as exc:
         _roll_back(host, guard, op, f"the change failed: {exc}")
         raise
@@ -185,12 +201,18 @@ def _await_switch(host: Host, guard: Guard, op: str, why: str, cause: ApplyError
     """Prove a new login once the dead man's switch has fired (``guard.seconds`` after it
     was armed, plus a margin); raise ApplyError naming both failures if none comes back."""
     bound = guard.seconds + 30
-    try:
-        prove_login(host, attempts=int(bound // max(SWITCH_POLL, 1.0)) + 1, delay=SWITCH_POLL)
-    except ApplyError as exc:
-        raise ApplyError(
-            f"[{host.name}] {op}: rollback after '{why}' could not reach the host ({cause}), and no new "
-            f"login came back within {bound} s, when the host's own switch should have restored the "
-            f"files; use the console. {exc}"
-        ) from exc
-    host.invalidate_facts()
+    deadline = time.monotonic() + bound
+    while True:
+        try:
+            host.fresh().close()
+        except (ApplyError, OSError) as exc:
+            if time.monotonic() >= deadline:
+                raise ApplyError(
+                    f"[{host.name}] {op}: rollback after '{why}' could not reach the host ({cause}), and "
+                    f"no new login came back within {bound} s, when the host's own switch should have "
+                    f"restored the files; use the console. {exc}"
+                ) from exc
+            time.sleep(SWITCH_POLL)
+            continue
+        host.invalidate_facts()
+        return

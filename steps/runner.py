@@ -201,6 +201,9 @@ class Host:
         # Reconnects after a dropped connection (for the report), and whether op commands run.
         self.reconnects = 0
         self._op_depth = 0
+        # Ops that changed in an earlier attempt of the step being re-run after a drop: they
+        # still count as changed (a restart that depends on them must happen), once.
+        self.carried_changes: set[str] = set()
         self._facts: dict[Fact[Any], Any] = {}
         self._locks: dict[str, filelock.BaseFileLock] = {}
         self._steps: list[StepLog] = []
@@ -291,8 +294,8 @@ class Host:
         }
         for attempt in (1, 2):
             started = time.monotonic()
+            self._reopen_if_dropped()
             try:
-                self._reopen_if_dropped()
                 _prepare(self.connection)
                 raw = self.connection.run(command, **kwargs)
             except HostKeyError as exc:
@@ -325,13 +328,13 @@ class Host:
         was_open = getattr(self.connection, "transport", None) is not None
         if self._connect is None or not was_open or getattr(self.connection, "is_connected", True):
             return
-        with contextlib.suppress(Exception):
-            self.connection.close()
         self._reconnect(ConnectionError("the connection had dropped"), "reopen")
 
     def _reconnect(self, exc: BaseException, what: str) -> None:
         assert self._connect is not None
         title = f"[{self.name}] reconnect after a dropped connection ({type(exc).__name__}: {exc})"
+        with contextlib.suppress(Exception):
+            self.connection.close()
         try:
             with allure.step(self.redactor.redact(_truncate(title, _TITLE_LIMIT))):
                 self.connection = reconnect(self.name, self._connect, self.backoff)
@@ -402,8 +405,8 @@ class Host:
         path = check_path(path)
         for attempt in (1, 2):
             buffer = io.BytesIO()
+            self._reopen_if_dropped()
             try:
-                self._reopen_if_dropped()
                 _prepare(self.connection)
                 self.connection.get(path, local=buffer)
             except FileNotFoundError:
@@ -433,7 +436,12 @@ class Host:
         """
         if self.mode != "apply":
             raise ApplyError(f"[{self.name}] put {path} refused in {self.mode} mode (use steps.ops.file)")
-        self._put(Put(check_path(path), _as_bytes(data), check_file_mode(mode), owner, group, validate))
+        # Its mktemp and mv must not be repeated blindly after a drop, like an op's commands.
+        self._op_depth += 1
+        try:
+            self._put(Put(check_path(path), _as_bytes(data), check_file_mode(mode), owner, group, validate))
+        finally:
+            self._op_depth -= 1
 
     def _put(self, put: Put) -> None:
         directory, base = posixpath.split(put.path)
@@ -496,6 +504,8 @@ class Host:
         shown = [redactor.redact(str(command)) for command in commands]
         redacted_diff = redactor.redact(diff) if diff else None
         if not commands:
+            if op in self.carried_changes:
+                return OpResult(op, True, [], None, "changed before the connection dropped")
             return self.record(OpResult(op, False, [], None, reason or "already in the desired state"))
         if self.mode == "check":
             reason = reason or "would change (check mode)"
@@ -515,6 +525,8 @@ class Host:
 
     def unchanged(self, op: str, reason: str) -> OpResult:
         """Record an op that decided to do nothing, with why (verify-only, in desired state)."""
+        if op in self.carried_changes:
+            return OpResult(op, True, [], None, "changed before the connection dropped")
         return self.record(OpResult(op, False, [], None, reason))
 
     # -- locks -----------------------------------------------------------------------
@@ -581,7 +593,11 @@ class Host:
             # Refused, timed out, authentication failed: the login this proves did not happen.
             raise ApplyError(f"[{self.name}] a new SSH login failed: {type(exc).__name__}: {exc}") from exc
         host = self._sibling(connection, self.mode)
-        host.run("true")
+        try:
+            host.run("true")
+        except BaseException:
+            host.close()
+            raise
         return host
 
     def close(self) -> None:

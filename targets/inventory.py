@@ -90,6 +90,16 @@ def plan_hosts(settings: Settings, cli_target: str | None) -> list[PlannedHost]:
                     "for a scratch server"
                 )
         planned.append(PlannedHost(_name(host, spec), tuple(str(role) for role in host.roles), spec))
+    real = [h.name for h in planned if isinstance(h.spec, SSHSpec) and Role.PRIMARY in h.roles]
+    local = [h.name for h in planned if isinstance(h.spec, ScratchSpec)]
+    if real and local:
+        # A local container cannot stand in for a second machine of a real deployment: the
+        # real host would see the controller's own address (probes, bans) instead.
+        raise TargetError(
+            f"the primary host {real[0]} is a real server, but {', '.join(local)} would be local "
+            "scratch servers. Fix: name those hosts' machines with ssh = URL or alias under "
+            "[[hosts]] in a config of your own (see settings/hetzner.example.toml)"
+        )
     return planned
 
 

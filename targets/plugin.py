@@ -116,6 +116,8 @@ class TargetsState:
         for member in self.members.values():
             with contextlib.suppress(Exception):
                 member.remote.close()
+            with contextlib.suppress(Exception):
+                member.host.backend.close()
 
 
 STATE = pytest.StashKey[TargetsState]()

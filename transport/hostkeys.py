@@ -198,7 +198,8 @@ KEY_TYPE_ORDER = (
 class PinnedKeys:
     """A known_hosts file the suite writes: each server's lines carry the tag ``TAG<name>``,
     so pinning a server again replaces its previous life's keys (and any other lines left
-    for its address). Writers serialize through ``lock`` (any context manager)."""
+    for its address). Concurrent writers must serialize around ``pin``/``unpin`` (the
+    targets package holds a file lock); the file itself is replaced atomically."""
 
     path: Path
     TAG = "hvsuite-scratch:"

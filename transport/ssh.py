@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import paramiko
 
-from transport.hostkeys import HostKeyError, KnownHosts
+from transport.hostkeys import HostKeyError, KnownHosts, host_key_name
 
 T = TypeVar("T")
 
@@ -76,7 +76,9 @@ def reconnect(name: str, connect: Callable[[], T], backoff: Backoff | None = Non
     while True:
         try:
             return connect()
-        except HostKeyError:
+        except (HostKeyError, paramiko.AuthenticationException):
+            # Neither is a dropped connection: a refused key stays refused (and each try would
+            # count as a failed login against fail2ban).
             raise
         except CONNECTION_ERRORS as exc:
             last = exc
@@ -236,17 +238,20 @@ def _testinfra_backend() -> type:
             return reconnect(endpoint.name, lambda: open_client(endpoint, timeout=self.timeout), self.backoff)
 
         def run(self, command: str, *args: str, **kwargs: Any) -> Any:
-            cmd = self.encode(self.get_command(command, *args))
             try:
-                rc, stdout, stderr = self._exec_command(cmd)
+                return super().run(command, *args, **kwargs)
             except CONNECTION_ERRORS:
                 transport = self.client.get_transport()
                 if transport is not None and transport.is_active():
                     raise
-                self.client.close()
-                del self.client  # the cached_property opens a new connection on next use
-                rc, stdout, stderr = self._exec_command(cmd)
-            return self.result(rc, cmd, stdout, stderr)
+                self.close()
+                return super().run(command, *args, **kwargs)
+
+        def close(self) -> None:
+            """Close the connection, if one was opened; the next command opens a new one."""
+            client = self.__dict__.pop("client", None)
+            if client is not None:
+                client.close()
 
     return EndpointBackend
 
@@ -260,16 +265,14 @@ def handshake(endpoint: Endpoint, *, timeout: float) -> Iterator[paramiko.Transp
         transport = paramiko.Transport(sock)
         try:
             transport.banner_timeout = timeout
-            _prefer_known_key_types(transport, known.lookup(_key_name(endpoint)) or {})
+            _prefer_known_key_types(
+                transport, known.lookup(host_key_name(endpoint.address, endpoint.port)) or {}
+            )
             transport.start_client(timeout=timeout)
             endpoint.trust.check(endpoint.address, endpoint.port, transport.get_remote_server_key(), known)
             yield transport
         finally:
             transport.close()
-
-
-def _key_name(endpoint: Endpoint) -> str:
-    return endpoint.address if endpoint.port == 22 else f"[{endpoint.address}]:{endpoint.port}"
 
 
 def _prefer_known_key_types(transport: paramiko.Transport, entries: Any) -> None:

@@ -19,7 +19,7 @@ from settings.loader import load_settings
 from settings.model import PortRule, Settings, SSHHardening, TLSSettings
 from steps import fail2ban, firewall, flintlock, guard, hardening, probes, sshd, tls
 from steps.facts import FileInfo, OsRelease
-from steps.runner import ApplyError, Host, Mode
+from steps.runner import ApplyError, ConnectionLost, Host, Mode
 from steps.testing import FakeConnection, fake_context, fake_host
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -169,11 +169,23 @@ def test_failed_login_proof_rolls_the_change_back() -> None:
     assert "systemctl reload ssh || status=1" in guard.restore_script(g)
 
 
+class _Clock:
+    """A stand-in for the time module: sleeping advances it at once."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_a_drop_during_a_lock_out_waits_for_the_hosts_own_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     # The change locks everyone out and the connection drops: the restore cannot be run over
     # SSH, so the rollback waits for the host's timer to restore the files, then proves access.
-    monkeypatch.setattr(guard, "SWITCH_POLL", 0.0)
-    monkeypatch.setattr(guard.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(guard, "time", _Clock())
     conn = FakeConnection()
     conn.drop_on(re.compile(r"/bin/sh /run/hvsuite/rollback/sshd/restore\.sh"))
     # The change's own proof fails 6 times, then the first wait; the switch fires after that.
@@ -192,9 +204,34 @@ def test_a_drop_during_a_lock_out_waits_for_the_hosts_own_switch(monkeypatch: py
     assert next(logins, None) is None, "access was not proven after the switch fired"
 
 
+def test_a_drop_before_the_switch_is_armed_restores_nothing() -> None:
+    # Cut off during the backup: the change never started, so no (possibly stale) restore
+    # script may run; the step is simply run again.
+    conn = FakeConnection({re.compile(r"systemctl is-active --quiet -- .*\.timer"): (3, "", "")})
+    conn.drop_on(re.compile(r"rm -rf -- /run/hvsuite/rollback/sshd && .*"))
+    host = fake_host(conn, reconnects=[])
+    g = guard.Guard("sshd", files=("/etc/x.conf",), restore=(), seconds=30)
+    with pytest.raises(ConnectionLost):
+        guard.guarded_change(host, "op", ["touch /etc/x.conf"], g)
+    assert not any("restore.sh" in command for command in host.connection.commands)
+
+
+def test_disarming_twice_is_not_an_error() -> None:
+    g = guard.Guard("sshd", files=(), restore=())
+    command = guard.disarm_command(g)
+
+    # The switch's timer is gone (--collect) after the first stop: the second run succeeds.
+    def run(systemctl: str) -> int:
+        # Stand-ins for systemctl ("false": not active) and for rm, so nothing real is touched.
+        shell = command.replace("systemctl", systemctl).replace("rm -rf", "echo")
+        return subprocess.run(["sh", "-c", shell], capture_output=True, check=False).returncode
+
+    assert run("false") == 0
+    assert run("true") != 0
+
+
 def test_no_login_after_the_switch_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(guard, "SWITCH_POLL", 0.0)
-    monkeypatch.setattr(guard.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(guard, "time", _Clock())
     conn = FakeConnection()
     conn.drop_on(re.compile(r"/bin/sh .*restore\.sh"))
     host = fake_host(conn)

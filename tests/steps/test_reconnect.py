@@ -102,3 +102,29 @@ def test_fabric_connection_reconnects_after_a_real_drop_and_checks_the_key(tmp_p
     finally:
         host.close()
         server.close()
+
+
+@step("demo service")
+def _demo_service(ctx: Context) -> None:
+    config = ops.file(ctx.host, "/etc/demo.conf", "wanted\n")
+    ctx.host.execute("restart demo", ["systemctl restart demo"] if config.changed else [])
+
+
+def test_a_change_made_before_the_drop_still_triggers_what_depends_on_it(tmp_path: Path) -> None:
+    # The file was swapped in, then the restart was cut off: on the re-run the file is already
+    # as desired, but the restart it calls for must still happen, and the file counts once.
+    conn = FakeConnection()
+
+    def stat(command: str) -> tuple[int, str, str]:
+        present = "/etc/demo.conf" in conn.files
+        return 0, "regular file|root|root|644|7\n" if present else "", ""
+
+    conn.respond(FileInfo("/etc/demo.conf").command, stat)
+    conn.drop_on("systemctl restart demo")
+    reconnects: list[FakeConnection] = []
+    host = fake_host(conn, lock_dir=tmp_path, reconnects=reconnects)
+    applied = _demo_service(fake_context(host))
+    assert "systemctl restart demo" in reconnects[0].commands
+    assert [result.op for result in applied.changes] == ["file /etc/demo.conf", "restart demo"]
+    assert [result.op for result in host.changes] == ["file /etc/demo.conf", "restart demo"]
+    assert host.carried_changes == set()

@@ -5,6 +5,7 @@ import pytest
 
 from settings.loader import DEFAULT_CONFIG, ConfigError, load_settings
 from settings.model import Role, Waiver
+from targets import TargetError
 from targets.inventory import effective_profile, plan_hosts
 from targets.spec import ScratchSpec, SSHSpec
 
@@ -155,12 +156,18 @@ def test_hetzner_example_without_artifacts_is_a_valid_production_inventory(tmp_p
 def test_profile_follows_the_primary_host_unless_the_config_names_one() -> None:
     default = load_settings()
     assert effective_profile(default, plan_hosts(default, "scratch:other")).name == "scratch"
-    # `--target ssh://...` with the default config: a real server never inherits scratch's waivers.
-    remote = plan_hosts(default, "ssh://root@198.51.100.9")
-    assert [type(h.spec) for h in remote] == [SSHSpec, ScratchSpec]
-    assert effective_profile(default, remote).name == "production"
-    explicit = load_settings(None, {"target.profile": "scratch"})
+    # A real primary host: a real server never inherits scratch's waivers.
+    alone = load_settings(None, {"hosts": [{"name": "hv", "roles": ["primary"]}]})
+    remote = plan_hosts(alone, "ssh://root@198.51.100.9")
+    assert [type(h.spec) for h in remote] == [SSHSpec]
+    assert effective_profile(alone, remote).name == "production"
+    explicit = load_settings(None, {"target.profile": "scratch", "hosts": alone.model_dump()["hosts"]})
     assert effective_profile(explicit, plan_hosts(explicit, "ssh://root@198.51.100.9")).name == "scratch"
+
+
+def test_a_real_primary_with_local_scratch_peers_is_refused() -> None:
+    with pytest.raises(TargetError, match=r"hvs-scratch-probe would be local scratch servers.*\[\[hosts\]\]"):
+        plan_hosts(load_settings(), "ssh://root@198.51.100.9")
 
 
 def test_target_scratch_fleet_renames_every_scratch_server() -> None:
