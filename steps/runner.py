@@ -342,6 +342,10 @@ class Host:
             raise ApplyError(self.redactor.redact(f"{dropped} (while running {what!r})")) from exc
         except HostKeyError as refused:
             raise ApplyError(f"[{self.name}] reconnecting after a drop: {refused}") from exc
+        except CONNECTION_ERRORS as refused:
+            # Not retried (an authentication failure): the host answers but will not let us in.
+            message = f"[{self.name}] reconnecting after a drop: {type(refused).__name__}: {refused}"
+            raise ApplyError(self.redactor.redact(message)) from exc
         self.invalidate_facts()
         self.reconnects += 1
 

@@ -33,7 +33,7 @@ IMPLEMENTED = {"Base", "Alpha", "Bravo", "Charlie"}
 OUTCOMES = {"Base": "waived", "Alpha": "green", "Bravo": "green", "Charlie": "green"}
 # Seconds after the teams' first SSH connection to the primary at which every connection from
 # the controller to it is killed (`ss -K`): during Alpha, and during Bravo and Charlie.
-DROPS = (10.0, 45.0)
+DROPS = (5.0, 60.0)
 # The scratch image may be built first (about 2 minutes on a machine without it).
 FIRST_CONNECTION_TIMEOUT = 900.0
 

@@ -128,3 +128,17 @@ def test_a_change_made_before_the_drop_still_triggers_what_depends_on_it(tmp_pat
     assert [result.op for result in applied.changes] == ["file /etc/demo.conf", "restart demo"]
     assert [result.op for result in host.changes] == ["file /etc/demo.conf", "restart demo"]
     assert host.carried_changes == set()
+
+
+def test_a_refused_login_on_reconnect_is_an_apply_error(tmp_path: Path) -> None:
+    # A drop while a change locks everyone out: the reconnect's login is refused at once (no
+    # retries against fail2ban), as an ApplyError the guard's rollback knows how to handle.
+    conn = FakeConnection()
+    conn.drop_on("cat /etc/hostname")
+
+    def refuse() -> FakeConnection:
+        raise paramiko.AuthenticationException("Authentication failed.")
+
+    host = Host("fake", conn, lock_dir=tmp_path, connect=refuse, backoff=Backoff(attempts=6, first=30.0))
+    with pytest.raises(ApplyError, match=r"reconnecting after a drop: AuthenticationException"):
+        host.run("cat /etc/hostname")
