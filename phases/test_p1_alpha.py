@@ -25,6 +25,7 @@ from engine import apply_fixture, task
 from settings.model import EffectiveProfile, Settings
 from steps import fail2ban, firewall, flintlock, hardening, probes, sshd, tls
 from steps.api import Context
+from steps.facts import SSHSession
 
 pytestmark = pytest.mark.usefixtures("applied")
 
@@ -87,7 +88,7 @@ def test_client_certificate_is_for_client_auth_only(host, settings: Settings, ce
 @pytest.fixture(scope="module")
 def controller_address(host) -> str:
     # The address the target sees the controller connect from (not the apply step's view).
-    return probes.read_fact(host, firewall.SSHSession())[0]
+    return probes.read_fact(host, SSHSession()).client
 
 
 @task("Firewall")

@@ -282,3 +282,27 @@ class OsRelease(Fact[dict[str, str]]):
                 parsed = shlex.split(value) if value.strip() else [""]
                 values[key.strip()] = parsed[0] if parsed else ""
         return values
+
+
+@dataclass(frozen=True)
+class Session:
+    """The SSH session the suite runs on, as the host sees it."""
+
+    client: str  # the address the controller connects from (what a firewall sees)
+    server: str
+    port: int  # a port sshd listens on, and that the controller can reach
+
+
+@dataclass(frozen=True)
+class SSHSession(Fact[Session]):
+    """The SSH session the suite runs on (``$SSH_CONNECTION``)."""
+
+    @property
+    def command(self) -> str:
+        return 'echo "$SSH_CONNECTION"'
+
+    def parse(self, output: str) -> Session:
+        fields = output.split()
+        if len(fields) != 4 or not fields[3].isdigit():
+            raise ValueError(f"SSH_CONNECTION is {output.strip()!r}; the suite must run over SSH")
+        return Session(fields[0], fields[2], int(fields[3]))

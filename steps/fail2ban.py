@@ -15,7 +15,7 @@ from collections.abc import Callable
 from settings.model import Fail2banSettings
 from steps import ops
 from steps.api import Context, step
-from steps.firewall import SSHSession
+from steps.facts import SSHSession
 from steps.probes import eventually
 from steps.runner import ApplyError
 
@@ -47,7 +47,7 @@ def apply(ctx: Context) -> None:
     if host.mode == "verify":
         host.unchanged(f"file {JAIL}", "verify-only")
         return
-    controller = host.fact(SSHSession())[0] if f2b.ignore_controller else None
+    controller = host.fact(SSHSession()).client if f2b.ignore_controller else None
     previous = host.read(JAIL)
     jail = ops.file(host, JAIL, render(f2b, ssh_port=ssh_port, controller=controller))
     if jail.changed and host.mode == "apply":

@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from settings.model import PortRule, Settings
 from steps import ops
 from steps.api import Context, step
-from steps.facts import Fact
+from steps.facts import Fact, SSHSession
 from steps.guard import Guard, guarded_change
 from steps.runner import ApplyError, Command, Put
-from steps.sshd import SessionPort
 
 TABLE = "hvsuite_filter"
 INCLUDE_DIR = "/etc/nftables.d"
@@ -120,21 +119,6 @@ class LiveTableDigest(Fact[str | None]):
 
 
 @dataclass(frozen=True)
-class SSHSession(Fact[tuple[str, str]]):
-    """(client address, server address) of the SSH session the suite runs on."""
-
-    @property
-    def command(self) -> str:
-        return 'echo "$SSH_CONNECTION"'
-
-    def parse(self, output: str) -> tuple[str, str]:
-        fields = output.split()
-        if len(fields) != 4:
-            raise ValueError(f"SSH_CONNECTION is {output.strip()!r}; the suite must run over SSH")
-        return fields[0], fields[2]
-
-
-@dataclass(frozen=True)
 class SourceAddress(Fact[str]):
     """The address this host's packets to ``destination`` leave from: what a firewall on
     ``destination`` sees as their source."""
@@ -163,9 +147,9 @@ def apply(ctx: Context) -> None:
     if host.mode == "verify":
         host.unchanged(op, "verify-only")
         return
-    controller, _ = host.fact(SSHSession())
+    session = host.fact(SSHSession())
     # The port this very session came in on: the one a new login must still reach.
-    ssh_port = host.fact(SessionPort())
+    controller, ssh_port = session.client, session.port
     if ssh_port not in allowed_ports(settings, admins, controller):
         raise ApplyError(
             f"[{host.name}] the declared ports would not let the controller ({controller}) reach SSH port "

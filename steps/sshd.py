@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from settings.model import SSHHardening
 from steps import ops
 from steps.api import Context, step
-from steps.facts import Fact, OsRelease
+from steps.facts import Fact, OsRelease, SSHSession
 from steps.guard import Guard, guarded_change
 from steps.runner import ApplyError, Command, Host, OpResult, Put
 
@@ -195,21 +195,6 @@ class SftpServer(Fact[str | None]):
 
 
 @dataclass(frozen=True)
-class SessionPort(Fact[int]):
-    """The server port of the SSH session the suite runs on: a port sshd listens on."""
-
-    @property
-    def command(self) -> str:
-        return 'echo "$SSH_CONNECTION"'
-
-    def parse(self, output: str) -> int:
-        fields = output.split()
-        if len(fields) != 4 or not fields[3].isdigit():
-            raise ValueError(f"SSH_CONNECTION is {output.strip()!r}; the suite must run over SSH")
-        return int(fields[3])
-
-
-@dataclass(frozen=True)
 class MainConfig:
     """The inputs of sshd's main config, read from the host."""
 
@@ -232,7 +217,7 @@ def main_config(host: Host) -> MainConfig:
             f"[{host.name}] {found}: the suite renders {SSHD_CONFIG} for {known} only; add this "
             "distribution's openssh-server defaults to steps.sshd.DISTRIBUTIONS"
         )
-    return MainConfig(distribution, host.fact(SessionPort()), host.fact(SftpServer()) or "internal-sftp")
+    return MainConfig(distribution, host.fact(SSHSession()).port, host.fact(SftpServer()) or "internal-sftp")
 
 
 def render_main(config: MainConfig) -> str:

@@ -18,7 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from settings.loader import load_settings
 from settings.model import PortRule, Settings, SSHHardening, TLSSettings
 from steps import fail2ban, firewall, flintlock, guard, hardening, probes, sshd, tls
-from steps.facts import FileInfo, OsRelease
+from steps.facts import FileInfo, OsRelease, Session, SSHSession
 from steps.runner import ApplyError, ConnectionLost, Host, Mode
 from steps.testing import FakeConnection, fake_context, fake_host
 
@@ -84,7 +84,7 @@ def _converged_firewall(rules_mode: str = "644") -> tuple[list, FakeConnection]:
     rules = firewall.render(settings, settings.firewall.admin_sources)
     conn = FakeConnection(
         {
-            firewall.SSHSession().command: (0, "10.231.0.1 50000 10.231.0.5 22\n", ""),
+            SSHSession().command: (0, "10.231.0.1 50000 10.231.0.5 22\n", ""),
             firewall.LiveTableDigest().command: (
                 0,
                 f'table inet hvsuite_filter {{\n\tcomment "hvsuite {firewall.digest_of(rules)}"\n',
@@ -122,7 +122,7 @@ def test_firewall_refuses_rules_that_would_lock_out_the_controller() -> None:
     settings = _settings(ports=[PortRule(name="ssh", team="Alpha", port=22, sources=["192.0.2.0/24"])])
     conn = FakeConnection(
         {
-            firewall.SSHSession().command: (0, "10.231.0.1 50000 10.231.0.5 22\n", ""),
+            SSHSession().command: (0, "10.231.0.1 50000 10.231.0.5 22\n", ""),
             re.compile(r".*dpkg-query.*"): (0, "nftables\t1.0.6\tii \n", ""),
         }
     )
@@ -134,7 +134,7 @@ def test_a_changed_ruleset_is_validated_loaded_under_guard_and_proven() -> None:
     settings = _settings()
     conn = FakeConnection(
         {
-            firewall.SSHSession().command: (0, "10.231.0.1 50000 10.231.0.5 22\n", ""),
+            SSHSession().command: (0, "10.231.0.1 50000 10.231.0.5 22\n", ""),
             re.compile(r".*dpkg-query.*"): (0, "nftables\t1.0.6\tii \n", ""),
             re.compile(r"systemctl show .*nftables.*"): (
                 0,
@@ -287,7 +287,7 @@ def _sshd_conn(
     every allowed host key and no weak moduli, so only the config files can differ."""
     conn = FakeConnection(files=files)
     conn.set_fact(OsRelease(), os_release)
-    conn.set_fact(sshd.SessionPort(), "10.231.0.1 50000 10.231.0.5 22\n")
+    conn.set_fact(SSHSession(), "10.231.0.1 50000 10.231.0.5 22\n")
     conn.set_fact(sshd.SftpServer(), sftp)
     conn.set_fact(sshd.HostKeyFiles(), "ssh_host_ed25519_key\nssh_host_rsa_key\n")
     conn.set_fact(sshd.WeakModuli(), "0\n")
@@ -568,7 +568,7 @@ class _FakeTestinfraHost:
 
 def test_read_fact_parses_fresh_output_and_fails_on_a_bad_exit() -> None:
     session = _FakeTestinfraHost([], _Ran(0, "10.0.0.9 5000 10.0.0.5 22\n", ""))
-    assert probes.read_fact(session, firewall.SSHSession()) == ("10.0.0.9", "10.0.0.5")
+    assert probes.read_fact(session, SSHSession()) == Session("10.0.0.9", "10.0.0.5", 22)
     broken = _FakeTestinfraHost([], _Ran(1, "", "no ss"))
     with pytest.raises(AssertionError, match="exited 1: no ss"):
         probes.read_fact(broken, hardening.Listeners())
