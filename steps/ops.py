@@ -41,6 +41,19 @@ APT_GET = (
 )
 APT_CACHE_MAX_AGE = 24 * 3600.0
 
+
+def apt_update_command(*, attempts: int = 120, poll: float = 5.0) -> str:
+    """``apt-get update`` that waits for the package lists' lock as install waits for dpkg's:
+    DPkg::Lock::Timeout does not cover /var/lib/apt/lists/lock, which apt-daily holds on a
+    host that just booted. Any other failure (or 10 minutes of waiting) fails as usual."""
+    return (
+        f"( for attempt in $(seq {attempts}); do "
+        f'out=$({APT_GET} update 2>&1) && exit 0; case "$out" in *"Could not get lock"*) '
+        f"sleep {poll};; *) break;; esac; done; "
+        "printf '%s\\n' \"$out\" >&2; exit 100 )"
+    )
+
+
 _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]*(?::[a-z0-9-]+)?(?:=[A-Za-z0-9.+:~-]+)?$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@:-]*$")
 
@@ -111,7 +124,7 @@ def packages(
             if missing:
                 age = host.fact(AptListsAge())
                 if age is None or age > cache_max_age:
-                    commands.append(f"{APT_GET} update")
+                    commands.append(apt_update_command())
                 commands.append(
                     f"{APT_GET} install --no-install-recommends " + " ".join(shlex.quote(m) for m in missing)
                 )

@@ -55,7 +55,7 @@ def test_packages_updates_missing_or_stale_cache(lock_dir: Path, lists: str) -> 
     conn.set_fact(AptListsAge(), lists)
     ops.packages(host, ["jq"])
     assert changes(conn, DebPackages(), AptListsAge()) == [
-        f"{APT} update",
+        ops.apt_update_command(),
         f"{APT} install --no-install-recommends jq",
     ]
 
@@ -83,6 +83,43 @@ def test_packages_command_runs_apt_get_unattended(lock_dir: Path, tmp_path: Path
     # Waits for dpkg's lock (unattended-upgrades) instead of failing; never asks about a conffile.
     assert "DPkg::Lock::Timeout=600" in options
     assert {"Dpkg::Options::=--force-confdef", "Dpkg::Options::=--force-confold"} <= set(options)
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "status", "calls"),
+    [
+        (["locked", "locked", "ok"], 0, 3),
+        (["locked"] * 5, 100, 3),
+        (["broken", "ok"], 100, 1),
+    ],
+    ids=["waits-for-the-lists-lock", "gives-up-after-its-bound", "other-errors-fail-at-once"],
+)
+def test_apt_update_waits_only_for_the_lists_lock(
+    tmp_path: Path, outcomes: list[str], status: int, calls: int
+) -> None:
+    # A stand-in apt-get answering each update with the next outcome, as apt 2.6 prints it.
+    answers = tmp_path / "answers"
+    answers.write_text("\n".join(outcomes) + "\n")
+    stand_in = tmp_path / "bin" / "apt-get"
+    stand_in.parent.mkdir()
+    stand_in.write_text(
+        "#!/bin/sh\n"
+        f'answer=$(head -n1 {answers}); sed -i 1d {answers}; echo "$answer" >> {tmp_path}/calls\n'
+        'case "$answer" in\n'
+        "  ok) exit 0;;\n"
+        '  locked) echo "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 157"\n'
+        "          exit 100;;\n"
+        '  *) echo "E: The repository is not signed."; exit 100;;\n'
+        "esac\n"
+    )
+    stand_in.chmod(0o755)
+    env = {**os.environ, "PATH": f"{stand_in.parent}:{os.environ['PATH']}"}
+    command = ops.apt_update_command(attempts=3, poll=0)
+    done = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == status, done.stderr
+    assert (tmp_path / "calls").read_text().split() == outcomes[:calls]
+    if status:
+        assert "E: " in done.stderr
 
 
 def test_packages_in_desired_state_runs_nothing_and_skips_cache_age(lock_dir: Path) -> None:
