@@ -2,7 +2,9 @@
 
 Order matters on a host where flintlock already serves gRPC on 9090 (Prometheus' default):
 the systemd drop-ins that move Prometheus to its declared port are written *before* the
-package is installed, so the package's own first start already uses them. The scrape config
+package is installed, so the package's own first start already uses them. They also point it
+at the suite's config file and make its existence a start condition, so Prometheus never runs
+on the package's default config (which scrapes a second "node" target). The scrape config
 is checked with ``promtool check config`` before it replaces the live one; a config change
 reloads Prometheus, a flag change restarts it.
 
@@ -23,7 +25,9 @@ from steps.api import Context, step
 
 PROMETHEUS = "prometheus"
 NODE_EXPORTER = "prometheus-node-exporter"
-CONFIG_PATH = "/etc/prometheus/prometheus.yml"
+# Not the package's prometheus.yml: its default config scrapes a "node" job on localhost:9100,
+# and a start with it leaves a second node series behind until it goes stale.
+CONFIG_PATH = "/etc/prometheus/hvsuite.yml"
 STORAGE_PATH = "/var/lib/prometheus/metrics2"
 VALIDATE = "promtool check config {path}"
 PORT_NAMES = ("prometheus", "node-exporter", "grafana")
