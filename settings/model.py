@@ -391,6 +391,54 @@ class CharlieSettings(Strict):
     grafana: GrafanaSettings = GrafanaSettings()
 
 
+class KubernetesRelease(Strict):
+    """An upstream Kubernetes release: binaries from dl.k8s.io, images from registry.k8s.io.
+    The sha256 pins are the official ones (see docs/kubernetes.md for where each came from)."""
+
+    version: str = Field(pattern=r"^\d+\.\d+\.\d+$")
+    # Keys into [artifacts] for the binaries installed on every node.
+    kubeadm: str = "kubeadm"
+    kubelet: str = "kubelet"
+    kubectl: str = "kubectl"
+    crictl: str = "crictl"
+    image_repository: str = "registry.k8s.io"
+
+
+class DeltaSettings(Strict):
+    """Team Delta: a kubeadm control plane on the primary host."""
+
+    # "recipe": Kubernetes built by the suite from Debian bookworm's source package (1.20.2,
+    # the only route where no upstream artifact is reachable); "release": the pinned upstream
+    # release below. "auto": recipe where the profile waives upstream-artifacts.
+    source: Literal["auto", "recipe", "release"] = "auto"
+    release: KubernetesRelease | None = None
+    # "external": Debian's etcd-server on the host, TLS between it and the API server;
+    # "stacked": kubeadm's static etcd pod. "auto": external with the recipe (no etcd image
+    # exists for it), stacked with a release.
+    etcd: Literal["auto", "external", "stacked"] = "auto"
+    etcd_package: str = "etcd-server"
+    cluster_name: str = Field("hvsuite", pattern=r"^[a-z][a-z0-9-]{0,40}$")
+    pod_subnet: CIDR = "10.244.0.0/16"
+    service_subnet: CIDR = "10.96.0.0/12"
+    # The operator's copy of the admin kubeconfig on the controller (mode 0600).
+    # {fleet} is the primary host's name.
+    kubeconfig: str = "~/.kube/hvsuite-{host}.conf"
+    # Bound on "kubeadm init" to API server healthy and on node Ready.
+    ready_timeout: float = Field(300.0, gt=0)
+    # Where the test pod's image goes: the suite's registry (Bravo's, port "oci-registry").
+    test_repository: str = Field("hvsuite/pod-marker", pattern=r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
+
+    def resolved_source(self, profile: EffectiveProfile) -> Literal["recipe", "release"]:
+        if self.source == "auto":
+            return "recipe" if profile.waives(Waiver.UPSTREAM_ARTIFACTS) else "release"
+        return self.source
+
+    def resolved_etcd(self, profile: EffectiveProfile) -> Literal["external", "stacked"]:
+        if self.etcd == "auto":
+            return "external" if self.resolved_source(profile) == "recipe" else "stacked"
+        return self.etcd
+
+
 class SignalSettings(Strict):
     # Optional chat webhook (Slack/Mattermost/Discord-compatible JSON {"text": ...}).
     webhook_url: str | None = Field(None, pattern=r"^https?://")
@@ -428,6 +476,7 @@ class Settings(Strict):
     alpha: AlphaSettings = AlphaSettings()
     bravo: BravoSettings = BravoSettings()
     charlie: CharlieSettings = CharlieSettings()
+    delta: DeltaSettings = DeltaSettings()
     signals: SignalSettings = SignalSettings()
 
     @field_validator("ports")
