@@ -9,6 +9,9 @@ The small API for test modules and other plugins:
 - `set_signal_webhook(config, url, timeout)`: the chat webhook for completion signals.
 - `teams_to_run(config)`: the implemented teams this run may execute (their roles decide
   which hosts a run needs).
+- `start_background(config, label, fn)`: run ``fn()`` in a daemon thread of the controller
+  (from its pytest_configure/pytest_sessionstart); the timeline shows it with its outcome and
+  how long it overlapped the teams (`engine.background`).
 
 The contract with the targets plugin and the phase modules (run modes, skip reasons, apply
 fixtures, change counts) is `engine.contract`; the engine owns ``--check`` and
@@ -20,6 +23,7 @@ from __future__ import annotations
 import pytest
 
 from engine import contract
+from engine.background import start as start_background
 from engine.config import ENVIRONMENT_KEY, TARGET_KEY, WEBHOOK_KEY
 from engine.plan import Team
 
@@ -59,6 +63,7 @@ __all__ = [
     "apply_fixture",
     "set_signal_webhook",
     "set_target_name",
+    "start_background",
     "task",
     "teams_to_run",
 ]

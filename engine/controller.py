@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from engine import allure, checkreport, contract, timeline
+from engine import allure, background, checkreport, contract, timeline
+from engine.background import BackgroundSpan
 from engine.config import ENVIRONMENT_KEY, WEBHOOK_KEY, EngineSettings
 from engine.run import TeamRun
 from engine.scheduler import DAGScheduling
@@ -56,6 +57,8 @@ class EngineController:
         self.redactor = Redactor()
         self.priorities = _remaining_hours(settings)
         self.check_files: tuple[Path, Path] | None = None
+        # Background jobs as they stood when the session finished (engine.start_background).
+        self.background: list[BackgroundSpan] = []
 
     @property
     def check_mode(self) -> bool:
@@ -221,14 +224,19 @@ class EngineController:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self._write_allure_static()
-        if self.run is not None and self.run.active:
-            stopped = self.run.stop_unfinished()
+        run = self.run if self.run is not None and self.run.active else None
+        if run is not None:
+            stopped = run.stop_unfinished()
             if stopped:
                 self.notes.append(
                     "not run (the run stopped early, e.g. -x/--maxfail or an interrupt): "
                     + ", ".join(f"Team {name}" for name in stopped)
                 )
             self.publish()
+        # A job still running now is "unfinished": the session does not wait for it.
+        teams = timeline.team_intervals(run) if run is not None else {}
+        self.background = background.session_spans(self.config, teams)
+        if run is not None:
             self._write_reports()
         if self.poster is not None:
             self.poster.close()
@@ -261,9 +269,9 @@ class EngineController:
         assert self.run is not None
         reports = self.settings.reports_dir
         reports.mkdir(parents=True, exist_ok=True)
-        document = timeline.timeline_document(self.run, self.workers or 1)
+        document = timeline.timeline_document(self.run, self.workers or 1, self.background)
         (reports / "timeline.json").write_text(json.dumps(document, indent=1), encoding="utf-8")
-        markdown = timeline.timeline_markdown(self.run)
+        markdown = timeline.timeline_markdown(self.run, self.background)
         (reports / "timeline.md").write_text(markdown, encoding="utf-8")
         at = utc_now_iso()
         verdicts = {
@@ -310,6 +318,8 @@ class EngineController:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         run = self.run
         if run is None or not run.active:
+            if self.background:
+                self._write_background(terminalreporter, None)
             return
         write = terminalreporter.write_line
         terminalreporter.write_sep("=", "hypervisor suite engine: teams")
@@ -332,6 +342,8 @@ class EngineController:
                 write(line)
             if self.check_files:
                 write("full list with diffs: " + ", ".join(str(path) for path in self.check_files))
+        if self.background:
+            self._write_background(terminalreporter, run)
         terminalreporter.write_sep("-", "Timeline Comparison")
         for line in timeline.comparison_table(run):
             write(line)
@@ -343,6 +355,11 @@ class EngineController:
         if self.check_mode:
             write(checkreport.summary_line(run))
         write(timeline.summary_line(run))
+
+    def _write_background(self, terminalreporter: Any, run: TeamRun | None) -> None:
+        terminalreporter.write_sep("-", "Background work")
+        for line in timeline.background_table(run, self.background):
+            terminalreporter.write_line(line)
 
     @pytest.hookimpl
     def pytest_unconfigure(self, config: pytest.Config) -> None:

@@ -17,7 +17,8 @@ Hooks, by process:
 - controller (xdist's controlling process, or the only process): `engine.controller.EngineController`
   - ``pytest_xdist_make_scheduler`` (the DAG scheduler), ``pytest_configure_node``;
   - ``pytest_runtest_logreport``: team verdicts, blocking, live signals;
-  - ``pytest_sessionfinish``/``pytest_terminal_summary``: timeline, recorded verdicts, Allure.
+  - ``pytest_sessionfinish``/``pytest_terminal_summary``: timeline (with background work,
+    `engine.background`), recorded verdicts, Allure.
 
 ``-x``/``--maxfail`` keep pytest's meaning: the whole run stops (teams not started are
 reported "not run"). Failure isolation between teams needs no -x: a failing team blocks

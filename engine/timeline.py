@@ -12,8 +12,11 @@ The same figures from the plan's estimated hours (upper bounds) are shown beside
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from engine import background as background_work
+from engine.background import BackgroundSpan
 from engine.plan import Plan
 from engine.run import TeamRun
 from engine.state import Verdict
@@ -93,14 +96,33 @@ def estimated(plan: Plan) -> Comparison:
     return compare(plan, durations, length)
 
 
-def timeline_document(run: TeamRun, workers: int) -> dict[str, object]:
+def team_intervals(run: TeamRun) -> dict[str, tuple[float, float]]:
+    """Each team that ran: (start, end) on the clock of the reports."""
+    return {
+        name: (status.start, status.end)
+        for name, status in run.teams.items()
+        if status.start is not None and status.end is not None
+    }
+
+
+def origin(run: TeamRun | None, background: Sequence[BackgroundSpan] = ()) -> float:
+    """Time zero of the tables: the first team's start, else the first background job's."""
+    starts = [s.start for s in run.teams.values() if s.start is not None] if run is not None else []
+    if starts:
+        return min(starts)
+    return min((span.start for span in background), default=0.0)
+
+
+def timeline_document(
+    run: TeamRun, workers: int, background: Sequence[BackgroundSpan] = ()
+) -> dict[str, object]:
     team_spans = spans(run)
     starts = [s.start for s in team_spans if s.start is not None]
-    origin = min(starts) if starts else None
     return {
-        "origin": origin,
+        "origin": min(starts) if starts else None,
         "workers": workers,
         "teams": [asdict(span) for span in team_spans],
+        "background": [asdict(span) for span in background],
         "counts": verdict_counts(run),
         "comparison": asdict(measured(run)),
         "plan_estimate_hours": asdict(estimated(run.plan)),
@@ -184,14 +206,13 @@ def success_metrics(run: TeamRun) -> list[str]:
 
 def team_table(run: TeamRun) -> list[str]:
     team_spans = spans(run)
-    starts = [s.start for s in team_spans if s.start is not None]
-    origin = min(starts) if starts else 0.0
+    zero = origin(run)
     lines = [
         "| Team | Phase | Outcome | Start (s) | Duration (s) | Worker | Changes | Tests |",
         "|---|---:|---|---:|---:|---|---:|---:|",
     ]
     for span in team_spans:
-        start = "" if span.start is None else f"{span.start - origin:.1f}"
+        start = "" if span.start is None else f"{span.start - zero:.1f}"
         outcome = outcome_text(Verdict(span.outcome))
         if span.blocked_by:
             outcome = f"{outcome}: {span.blocked_by}"
@@ -202,13 +223,25 @@ def team_table(run: TeamRun) -> list[str]:
     return lines
 
 
-def timeline_markdown(run: TeamRun) -> str:
+def background_table(run: TeamRun | None, background: Sequence[BackgroundSpan]) -> list[str]:
+    """The "Background work" table, its starts on the team table's time zero."""
+    return [
+        *background_work.table(background, origin(run, background)),
+        "",
+        "Start: seconds from the first team's start (negative: before it). Overlap: seconds of the",
+        "job during which at least one team was running.",
+    ]
+
+
+def timeline_markdown(run: TeamRun, background: Sequence[BackgroundSpan] = ()) -> str:
+    work = ["## Background work", "", *background_table(run, background), ""] if background else []
     return "\n".join(
         [
             "# Team timeline",
             "",
             *team_table(run),
             "",
+            *work,
             "## Timeline Comparison",
             "",
             *comparison_table(run),
