@@ -367,7 +367,8 @@ class RecipeCache:
 
     def export(self, item: Recipe | Entry, mirror_dir: Path, *, log: Log = _ignore) -> Path:
         """Copy the (verified) entry into ``<mirror_dir>/recipes/<entry name>/``, atomically;
-        returns that directory. An identical valid copy already there is kept."""
+        returns that directory. A valid copy of the same entry already there is kept, an
+        invalid one replaced."""
         if isinstance(item, Recipe):
             entry = self.lookup(item)
             if entry is None:
@@ -381,7 +382,9 @@ class RecipeCache:
         recipes_dir = Path(mirror_dir) / MIRROR_SUBDIR
         recipes_dir.mkdir(parents=True, exist_ok=True)
         target = recipes_dir / entry.name
-        with _locked(recipes_dir / f"{entry.name}.lock", entry.name, log):
+        # The lock is kept in the cache, so the mirror holds nothing but entries.
+        self.root.mkdir(parents=True, exist_ok=True)
+        with _locked(self.root / f"{entry.name}.export.lock", entry.name, log):
             if target.exists():
                 try:
                     existing = Entry.load(target)
