@@ -428,6 +428,12 @@ class DeltaSettings(Strict):
     # Where the test pod's image goes: the suite's registry (Bravo's, port "oci-registry").
     test_repository: str = Field("hvsuite/pod-marker", pattern=r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
 
+    @model_validator(mode="after")
+    def _release_pinned(self) -> DeltaSettings:
+        if self.source == "release" and self.release is None:
+            raise ValueError(self._release_missing('delta.source = "release"'))
+        return self
+
     def resolved_source(self, profile: EffectiveProfile) -> Literal["recipe", "release"]:
         if self.source == "auto":
             return "recipe" if profile.waives(Waiver.UPSTREAM_ARTIFACTS) else "release"
@@ -437,6 +443,23 @@ class DeltaSettings(Strict):
         if self.etcd == "auto":
             return "external" if self.resolved_source(profile) == "recipe" else "stacked"
         return self.etcd
+
+    def resolved_release(self, profile: EffectiveProfile) -> KubernetesRelease:
+        """The pinned release where the source resolves to "release" ("auto" on a profile that
+        reaches upstream artifacts is only known here, not when the file is loaded)."""
+        if self.release is None:
+            why = f"delta.source {self.source!r} on profile {profile.name!r}"
+            raise ValueError(self._release_missing(why))
+        return self.release
+
+    @staticmethod
+    def _release_missing(why: str) -> str:
+        return (
+            f"delta.release.version is not set, but {why} installs an upstream Kubernetes release: "
+            'add [delta.release] with version = "1.35.1" and the pins [artifacts.kubeadm], '
+            "[artifacts.kubelet], [artifacts.kubectl], [artifacts.crictl] (as in "
+            'settings/hetzner.example.toml), or set delta.source = "recipe"'
+        )
 
 
 class SignalSettings(Strict):
