@@ -32,6 +32,10 @@ class Team:
     tasks: tuple[str, ...] = ()
     # Roles of the inventory's hosts the team works on ("primary", "probe", ...).
     roles: tuple[str, ...] = ()
+    # "module:function" preparing what the team needs on the controller (an artifact build),
+    # started in the background when the run starts: function(settings, profile, artifacts_dir)
+    # returns (label, job) or None when nothing needs preparing.
+    prepare: str | None = None
 
     @property
     def label(self) -> str:
@@ -167,7 +171,7 @@ def plan_from_data(data: Mapping[str, object], directory: Path, source: Path | N
         name = raw.get("name")
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", name):
             raise PlanError(f"plan: team #{index + 1}: name must be a word like 'Echo-1', got {name!r}")
-        unknown = set(raw) - {"name", "phase", "requires", "hours", "module", "tasks", "roles"}
+        unknown = set(raw) - {"name", "phase", "requires", "hours", "module", "tasks", "roles", "prepare"}
         if unknown:
             raise PlanError(f"plan: team {name!r}: unknown field(s) {', '.join(sorted(unknown))}")
         phase = raw.get("phase")
@@ -190,6 +194,11 @@ def plan_from_data(data: Mapping[str, object], directory: Path, source: Path | N
             isinstance(r, str) and re.fullmatch(r"[a-z][a-z-]*", r) for r in roles
         ):
             raise PlanError(f"plan: team {name!r}: roles must be a list of role names like 'primary'")
+        prepare = raw.get("prepare")
+        if prepare is not None and not (isinstance(prepare, str) and re.fullmatch(r"[\w.]+:\w+", prepare)):
+            raise PlanError(
+                f"plan: team {name!r}: prepare must name a function like 'steps.kubernetes:prepare'"
+            )
         teams.append(
             Team(
                 name=name,
@@ -199,6 +208,7 @@ def plan_from_data(data: Mapping[str, object], directory: Path, source: Path | N
                 module=module,
                 tasks=tuple(tasks),
                 roles=tuple(roles),
+                prepare=prepare,
             )
         )
     by_name: dict[str, Team] = {}

@@ -348,7 +348,9 @@ class BravoSettings(Strict):
     # Debian and Ubuntu install the CNI plugins here (not upstream's /opt/cni/bin).
     cni_bin_dir: str = "/usr/lib/cni"
     cni_conf_dir: str = "/etc/cni/net.d"
-    sandbox_image: str = "registry.k8s.io/pause:3.6"
+    # The pod sandbox image; None: the pause image of Team Delta's Kubernetes (the one kubeadm
+    # names for its version).
+    sandbox_image: str | None = None
     # None: as the profile says (profiles.<name>.restrict_oom_score_adj).
     restrict_oom_score_adj: bool | None = None
     # The suite's test containers live in their own namespace, apart from Kubernetes' k8s.io.
@@ -411,7 +413,9 @@ class DeltaSettings(Strict):
     # the only route where no upstream artifact is reachable); "release": the pinned upstream
     # release below. "auto": recipe where the profile waives upstream-artifacts.
     source: Literal["auto", "recipe", "release"] = "auto"
-    release: KubernetesRelease | None = None
+    # The current release the suite pins (binaries' sha256 in [artifacts], see
+    # settings/hetzner.example.toml and docs/kubernetes.md).
+    release: KubernetesRelease = KubernetesRelease(version="1.35.1")
     # "external": Debian's etcd-server on the host, TLS between it and the API server;
     # "stacked": kubeadm's static etcd pod. "auto": external with the recipe (no etcd image
     # exists for it), stacked with a release.
@@ -421,18 +425,12 @@ class DeltaSettings(Strict):
     pod_subnet: CIDR = "10.244.0.0/16"
     service_subnet: CIDR = "10.96.0.0/12"
     # The operator's copy of the admin kubeconfig on the controller (mode 0600).
-    # {fleet} is the primary host's name.
+    # {host} is the primary host's name.
     kubeconfig: str = "~/.kube/hvsuite-{host}.conf"
     # Bound on "kubeadm init" to API server healthy and on node Ready.
     ready_timeout: float = Field(300.0, gt=0)
     # Where the test pod's image goes: the suite's registry (Bravo's, port "oci-registry").
     test_repository: str = Field("hvsuite/pod-marker", pattern=r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
-
-    @model_validator(mode="after")
-    def _release_pinned(self) -> DeltaSettings:
-        if self.source == "release" and self.release is None:
-            raise ValueError(self._release_missing('delta.source = "release"'))
-        return self
 
     def resolved_source(self, profile: EffectiveProfile) -> Literal["recipe", "release"]:
         if self.source == "auto":
@@ -443,23 +441,6 @@ class DeltaSettings(Strict):
         if self.etcd == "auto":
             return "external" if self.resolved_source(profile) == "recipe" else "stacked"
         return self.etcd
-
-    def resolved_release(self, profile: EffectiveProfile) -> KubernetesRelease:
-        """The pinned release where the source resolves to "release" ("auto" on a profile that
-        reaches upstream artifacts is only known here, not when the file is loaded)."""
-        if self.release is None:
-            why = f"delta.source {self.source!r} on profile {profile.name!r}"
-            raise ValueError(self._release_missing(why))
-        return self.release
-
-    @staticmethod
-    def _release_missing(why: str) -> str:
-        return (
-            f"delta.release.version is not set, but {why} installs an upstream Kubernetes release: "
-            'add [delta.release] with version = "1.35.1" and the pins [artifacts.kubeadm], '
-            "[artifacts.kubelet], [artifacts.kubectl], [artifacts.crictl] (as in "
-            'settings/hetzner.example.toml), or set delta.source = "recipe"'
-        )
 
 
 class SignalSettings(Strict):

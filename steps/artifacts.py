@@ -228,27 +228,48 @@ def install(
     """The artifact's file at ``pin.dest`` with ``pin.mode``: copied only when the target's
     sha256 differs (or the file is missing); otherwise only owner/mode are corrected."""
     pin = pin or store.pin(name)
-    dest = check_path(pin.dest)
-    op = f"artifact {name} {pin.version} -> {dest}"
     if host.mode == "verify":
-        return host.unchanged(op, "verify-only")
+        return host.unchanged(f"artifact {name} {pin.version} -> {check_path(pin.dest)}", "verify-only")
     local = store.fetch(name, pin)
     want = sha256_file(local) if pin.member else pin.sha256
+    return install_file(
+        host, name, local, want, pin.dest, mode=pin.mode, version=pin.version, owner=owner, group=group
+    )
+
+
+def install_file(
+    host: Host,
+    name: str,
+    local: Path,
+    sha256: str,
+    dest: str,
+    *,
+    version: str,
+    mode: str = "0755",
+    owner: str = "root",
+    group: str = "root",
+) -> OpResult:
+    """A verified local file (its expected ``sha256``) at ``dest``: copied only when the
+    target's sha256 differs or the file is missing; otherwise only owner/mode are corrected."""
+    dest = check_path(dest)
+    op = f"artifact {name} {version} -> {dest}"
+    if host.mode == "verify":
+        return host.unchanged(op, "verify-only")
     have = host.fact(FileSha256(dest))
     commands: list[Command] = []
     diff = None
-    if have != want:
+    if have != sha256:
         parent = posixpath.dirname(dest)
         if host.fact(FileInfo(parent)) is None:
             commands.append(f"mkdir -p -- {shlex.quote(parent)}")
-        commands.append(Put(dest, local.read_bytes(), pin.mode, owner, group))
-        diff = f"{dest}: sha256 {have or '(absent)'} -> {want} ({name} {pin.version})\n"
+        commands.append(Put(dest, local.read_bytes(), mode, owner, group))
+        diff = f"{dest}: sha256 {have or '(absent)'} -> {sha256} ({name} {version})\n"
     else:
         stat = host.fact(FileInfo(dest))
         assert stat is not None
         q = shlex.quote(dest)
         if (stat.user, stat.group) != (owner, group):
             commands.append(f"chown {shlex.quote(f'{owner}:{group}')} -- {q}")
-        if stat.mode != pin.mode:
-            commands.append(f"chmod {pin.mode} -- {q}")
+        if stat.mode != mode:
+            commands.append(f"chmod {mode} -- {q}")
     return host.execute(op, commands, diff=diff, reason="" if commands else "target already has this sha256")

@@ -16,7 +16,7 @@ import shlex
 from dataclasses import dataclass
 
 from settings.model import BravoSettings, Waiver
-from steps import ops
+from steps import kubernetes, ops
 from steps.api import Context, step
 from steps.facts import Fact
 from steps.runner import CommandResult, Host
@@ -30,12 +30,14 @@ VALIDATE = "containerd --config {path} config dump >/dev/null"
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,75}$")
 
 
-def render_config(bravo: BravoSettings, *, restrict_oom_score_adj: bool, devmapper: bool) -> str:
+def render_config(
+    bravo: BravoSettings, *, restrict_oom_score_adj: bool, devmapper: bool, sandbox_image: str
+) -> str:
     """The managed /etc/containerd/config.toml (containerd 1.6/1.7, config version 2)."""
     return ops.render(
         "containerd-config.toml.j2",
         {
-            "sandbox_image": bravo.sandbox_image,
+            "sandbox_image": sandbox_image,
             "restrict_oom_score_adj": restrict_oom_score_adj,
             "snapshotter": bravo.snapshotter,
             "systemd_cgroup": bravo.systemd_cgroup,
@@ -99,6 +101,9 @@ def apply(ctx: Context) -> None:
             bravo,
             restrict_oom_score_adj=bravo.oom_score_adj_restricted(ctx.profile),
             devmapper=devmapper,
+            # kubelet's pods (Team Delta) run on this sandbox image, kubeadm names the same.
+            sandbox_image=bravo.sandbox_image
+            or kubernetes.distribution(ctx.settings, ctx.profile).pause_image,
         ),
         validate=VALIDATE,
     )

@@ -353,6 +353,20 @@ def line(
     )
 
 
+def metadata(
+    host: Host, path: str, *, owner: str = "root", group: str = "root", mode: str = "0644"
+) -> OpResult:
+    """Owner, group and mode of a file another program writes (its content is not ours)."""
+    path = check_path(path)
+    op = f"metadata {path}"
+    if (skipped := _verify_only(host, op)) is not None:
+        return skipped
+    stat = _regular_file_stat(host, path)
+    if stat is None and host.mode == "apply":
+        raise ApplyError(f"[{host.name}] {path} does not exist; the step that writes it must run first")
+    return host.execute(op, metadata_commands(path, stat, owner=owner, group=group, mode=mode))
+
+
 def directory(
     host: Host, path: str, *, owner: str = "root", group: str = "root", mode: str = "0755"
 ) -> OpResult:

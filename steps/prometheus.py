@@ -22,6 +22,8 @@ import requests
 from settings.model import CharlieSettings
 from steps import ops
 from steps.api import Context, step
+from steps.facts import FileInfo
+from steps.runner import OpResult
 
 PROMETHEUS = "prometheus"
 NODE_EXPORTER = "prometheus-node-exporter"
@@ -31,6 +33,12 @@ CONFIG_PATH = "/etc/prometheus/hvsuite.yml"
 STORAGE_PATH = "/var/lib/prometheus/metrics2"
 VALIDATE = "promtool check config {path}"
 PORT_NAMES = ("prometheus", "node-exporter", "grafana")
+# Team Delta's credentials for scraping the Kubernetes API server: a ServiceAccount token,
+# the cluster CA and the server's host:port. Their presence on the host adds the job.
+KUBERNETES_DIR = "/etc/prometheus/kubernetes"
+KUBERNETES_TOKEN = f"{KUBERNETES_DIR}/token"
+KUBERNETES_CA = f"{KUBERNETES_DIR}/ca.crt"
+KUBERNETES_SERVER = f"{KUBERNETES_DIR}/server"
 
 
 def dropin_path(unit: str) -> str:
@@ -38,7 +46,12 @@ def dropin_path(unit: str) -> str:
 
 
 def render_config(
-    charlie: CharlieSettings, *, prometheus_port: int, node_exporter_port: int, hostname: str
+    charlie: CharlieSettings,
+    *,
+    prometheus_port: int,
+    node_exporter_port: int,
+    hostname: str,
+    kubernetes_api: str | None = None,
 ) -> str:
     return ops.render(
         "prometheus.yml.j2",
@@ -49,7 +62,33 @@ def render_config(
             "prometheus_port": prometheus_port,
             "node_exporter_port": node_exporter_port,
             "hostname": hostname,
+            "kubernetes_api": kubernetes_api,
+            "kubernetes_token": KUBERNETES_TOKEN,
+            "kubernetes_ca": KUBERNETES_CA,
         },
+    )
+
+
+def scrape_config(ctx: Context) -> OpResult:
+    """The scrape config from the settings and the host's facts (its hostname; the API
+    server's credentials once Team Delta has written them), checked by promtool."""
+    host, settings = ctx.host, ctx.settings
+    hostname = host.run("hostname").stdout.strip()
+    server = host.read(KUBERNETES_SERVER)
+    kubernetes_api = None
+    if server and host.fact(FileInfo(KUBERNETES_TOKEN)) is not None:
+        kubernetes_api = server.decode().strip()
+    return ops.file(
+        host,
+        CONFIG_PATH,
+        render_config(
+            settings.charlie,
+            prometheus_port=settings.port("Charlie", "prometheus"),
+            node_exporter_port=settings.port("Charlie", "node-exporter"),
+            hostname=hostname,
+            kubernetes_api=kubernetes_api,
+        ),
+        validate=VALIDATE,
     )
 
 
@@ -83,18 +122,7 @@ def apply(ctx: Context) -> None:
             )
             ops.daemon_reload(host, force=flags.changed)
         ops.packages(host, [charlie.prometheus_package, charlie.node_exporter_package])
-        hostname = host.run("hostname").stdout.strip()
-        config = ops.file(
-            host,
-            CONFIG_PATH,
-            render_config(
-                charlie,
-                prometheus_port=prometheus_port,
-                node_exporter_port=node_exporter_port,
-                hostname=hostname,
-            ),
-            validate=VALIDATE,
-        )
+        config = scrape_config(ctx)
         ops.service(host, NODE_EXPORTER, enabled=True, running=True, restart=flags.changed)
         ops.service(
             host,

@@ -236,7 +236,29 @@ def _resolve_for_teams(config: pytest.Config, state: TargetsState) -> None:
     if problems:
         raise TargetError("the inventory lacks hosts this run needs:\n  " + "\n  ".join(problems))
     roles = {role for roles in team_roles.values() for role in roles}
+    if state.mode != "verify":
+        _start_preparations(config, state)
     _resolve(config, state, roles)
+
+
+def _start_preparations(config: pytest.Config, state: TargetsState) -> None:
+    """What teams prepare on the controller (phases/plan.toml ``prepare``) starts now, in the
+    background, overlapping the host set-up and the earlier teams."""
+    import importlib
+
+    from engine import start_background, teams_to_run
+
+    artifacts_dir = config.getoption("hvs_artifacts_dir")
+    for team in teams_to_run(config):
+        if team.prepare is None:
+            continue
+        module, _, function = team.prepare.partition(":")
+        job = getattr(importlib.import_module(module), function)(
+            state.settings, state.profile, Path(artifacts_dir) if artifacts_dir else None
+        )
+        if job is not None:
+            label, run = job
+            start_background(config, f"{team.name}: {label}", run)
 
 
 def _handoff_file(state: TargetsState) -> Path:

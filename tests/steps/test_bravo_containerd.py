@@ -37,10 +37,16 @@ PLUGINS_LS = "".join(
 )
 
 
+PAUSE = "localhost/hvsuite-k8s/pause:3.2"
+
+
 def _config(bravo: BravoSettings, *, scratch: bool, devmapper: bool) -> dict:
     profile = SCRATCH if scratch else PRODUCTION
     text = containerd.render_config(
-        bravo, restrict_oom_score_adj=bravo.oom_score_adj_restricted(profile), devmapper=devmapper
+        bravo,
+        restrict_oom_score_adj=bravo.oom_score_adj_restricted(profile),
+        devmapper=devmapper,
+        sandbox_image=PAUSE,
     )
     return tomllib.loads(text)
 
@@ -146,7 +152,9 @@ def _converged_host(tmp_path: Path, bravo: BravoSettings, config: str) -> tuple[
 
 def test_converged_host_changes_nothing(tmp_path: Path) -> None:
     bravo = BravoSettings()
-    config = containerd.render_config(bravo, restrict_oom_score_adj=True, devmapper=False)
+    config = containerd.render_config(
+        bravo, restrict_oom_score_adj=True, devmapper=False, sandbox_image=PAUSE
+    )
     host, _ = _converged_host(tmp_path, bravo, config)
     assert containerd.apply(fake_context(host, profile="scratch")).changed is False
     assert host.changes == []
@@ -154,7 +162,7 @@ def test_converged_host_changes_nothing(tmp_path: Path) -> None:
 
 def test_changed_config_restarts_containerd(tmp_path: Path) -> None:
     bravo = BravoSettings()
-    old = containerd.render_config(bravo, restrict_oom_score_adj=False, devmapper=False)
+    old = containerd.render_config(bravo, restrict_oom_score_adj=False, devmapper=False, sandbox_image=PAUSE)
     host, _ = _converged_host(tmp_path, bravo, old)
     containerd.apply(fake_context(host, profile="scratch"))
     assert [result.op for result in host.changes] == [f"file {bravo.config_path}", "service containerd"]

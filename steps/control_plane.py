@@ -1,0 +1,218 @@
+"""Team Delta: a kubeadm control plane on the primary host, untainted so pods schedule on it.
+
+``kubeadm init`` runs from a rendered config (``steps.kubeadm_config``) only when the host has
+no cluster yet; a healthy cluster is never re-initialised. A changed config on an existing
+cluster regenerates the control plane's static pod manifests from it (``kubeadm init phase
+control-plane all``), the way kubeadm applies ClusterConfiguration changes. Afterwards: the
+node's taint is kept off (drift is put back), the pod network's bridge config names the
+node's pod CIDR, and Prometheus (Team Charlie's) gets a read-only token to scrape the API
+server. Every kubectl call runs on the host with the admin kubeconfig, which never leaves it
+except as the operator's copy (:func:`fetch_kubeconfig`).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shlex
+from pathlib import Path
+
+import yaml
+
+from steps import kubeadm_config, kubernetes, ops, prometheus
+from steps.api import Context, step
+from steps.facts import FileInfo, ServiceState
+from steps.runner import ApplyError, Host
+
+CONFIG = "/etc/kubernetes/hvsuite-kubeadm.yaml"
+ADMIN_CONF = "/etc/kubernetes/admin.conf"
+CA_CERT = "/etc/kubernetes/pki/ca.crt"
+KUBECTL = f"kubectl --kubeconfig {ADMIN_CONF}"
+MANIFEST_DIR = "/etc/kubernetes/hvsuite"
+CNI_CONFIG = "/etc/cni/net.d/10-hvsuite-bridge.conflist"
+# kubeadm's control-plane taints: "master" up to 1.24, "control-plane" from 1.24 on.
+CONTROL_PLANE_TAINTS = ("node-role.kubernetes.io/master", "node-role.kubernetes.io/control-plane")
+PROMETHEUS_ACCOUNT = "hvsuite-prometheus"
+PROMETHEUS_SECRET = "hvsuite-prometheus-token"
+
+
+def kubectl(*args: str) -> str:
+    return " ".join([KUBECTL, *(shlex.quote(arg) for arg in args)])
+
+
+def _wait(host: Host, what: str, shell: str, timeout: float) -> None:
+    """Until ``shell`` succeeds on the host, bounded by ``timeout``."""
+    script = f"until {shell}; do sleep 2; done"
+    result = host.run(f"timeout {int(timeout)} sh -c {shlex.quote(script)}", timeout=timeout + 30)
+    if not result.ok:
+        raise ApplyError(f"[{host.name}] {what}: not within {timeout:.0f} s", result)
+
+
+def _manifest(host: Host, name: str, documents: list[dict]) -> None:
+    """Objects applied from a file on the host when the cluster differs from it."""
+    path = f"{MANIFEST_DIR}/{name}.yaml"
+    ops.file(host, path, yaml.safe_dump_all(documents, sort_keys=False), mode="0600")
+    ops.command(
+        host,
+        f"{KUBECTL} apply -f {path}",
+        unless=f"{KUBECTL} diff -f {path} >/dev/null",
+        name=f"kubectl apply {name}",
+    )
+
+
+@step("Kubernetes control plane (kubeadm)")
+def apply(ctx: Context) -> None:
+    host, delta = ctx.host, ctx.settings.delta
+    spec = kubernetes.cluster_spec(ctx)
+    config = ops.file(host, CONFIG, kubeadm_config.render(spec), mode="0600")
+    skipped = ",".join(phase.phase for phase in kubeadm_config.skip_phases(spec))
+    initialized = host.fact(FileInfo(ADMIN_CONF)) is not None
+    if not initialized:
+        if host.mode == "apply" and kubeadm_config.kubeadm_api_version(spec.version).endswith("/v1beta4"):
+            # kubeadm's own validator, where its version has one (1.26 on).
+            checked = host.run(f"kubeadm config validate --config {CONFIG}")
+            if not checked.ok:
+                raise ApplyError(f"[{host.name}] kubeadm rejects {CONFIG}", checked)
+        ops.command(
+            host,
+            f"kubeadm init --config {CONFIG}" + (f" --skip-phases={skipped}" if skipped else ""),
+            creates=ADMIN_CONF,
+            name="kubeadm init",
+        )
+    elif config.changed:
+        host.execute(
+            "kubeadm: control plane from the changed config",
+            [
+                f"kubeadm init phase control-plane all --config {CONFIG}",
+                f"kubeadm init phase upload-config kubeadm --config {CONFIG}",
+            ],
+        )
+    ops.service(host, "kubelet", enabled=True, running=True)
+    if host.mode != "apply":
+        return
+    _wait(
+        host, "the API server's /readyz", f"{KUBECTL} get --raw=/readyz >/dev/null 2>&1", delta.ready_timeout
+    )
+    node = spec.node_name
+    _untaint(host, node)
+    _pod_network(host, node, delta.ready_timeout)
+    _prometheus_access(ctx)
+
+
+def _untaint(host: Host, node: str) -> None:
+    taints = host.run(
+        kubectl("get", "node", node, "-o", "jsonpath={range .spec.taints[*]}{.key}{'\\n'}{end}")
+    )
+    present = [key for key in taints.stdout.split() if key in CONTROL_PLANE_TAINTS]
+    host.execute(
+        f"node {node} untainted (pods schedule on the control plane)",
+        [kubectl("taint", "nodes", node, f"{key}-") for key in present],
+    )
+
+
+def _pod_network(host: Host, node: str, timeout: float) -> None:
+    """A bridge network for pods on the node's pod CIDR (assigned by the controller manager)."""
+    jsonpath = "jsonpath={.spec.podCIDR}"
+    _wait(
+        host,
+        f"a pod CIDR for node {node}",
+        f'[ -n "$({kubectl("get", "node", node, "-o", jsonpath)})" ]',
+        timeout,
+    )
+    cidr = host.run(kubectl("get", "node", node, "-o", jsonpath)).stdout.strip()
+    ops.template(host, CNI_CONFIG, "cni-bridge.conflist.j2", {"subnet": cidr})
+
+
+def _prometheus_access(ctx: Context) -> None:
+    """A ServiceAccount allowed to read /metrics, its token for Prometheus, the cluster CA and
+    the API server's address; then Charlie's scrape config picks them up."""
+    host = ctx.host
+    if not host.fact(ServiceState(prometheus.PROMETHEUS)).exists:
+        return
+    _manifest(
+        host,
+        "prometheus-access",
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": PROMETHEUS_ACCOUNT, "namespace": "kube-system"},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "kubernetes.io/service-account-token",
+                "metadata": {
+                    "name": PROMETHEUS_SECRET,
+                    "namespace": "kube-system",
+                    "annotations": {"kubernetes.io/service-account.name": PROMETHEUS_ACCOUNT},
+                },
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": PROMETHEUS_ACCOUNT},
+                "rules": [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": PROMETHEUS_ACCOUNT},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": PROMETHEUS_ACCOUNT,
+                },
+                "subjects": [
+                    {"kind": "ServiceAccount", "name": PROMETHEUS_ACCOUNT, "namespace": "kube-system"}
+                ],
+            },
+        ],
+    )
+    ops.directory(host, prometheus.KUBERNETES_DIR, group="prometheus", mode="0750")
+    # The token goes from the API to the file on the host only: it is never printed.
+    token = kubectl("-n", "kube-system", "get", "secret", PROMETHEUS_SECRET, "-o", "jsonpath={.data.token}")
+    _wait(host, "the Prometheus ServiceAccount's token", f'[ -n "$({token})" ]', 120)
+    target = prometheus.KUBERNETES_TOKEN
+    ops.command(
+        host,
+        f"umask 027 && {token} | base64 -d > {target}.new"
+        f" && chgrp prometheus {target}.new && mv {target}.new {target}",
+        unless=f"{token} | base64 -d | cmp -s - {target}",
+        name=f"token of {PROMETHEUS_ACCOUNT} -> {target}",
+    )
+    ca = host.read(CA_CERT)
+    if ca is None:
+        raise ApplyError(f"[{host.name}] {CA_CERT} is missing after kubeadm init")
+    ops.file(host, prometheus.KUBERNETES_CA, ca, group="prometheus", mode="0640")
+    api = f"{ctx.address}:{ctx.settings.port('Delta', kubernetes.API_PORT_NAME)}"
+    ops.file(host, prometheus.KUBERNETES_SERVER, api + "\n", group="prometheus", mode="0640")
+    config = prometheus.scrape_config(ctx)
+    ops.service(host, prometheus.PROMETHEUS, enabled=True, running=True, reload=config.changed)
+
+
+def fetch_kubeconfig(ctx: Context) -> Path:
+    """The admin kubeconfig copied to the controller (mode 0600) for the operator's kubectl
+    and the suite's checks. Its credentials are added to the host's redactor first, so no
+    log or report can show them."""
+    host = ctx.host
+    data = host.read(ADMIN_CONF)
+    if data is None:
+        raise ApplyError(f"[{host.name}] {ADMIN_CONF} does not exist: the control plane is not initialised")
+    config = yaml.safe_load(data)
+    for user in config.get("users", []):
+        for key, value in (user.get("user") or {}).items():
+            if key.endswith("-data") or key in ("token", "password"):
+                host.redactor.add(value)
+                if key.endswith("-data"):
+                    host.redactor.add(base64.b64decode(value).decode(errors="replace"))
+    path = Path(ctx.settings.delta.kubeconfig.format(host=host.name)).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists() or path.read_bytes() != data:
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    path.chmod(0o600)
+    return path

@@ -1,0 +1,204 @@
+"""Outside-in checks of a Kubernetes cluster through its API, from the controller, with the
+operator's kubeconfig and the official Python client.
+
+:class:`TestWorkload` is what Team Delta schedules to prove the cluster runs pods: a pod from
+an image the suite builds and pushes to its own registry for this run (Debian's static
+busybox and a marker file holding a nonce), serving that marker over HTTP behind a
+ClusterIP Service; a client pod fetching it through the Service; and a ServiceAccount with a
+Role for pods only. Everything lives in one namespace per run, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from settings.model import Settings
+from steps import registry
+from steps.oci_image import MARKER_PATH, publish_marker_image
+
+HTTP_PORT = 8080
+HTTPD = f"/bin/busybox httpd -f -p {HTTP_PORT} -h /"
+RBAC = "rbac.authorization.k8s.io"
+
+
+class Cluster:
+    def __init__(self, kubeconfig: Path) -> None:
+        self.api = config.new_client_from_config(config_file=str(kubeconfig))
+        self.core = client.CoreV1Api(self.api)
+        self.apps = client.AppsV1Api(self.api)
+        self.rbac = client.RbacAuthorizationV1Api(self.api)
+        self.authz = client.AuthorizationV1Api(self.api)
+
+    def get_raw(self, path: str) -> str:
+        """The body of a GET of a non-resource path (``/readyz/etcd``, ``/version``)."""
+        return self.api.call_api(
+            path, "GET", auth_settings=["BearerToken"], response_type="str", _return_http_data_only=True
+        )
+
+    def node_conditions(self) -> dict[str, bool]:
+        """Node name -> its Ready condition."""
+        ready = {}
+        for node in self.core.list_node().items:
+            conditions = {c.type: c.status for c in node.status.conditions or []}
+            ready[node.metadata.name] = conditions.get("Ready") == "True"
+        return ready
+
+    def taints(self) -> dict[str, list[str]]:
+        return {
+            node.metadata.name: [f"{t.key}:{t.effect}" for t in node.spec.taints or []]
+            for node in self.core.list_node().items
+        }
+
+    def api_service_ip(self) -> str:
+        return self.core.read_namespaced_service("kubernetes", "default").spec.cluster_ip
+
+    def deployment_available(self, namespace: str, name: str) -> bool:
+        deployment = self.apps.read_namespaced_deployment(name, namespace)
+        conditions = {c.type: c.status for c in deployment.status.conditions or []}
+        return conditions.get("Available") == "True"
+
+    def wait_for_pod(self, namespace: str, name: str, phases: set[str], timeout: float) -> client.V1Pod:
+        deadline = time.monotonic() + timeout
+        while True:
+            pod = self.core.read_namespaced_pod(name, namespace)
+            if pod.status.phase in phases or time.monotonic() > deadline:
+                return pod
+            time.sleep(1)
+
+
+@dataclass
+class TestWorkload:
+    cluster: Cluster
+    namespace: str
+    nonce: str
+    marker: str
+    service_ip: str
+    timeout: float
+    server: str = "marker-server"
+    account: str = "hvsuite-unprivileged"
+
+    @property
+    def service_url(self) -> str:
+        return f"http://{self.service_ip}{MARKER_PATH}"
+
+    @classmethod
+    @contextlib.contextmanager
+    def deploy(
+        cls, cluster: Cluster, settings: Settings, *, registry_host: str, nonce: str, timeout: float = 180.0
+    ) -> Iterator[TestWorkload]:
+        port = settings.port("Bravo", registry.PORT_NAME)
+        marker = f"hvsuite-pod-marker {nonce}"
+        # Pushed over the network to the suite's registry; the node pulls it from loopback,
+        # where containerd speaks plain HTTP to a registry without further config.
+        pushed = publish_marker_image(
+            f"http://{registry_host}:{port}", settings.delta.test_repository, nonce, marker
+        )
+        image = pushed.reference.replace(f"{registry_host}:{port}", f"127.0.0.1:{port}", 1)
+        namespace = f"hvsuite-check-{nonce[:8]}"
+        core = cluster.core
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+        try:
+            labels = {"app": "marker", "run": nonce[:8]}
+            core.create_namespaced_pod(namespace, _pod(
+                "marker-server", image, labels,
+                # The log shows the marker; then busybox httpd serves / (so GET /marker).
+                ["/bin/busybox", "sh", "-c", f"/bin/busybox cat {MARKER_PATH}; exec {HTTPD}"],
+                restart="Always",
+            ))  # fmt: skip
+            service = core.create_namespaced_service(
+                namespace,
+                client.V1Service(
+                    metadata=client.V1ObjectMeta(name="marker"),
+                    spec=client.V1ServiceSpec(
+                        selector=labels, ports=[client.V1ServicePort(port=80, target_port=HTTP_PORT)]
+                    ),
+                ),
+            )
+            core.create_namespaced_service_account(
+                namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=cls.account))
+            )
+            cluster.rbac.create_namespaced_role(namespace, client.V1Role(
+                metadata=client.V1ObjectMeta(name="pods-reader"),
+                rules=[client.V1PolicyRule(api_groups=[""], resources=["pods"], verbs=["get", "list"])],
+            ))  # fmt: skip
+            cluster.rbac.create_namespaced_role_binding(namespace, client.V1RoleBinding(
+                metadata=client.V1ObjectMeta(name="pods-reader"),
+                role_ref=client.V1RoleRef(api_group=RBAC, kind="Role", name="pods-reader"),
+                subjects=[client.RbacV1Subject(kind="ServiceAccount", name=cls.account, namespace=namespace)],
+            ))  # fmt: skip
+            workload = cls(cluster, namespace, nonce, marker, service.spec.cluster_ip, timeout)
+            cluster.wait_for_pod(namespace, workload.server, {"Running"}, timeout)
+            yield workload
+        finally:
+            with contextlib.suppress(ApiException):
+                core.delete_namespace(namespace, grace_period_seconds=0)
+
+    def server_phase(self) -> str:
+        return self.cluster.core.read_namespaced_pod(self.server, self.namespace).status.phase
+
+    def server_node(self) -> str:
+        return self.cluster.core.read_namespaced_pod(self.server, self.namespace).spec.node_name
+
+    def server_log(self) -> str:
+        return self.cluster.core.read_namespaced_pod_log(self.server, self.namespace)
+
+    def _run_to_completion(self, name: str, command: list[str]) -> str:
+        """A pod of the same image running ``command`` once; its log."""
+        server = self.cluster.core.read_namespaced_pod(self.server, self.namespace)
+        image = server.spec.containers[0].image
+        self.cluster.core.create_namespaced_pod(
+            self.namespace, _pod(name, image, {"app": name}, command, "Never")
+        )
+        pod = self.cluster.wait_for_pod(self.namespace, name, {"Succeeded", "Failed"}, self.timeout)
+        log = self.cluster.core.read_namespaced_pod_log(name, self.namespace)
+        assert pod.status.phase == "Succeeded", f"pod {name}: {pod.status.phase}: {log}"
+        return log
+
+    def fetch_from_pod(self) -> str:
+        log = self._run_to_completion(
+            "marker-client", ["/bin/busybox", "wget", "-q", "-T", "5", "-O", "-", self.service_url]
+        )
+        return log.strip()
+
+    def resolve_from_pod(self, name: str) -> str:
+        log = self._run_to_completion("resolver", ["/bin/busybox", "nslookup", name])
+        answers = [
+            line.split()[-1] for line in log.splitlines() if line.startswith("Address") and "#53" not in line
+        ]
+        return answers[-1] if answers else log
+
+    def account_may(self, verb: str, resource: str) -> bool:
+        review = client.V1SubjectAccessReview(
+            spec=client.V1SubjectAccessReviewSpec(
+                user=f"system:serviceaccount:{self.namespace}:{self.account}",
+                groups=[
+                    "system:serviceaccounts",
+                    f"system:serviceaccounts:{self.namespace}",
+                    "system:authenticated",
+                ],
+                resource_attributes=client.V1ResourceAttributes(
+                    namespace=self.namespace, verb=verb, resource=resource
+                ),
+            )
+        )
+        return bool(self.cluster.authz.create_subject_access_review(review).status.allowed)
+
+
+def _pod(name: str, image: str, labels: dict[str, str], command: list[str], restart: str) -> client.V1Pod:
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(name=name, labels=labels),
+        spec=client.V1PodSpec(
+            restart_policy=restart,
+            # busybox as PID 1 ignores SIGTERM: do not wait the default 30 s on delete.
+            termination_grace_period_seconds=1,
+            automount_service_account_token=False,
+            containers=[client.V1Container(name=name, image=image, command=command)],
+        ),
+    )
