@@ -169,7 +169,7 @@ class PortRule(Strict):
     team: str
     port: int = Field(ge=1, le=65535)
     proto: Literal["tcp", "udp"] = "tcp"
-    # "world", "admin" (firewall.admin_sources) or CIDRs.
+    # "world", "admin" (firewall.admin_sources) or CIDRs; [] is no one outside the host.
     sources: list[str] = ["admin"]
 
     @field_validator("sources")
@@ -420,7 +420,8 @@ class DeltaSettings(Strict):
     # "stacked": kubeadm's static etcd pod. "auto": external with the recipe (no etcd image
     # exists for it), stacked with a release.
     etcd: Literal["auto", "external", "stacked"] = "auto"
-    etcd_package: str = "etcd-server"
+    # etcd-server, and etcdctl for the health checks.
+    etcd_packages: list[str] = ["etcd-server", "etcd-client"]
     cluster_name: str = Field("hvsuite", pattern=r"^[a-z][a-z0-9-]{0,40}$")
     pod_subnet: CIDR = "10.244.0.0/16"
     service_subnet: CIDR = "10.96.0.0/12"

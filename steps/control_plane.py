@@ -2,8 +2,8 @@
 
 ``kubeadm init`` runs from a rendered config (``steps.kubeadm_config``) only when the host has
 no cluster yet; a healthy cluster is never re-initialised. A changed config on an existing
-cluster regenerates the control plane's static pod manifests from it (``kubeadm init phase
-control-plane all``), the way kubeadm applies ClusterConfiguration changes. Afterwards: the
+cluster is applied with kubeadm's own phases (static pod manifests, kubelet's config, the
+uploaded config, kube-proxy's ConfigMap), the way kubeadm applies configuration changes. Afterwards: the
 node's taint is kept off (drift is put back), the pod network's bridge config names the
 node's pod CIDR, and Prometheus (Team Charlie's) gets a read-only token to scrape the API
 server. Every kubectl call runs on the host with the admin kubeconfig, which never leaves it
@@ -51,6 +51,7 @@ def _wait(host: Host, what: str, shell: str, timeout: float) -> None:
 def _manifest(host: Host, name: str, documents: list[dict]) -> None:
     """Objects applied from a file on the host when the cluster differs from it."""
     path = f"{MANIFEST_DIR}/{name}.yaml"
+    ops.directory(host, MANIFEST_DIR, mode="0700")
     ops.file(host, path, yaml.safe_dump_all(documents, sort_keys=False), mode="0600")
     ops.command(
         host,
@@ -84,7 +85,11 @@ def apply(ctx: Context) -> None:
             "kubeadm: control plane from the changed config",
             [
                 f"kubeadm init phase control-plane all --config {CONFIG}",
-                f"kubeadm init phase upload-config kubeadm --config {CONFIG}",
+                f"kubeadm init phase kubelet-start --config {CONFIG}",
+                f"kubeadm init phase upload-config all --config {CONFIG}",
+                f"kubeadm init phase addon kube-proxy --config {CONFIG}",
+                # kube-proxy reads its ConfigMap at start only.
+                kubectl("-n", "kube-system", "rollout", "restart", "daemonset/kube-proxy"),
             ],
         )
     ops.service(host, "kubelet", enabled=True, running=True)

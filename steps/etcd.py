@@ -83,7 +83,7 @@ def apply(ctx: Context) -> None:
     ops.directory(host, f"/etc/systemd/system/{SERVICE}.service.d")
     dropin = ops.template(host, DROPIN, "etcd.service.conf.j2", {"env_file": ENV_FILE})
     ops.daemon_reload(host, force=dropin.changed)
-    ops.packages(host, [delta.etcd_package])
+    ops.packages(host, delta.etcd_packages)
     ops.file(host, CERTS_CONFIG, kubeadm_config.render(replace(spec, etcd="stacked")), mode="0600")
     for phase, cert in CERT_PHASES.items():
         # kubeadm keeps a valid certificate on disk; `creates` skips the call then.

@@ -288,7 +288,14 @@ def _kubelet() -> dict[str, Any]:
 
 
 def _kube_proxy(spec: ClusterSpec) -> dict[str, Any]:
-    doc: dict[str, Any] = {"apiVersion": KUBE_PROXY_API, "kind": "KubeProxyConfiguration", "mode": "iptables"}
+    doc: dict[str, Any] = {
+        "apiVersion": KUBE_PROXY_API,
+        "kind": "KubeProxyConfiguration",
+        "mode": "iptables",
+        # Its health endpoint (0.0.0.0 by default) serves the node itself only; metrics are
+        # on loopback by default. Nothing of kube-proxy listens where the firewall decides.
+        "healthzBindAddress": "127.0.0.1:10256",
+    }
     if spec.namespaced_sysctls_only:
         # 0 leaves each limit as the kernel has it (types.go: "0 to leave the limit as-is and
         # ignore min"; a timeout "must be greater than 0 to set"): nf_conntrack_max and the

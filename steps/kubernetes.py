@@ -34,6 +34,7 @@ from steps.facts import CommandSucceeds, FileInfo
 from steps.runner import ApplyError
 
 API_PORT_NAME = "kube-apiserver"
+CONFIG_DIR = "/etc/kubernetes"
 BIN_DIR = "/usr/local/bin"
 IMAGE_DIR = "/var/lib/hvsuite/images"
 CONTAINERD_NAMESPACE = "k8s.io"
@@ -197,6 +198,7 @@ def apply(ctx: Context) -> None:
     host, profile = ctx.host, ctx.profile
     node = node_artifacts(ctx)
     ops.packages(host, NODE_PACKAGES)
+    ops.directory(host, CONFIG_DIR)
     # Pods' traffic is routed through the host (namespaced: the host's own network stack).
     ops.sysctls(host, {"net.ipv4.ip_forward": "1"}, persist_file="/etc/sysctl.d/90-hvsuite-kubernetes.conf")
     for name, local in sorted(node.binaries.items()):
