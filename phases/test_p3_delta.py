@@ -24,7 +24,7 @@ from engine import apply_fixture
 from settings.model import EffectiveProfile, Settings
 from steps import control_plane, etcd, kubernetes
 from steps.api import Applied, Context
-from steps.kubeapi import Cluster, TestWorkload
+from steps.kubeapi import Cluster, MarkerWorkload
 from steps.probes import eventually
 from steps.prometheus import PrometheusAPI
 
@@ -57,10 +57,10 @@ def cluster(kubeconfig: Path) -> Cluster:
 
 
 @pytest.fixture(scope="module")
-def workload(cluster: Cluster, target, settings: Settings, remote) -> Iterator[TestWorkload]:
+def workload(cluster: Cluster, target, settings: Settings, remote) -> Iterator[MarkerWorkload]:
     """A pod from an image built and pushed for this run, serving a nonce behind a Service."""
     nonce = secrets.token_hex(8)
-    with TestWorkload.deploy(cluster, settings, registry_host=target.address, nonce=nonce) as workload:
+    with MarkerWorkload.deploy(cluster, settings, registry_host=target.address, nonce=nonce) as workload:
         yield workload
 
 
@@ -101,19 +101,19 @@ def test_etcd_is_healthy_and_serves_clients_over_tls_only(
 
 
 @pytest.mark.task("Test pod scheduling")
-def test_a_pod_from_this_runs_image_runs_and_prints_the_nonce(workload: TestWorkload) -> None:
+def test_a_pod_from_this_runs_image_runs_and_prints_the_nonce(workload: MarkerWorkload) -> None:
     assert workload.server_phase() == "Running"
     assert workload.server_node() in workload.cluster.node_conditions()
     assert workload.nonce in workload.server_log()
 
 
 @pytest.mark.task("Test pod scheduling")
-def test_service_cluster_ip_answers_from_a_pod(workload: TestWorkload) -> None:
+def test_service_cluster_ip_answers_from_a_pod(workload: MarkerWorkload) -> None:
     assert workload.fetch_from_pod() == workload.marker
 
 
 @pytest.mark.task("Test pod scheduling")
-def test_service_cluster_ip_answers_from_the_node(workload: TestWorkload, host) -> None:
+def test_service_cluster_ip_answers_from_the_node(workload: MarkerWorkload, host) -> None:
     answer = host.check_output(
         "python3 -c 'import sys, urllib.request; "
         'print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode(), end="")\' %s',
@@ -123,7 +123,7 @@ def test_service_cluster_ip_answers_from_the_node(workload: TestWorkload, host) 
 
 
 @pytest.mark.task("Test pod scheduling")
-def test_an_unprivileged_service_account_cannot_read_secrets(workload: TestWorkload) -> None:
+def test_an_unprivileged_service_account_cannot_read_secrets(workload: MarkerWorkload) -> None:
     # The same question for what its Role grants gets a yes: the review itself works.
     assert workload.account_may("get", "pods") is True
     assert workload.account_may("get", "secrets") is False
@@ -154,7 +154,7 @@ def test_kubelet_left_the_controllers_kernel_alone(
 
 @pytest.mark.task("Deploy K8s control plane")
 @pytest.mark.requires("upstream-artifacts")
-def test_coredns_resolves_the_api_service(workload: TestWorkload) -> None:
+def test_coredns_resolves_the_api_service(workload: MarkerWorkload) -> None:
     assert (
         workload.resolve_from_pod("kubernetes.default.svc.cluster.local") == workload.cluster.api_service_ip()
     )

@@ -1,7 +1,7 @@
 """Outside-in checks of a Kubernetes cluster through its API, from the controller, with the
 operator's kubeconfig and the official Python client.
 
-:class:`TestWorkload` is what Team Delta schedules to prove the cluster runs pods: a pod from
+:class:`MarkerWorkload` is what Team Delta schedules to prove the cluster runs pods: a pod from
 an image the suite builds and pushes to its own registry for this run (Debian's static
 busybox and a marker file holding a nonce), serving that marker over HTTP behind a
 ClusterIP Service; a client pod fetching it through the Service; and a ServiceAccount with a
@@ -74,7 +74,7 @@ class Cluster:
 
 
 @dataclass
-class TestWorkload:
+class MarkerWorkload:
     cluster: Cluster
     namespace: str
     nonce: str
@@ -92,7 +92,7 @@ class TestWorkload:
     @contextlib.contextmanager
     def deploy(
         cls, cluster: Cluster, settings: Settings, *, registry_host: str, nonce: str, timeout: float = 180.0
-    ) -> Iterator[TestWorkload]:
+    ) -> Iterator[MarkerWorkload]:
         port = settings.port("Bravo", registry.PORT_NAME)
         marker = f"hvsuite-pod-marker {nonce}"
         # Pushed over the network to the suite's registry; the node pulls it from loopback,
