@@ -79,6 +79,7 @@ def test_critical_path_and_phase_barrier() -> None:
         ([{**team("A", 1, []), "hours": [3, 1]}], "hours"),
         ([{**team("A", 1, []), "colour": "red"}], "unknown field"),
         ([{**team("A", 1, []), "module": "alpha.py"}], "module"),
+        ([{**team("A", 1, []), "prepare": "steps.kubernetes"}], "prepare must name a function"),
     ],
 )
 def test_invalid_plans_name_the_problem(teams: list[dict[str, object]], message: str) -> None:
@@ -103,3 +104,9 @@ def test_matrix_parser_reads_rows_and_none() -> None:
 ## Next
 """
     assert parse_dependency_matrix(text) == {"Alpha": [], "Delta": ["Bravo", "Charlie"]}
+
+
+def test_a_team_names_what_the_controller_prepares_for_it() -> None:
+    plan = load_plan(Path(__file__).resolve().parents[2] / "phases" / "plan.toml")
+    assert plan["Delta"].prepare == "steps.kubernetes:prepare"
+    assert plan["Alpha"].prepare is None
