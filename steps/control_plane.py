@@ -93,7 +93,8 @@ def apply(ctx: Context) -> None:
             ],
         )
     ops.service(host, "kubelet", enabled=True, running=True)
-    if host.mode != "apply":
+    if host.mode == "verify" or host.fact(FileInfo(ADMIN_CONF)) is None:
+        # Nothing to compare before kubeadm has run (check mode on a new host).
         return
     _wait(
         host, "the API server's /readyz", f"{KUBECTL} get --raw=/readyz >/dev/null 2>&1", delta.ready_timeout

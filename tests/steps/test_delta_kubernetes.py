@@ -167,6 +167,11 @@ def test_kubeadm_init_runs_only_where_no_cluster_exists(monkeypatch: pytest.Monk
     conn.respond("hostname", (0, "hv1\n", ""))
     conn.set_fact(FileInfo(control_plane.ADMIN_CONF), "regular file|root|root|600|1")
     conn.set_fact(ServiceState("kubelet"), NOT_FOUND)
+    conn.set_fact(ServiceState("prometheus"), NOT_FOUND)
+    conn.respond(re.compile(r".*jsonpath=\{\.spec\.podCIDR\}.*"), (0, "10.244.0.0/24", ""))
     host = fake_host(conn, mode="check")
     control_plane.apply(fake_context(host, SETTINGS, profile="scratch"))
-    assert "command kubeadm init" not in [r.op for r in host.changes]
+    would = [r.op for r in host.changes]
+    assert "command kubeadm init" not in would
+    # A healthy cluster is still compared: here its pod network's config is missing.
+    assert f"file {control_plane.CNI_CONFIG}" in would
