@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from recipes import Entry, RecipeCache
 from settings.model import EffectiveProfile, Settings
 from steps import artifacts, kubeadm_config, kubernetes_recipe, ops
 from steps.api import Context, step
@@ -102,67 +103,44 @@ def distribution(settings: Settings, profile: EffectiveProfile) -> Distribution:
     )
 
 
-@dataclass(frozen=True)
-class LocalFile:
-    """A file on the controller with the sha256 it must have."""
-
-    path: Path
-    sha256: str
-    version: str
-
-
-@dataclass(frozen=True)
-class ImageArchive:
-    name: str
-    file: LocalFile
-    reference: str
-
-
-@dataclass(frozen=True)
-class NodeArtifacts:
-    binaries: dict[str, LocalFile]
-    images: tuple[ImageArchive, ...]
-
-
-def node_artifacts(ctx: Context) -> NodeArtifacts:
-    """The node's binaries and image archives on the controller, verified. For the recipe this
-    waits for (or runs) its build; the cache's lock makes a build already running elsewhere a
-    wait, not a second build."""
-    dist = distribution(ctx.settings, ctx.profile)
+def recipe_entry(ctx: Context) -> Entry:
+    """The recipe's cache entry (its files are checked against their sha256 at every use).
+    Waits for a build already running (the one started with the run), or runs it."""
     store = ctx.require_artifacts()
-    if dist.source == "release":
-        release = ctx.settings.delta.release
-        binaries = {}
-        for name, key in (
-            ("kubeadm", release.kubeadm),
-            ("kubelet", release.kubelet),
-            ("kubectl", release.kubectl),
-            ("crictl", release.crictl),
-        ):
-            pin = store.pin(key)
-            local = store.fetch(key, pin)
-            binaries[name] = LocalFile(
-                local, artifacts.sha256_file(local) if pin.member else pin.sha256, pin.version
-            )
-        return NodeArtifacts(binaries, ())
-    from recipes import RecipeCache
-
     recipe = kubernetes_recipe.recipe(ctx.settings)
-    with ctx.host.step(f"Kubernetes {dist.version} artifacts (recipe {recipe.entry_name})"):
-        entry = RecipeCache().ensure(recipe, mirror=store.artifacts_dir)
-    version = dist.version
+    with ctx.host.step(f"Kubernetes {recipe.version} artifacts (recipe {recipe.entry_name})"):
+        return RecipeCache().ensure(recipe, mirror=store.artifacts_dir)
 
-    def verified(rel: str) -> LocalFile:
-        return LocalFile(entry.file(rel), entry.manifest.files[rel].sha256, version)
 
-    images = json.loads(entry.file("images.json").read_text())
-    return NodeArtifacts(
-        {name: verified(f"bin/{name}") for name in kubernetes_recipe.BINARIES},
-        tuple(
-            ImageArchive(Path(rel).stem, verified(rel), reference)
-            for rel, reference in sorted(images.items())
-        ),
-    )
+def _install_recipe(ctx: Context) -> None:
+    """The recipe's binaries, and its images imported into containerd (no registry serves
+    them): each archive is copied when its sha256 differs, and imported when it was copied
+    or containerd lacks the image."""
+    host = ctx.host
+    entry = recipe_entry(ctx)
+    version = entry.manifest.version
+    for name in kubernetes_recipe.BINARIES:
+        rel = f"bin/{name}"
+        artifacts.install_file(
+            host,
+            name,
+            entry.file(rel),
+            entry.manifest.files[rel].sha256,
+            f"{BIN_DIR}/{name}",
+            version=version,
+        )
+    ops.directory(host, IMAGE_DIR, mode="0700")
+    images: dict[str, str] = json.loads(entry.file("images.json").read_text())
+    for rel, reference in sorted(images.items()):
+        dest = f"{IMAGE_DIR}/{Path(rel).name}"
+        copied = artifacts.install_file(
+            host, f"image {Path(rel).stem}", entry.file(rel), entry.manifest.files[rel].sha256, dest,
+            mode="0600", version=version,
+        )  # fmt: skip
+        if copied.changed:
+            host.execute(f"import {reference}", [_import(dest)])
+        else:
+            ops.command(host, _import(dest), unless=_image_present(reference), name=f"import {reference}")
 
 
 def prepare(
@@ -170,11 +148,9 @@ def prepare(
 ) -> tuple[str, Callable[[], object]] | None:
     """The controller's side of a node's software, to start in the background as the run
     starts (phases/plan.toml): the recipe's build (or cache check), or the release's downloads.
-    :func:`node_artifacts` later finds the result in the cache, or waits for it there."""
+    The node step later finds the result in the cache, or waits for it there."""
     dist = distribution(settings, profile)
     if dist.source == "recipe":
-        from recipes import RecipeCache
-
         recipe = kubernetes_recipe.recipe(settings)
         return (
             f"Kubernetes {dist.version} artifacts (recipe {recipe.entry_name})",
@@ -196,35 +172,16 @@ def apply(ctx: Context) -> None:
     the recipe's images imported into containerd; kubelet's unit installed and enabled (it
     starts for real once ``kubeadm init`` or ``join`` has written its config)."""
     host, profile = ctx.host, ctx.profile
-    node = node_artifacts(ctx)
     ops.packages(host, NODE_PACKAGES)
     ops.directory(host, CONFIG_DIR)
     # Pods' traffic is routed through the host (namespaced: the host's own network stack).
     ops.sysctls(host, {"net.ipv4.ip_forward": "1"}, persist_file="/etc/sysctl.d/90-hvsuite-kubernetes.conf")
-    for name, local in sorted(node.binaries.items()):
-        artifacts.install_file(
-            host, name, local.path, local.sha256, f"{BIN_DIR}/{name}", version=local.version
-        )
-    if node.images:
-        ops.directory(host, IMAGE_DIR, mode="0700")
-    for image in node.images:
-        dest = f"{IMAGE_DIR}/{image.name}.tar"
-        copied = artifacts.install_file(
-            host,
-            f"image {image.name}",
-            image.file.path,
-            image.file.sha256,
-            dest,
-            mode="0600",
-            version=image.file.version,
-        )
-        # Imported when the archive is new or changed, or containerd lost the image.
-        if copied.changed:
-            host.execute(f"import {image.reference}", [_import(dest)])
-        else:
-            ops.command(
-                host, _import(dest), unless=_image_present(image.reference), name=f"import {image.reference}"
-            )
+    if distribution(ctx.settings, profile).source == "recipe":
+        _install_recipe(ctx)
+    else:
+        release, store = ctx.settings.delta.release, ctx.require_artifacts()
+        for key in (release.kubeadm, release.kubelet, release.kubectl, release.crictl):
+            artifacts.install(host, store, key)
     guard = profile.namespaced_sysctls_only
     if guard:
         script = ops.file(
