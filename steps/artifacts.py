@@ -10,7 +10,6 @@ target only when the target's copy has a different sha256.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import shlex
@@ -26,6 +25,7 @@ from typing import BinaryIO
 import filelock
 import requests
 
+from recipes.cache import sha256_file
 from settings.model import ArtifactPin
 from steps.facts import FileInfo, FileSha256
 from steps.runner import ApplyError, Command, Host, OpResult, Put, check_path
@@ -56,14 +56,6 @@ class ChecksumMismatch(ArtifactError):
         self.name = name
         self.expected = expected
         self.actual = actual
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _url_basename(url: str) -> str:

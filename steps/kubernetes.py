@@ -239,6 +239,7 @@ def cluster_spec(ctx: Context) -> kubeadm_config.ClusterSpec:
         namespaced_sysctls_only=ctx.profile.namespaced_sysctls_only,
         has_crictl=dist.has_crictl,
         has_coredns_image=dist.has_coredns_image,
+        control_plane_timeout=delta.ready_timeout,
     )
 
 
