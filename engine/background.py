@@ -36,6 +36,7 @@ MESSAGE_LIMIT = 300
 class _Job:
     label: str
     start: float
+    for_team: str | None = None
     end: float | None = None
     outcome: str = RUNNING
     message: str | None = None
@@ -50,6 +51,8 @@ class JobRecord:
     end: float | None
     outcome: str
     message: str | None = None
+    # The team the job prepares for: its time waiting for the job is no overlap.
+    for_team: str | None = None
 
 
 class BackgroundJobs:
@@ -61,8 +64,8 @@ class BackgroundJobs:
         self._jobs: list[_Job] = []
         self._threads: list[threading.Thread] = []
 
-    def start(self, label: str, fn: Callable[[], object]) -> None:
-        job = _Job(label, self._clock())
+    def start(self, label: str, fn: Callable[[], object], *, for_team: str | None = None) -> None:
+        job = _Job(label, self._clock(), for_team)
 
         def run() -> None:
             try:
@@ -101,6 +104,7 @@ class BackgroundJobs:
                     job.end,
                     UNFINISHED if job.outcome == RUNNING else job.outcome,
                     job.message,
+                    job.for_team,
                 )
                 for job in self._jobs
             ]
@@ -109,9 +113,12 @@ class BackgroundJobs:
 BACKGROUND_KEY = pytest.StashKey[BackgroundJobs]()
 
 
-def start(config: pytest.Config, label: str, fn: Callable[[], object]) -> None:
+def start(
+    config: pytest.Config, label: str, fn: Callable[[], object], *, for_team: str | None = None
+) -> None:
     """Run ``fn()`` in a daemon thread of the controller and show it in the run's timeline as
-    `label`. Call it from ``pytest_configure`` or ``pytest_sessionstart`` of the controller."""
+    `label`. Call it from ``pytest_configure`` or ``pytest_sessionstart`` of the controller.
+    ``for_team``: the team that will wait for it (its overlap is counted with the others)."""
     if getattr(config, "workerinput", None) is not None:
         worker = config.workerinput.get("workerid", "?")  # type: ignore[attr-defined]
         raise RuntimeError(
@@ -122,7 +129,7 @@ def start(config: pytest.Config, label: str, fn: Callable[[], object]) -> None:
     jobs = config.stash.get(BACKGROUND_KEY, None)
     if jobs is None:
         jobs = config.stash[BACKGROUND_KEY] = BackgroundJobs()
-    jobs.start(label, fn)
+    jobs.start(label, fn, for_team=for_team)
 
 
 def one_line(exc: BaseException) -> str:
@@ -144,7 +151,8 @@ class BackgroundSpan:
     duration: float
     outcome: str
     message: str | None
-    # Seconds of the job during which at least one team was running, and those teams (by start).
+    # Seconds of the job during which at least one team was running (not counting the team it
+    # is for, which may be waiting for it), and those teams (by start).
     overlap: float
     teams: list[str]
 
@@ -173,8 +181,9 @@ def spans(
     result = []
     for record in records:
         end = record.end if record.end is not None else max(now, record.start)
+        others = {name: span for name, span in teams.items() if name != record.for_team}
         overlapped = sorted(
-            (name for name, (a, b) in teams.items() if min(b, end) > max(a, record.start)),
+            (name for name, (a, b) in others.items() if min(b, end) > max(a, record.start)),
             key=lambda name: (teams[name][0], name),
         )
         result.append(
@@ -185,7 +194,7 @@ def spans(
                 duration=end - record.start,
                 outcome=record.outcome,
                 message=record.message,
-                overlap=overlap(record.start, end, teams.values()),
+                overlap=overlap(record.start, end, others.values()),
                 teams=overlapped,
             )
         )
@@ -206,7 +215,7 @@ def table(background: Sequence[BackgroundSpan], origin: float) -> list[str]:
     """The "Background work" table; starts are seconds from `origin` (the first team's start,
     so a job started before any team has a negative start)."""
     lines = [
-        "| Job | Start (s) | Duration (s) | Outcome | Overlap with teams (s) | Teams overlapped |",
+        "| Job | Start (s) | Duration (s) | Outcome | Overlap with other teams (s) | Teams overlapped |",
         "|---|---:|---:|---|---:|---|",
     ]
     for span in background:

@@ -229,7 +229,8 @@ def background_table(run: TeamRun | None, background: Sequence[BackgroundSpan]) 
         *background_work.table(background, origin(run, background)),
         "",
         "Start: seconds from the first team's start (negative: before it). Overlap: seconds of the",
-        "job during which at least one team was running.",
+        "job during which at least one team other than the one it is for was running (that team",
+        "may be waiting for it).",
     ]
 
 

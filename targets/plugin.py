@@ -258,7 +258,7 @@ def _start_preparations(config: pytest.Config, state: TargetsState) -> None:
         )
         if job is not None:
             label, run = job
-            start_background(config, f"{team.name}: {label}", run)
+            start_background(config, f"{team.name}: {label}", run, for_team=team.name)
 
 
 def _handoff_file(state: TargetsState) -> Path:

@@ -77,7 +77,7 @@ def test_the_table_is_rendered_from_the_first_teams_start() -> None:
     ]
     spans = background.spans(records, TEAMS, now=141.0)
     assert background.table(spans, origin=100.0) == [
-        "| Job | Start (s) | Duration (s) | Outcome | Overlap with teams (s) | Teams overlapped |",
+        "| Job | Start (s) | Duration (s) | Outcome | Overlap with other teams (s) | Teams overlapped |",
         "|---|---:|---:|---|---:|---|",
         "| kubernetes recipe | -5.0 | 20.0 | ok | 13.0 | Alpha, Bravo |",
         "| mirror \\| copy | 1.0 | 1.5 | failed: RecipeError: recipe entry x is corrupt | 1.5 | Alpha |",
@@ -155,7 +155,7 @@ def test_a_run_shows_background_work_in_its_timeline_and_reports(
     result.stdout.fnmatch_lines(
         [
             "*- Background work -*",
-            "| Job | Start (s) | Duration (s) | Outcome | Overlap with teams (s) | Teams overlapped |",
+            "| Job | Start (s) | Duration (s) | Outcome | Overlap with other teams (s) | Teams overlapped |",
             "|---|---:|---:|---|---:|---|",
             "| slow build | -* | * | ok | * | Alpha*|",
             "| broken build | -* | * | failed: RuntimeError: podman build failed: exit 125 | 0.0 |  |",
@@ -186,3 +186,11 @@ def test_a_run_shows_background_work_in_its_timeline_and_reports(
     assert refused == (["refused-gw0", "refused-gw1"] if mode[0] == "-n" else [])
     for path in pytester.path.glob("refused-*"):
         assert "background work runs in the controller only" in path.read_text()
+
+
+def test_the_team_a_job_is_for_does_not_count_as_overlap() -> None:
+    # Delta waits for the job from 10 s on: only Alpha's 0-10 s ran beside it.
+    records = [background.JobRecord("Delta: build", 0.0, 30.0, "ok", None, for_team="Delta")]
+    teams = {"Alpha": (0.0, 10.0), "Delta": (10.0, 40.0)}
+    [span] = background.spans(records, teams, now=50.0)
+    assert (span.overlap, span.teams) == (10.0, ["Alpha"])
