@@ -57,10 +57,17 @@ def cluster(kubeconfig: Path) -> Cluster:
 
 
 @pytest.fixture(scope="module")
-def workload(cluster: Cluster, target, settings: Settings, remote) -> Iterator[MarkerWorkload]:
+def workload(cluster: Cluster, target, settings: Settings, host) -> Iterator[MarkerWorkload]:
     """A pod from an image built and pushed for this run, serving a nonce behind a Service."""
     nonce = secrets.token_hex(8)
     with MarkerWorkload.deploy(cluster, settings, registry_host=target.address, nonce=nonce) as workload:
+        # Traffic to the ClusterIP goes nowhere else only once kube-proxy has programmed it.
+        rules = eventually(
+            lambda: host.run("iptables -t nat -S KUBE-SERVICES").stdout,
+            lambda found: f"-d {workload.service_ip}/32" in found,
+            timeout=60,
+        )
+        assert f"-d {workload.service_ip}/32" in rules, "kube-proxy has not programmed the Service"
         yield workload
 
 

@@ -64,6 +64,17 @@ class Cluster:
         conditions = {c.type: c.status for c in deployment.status.conditions or []}
         return conditions.get("Available") == "True"
 
+    def wait_for_service_account(self, namespace: str, name: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.core.read_namespaced_service_account(name, namespace)
+                return
+            except ApiException as exc:
+                if exc.status != 404 or time.monotonic() > deadline:
+                    raise
+            time.sleep(1)
+
     def wait_for_pod(self, namespace: str, name: str, phases: set[str], timeout: float) -> client.V1Pod:
         deadline = time.monotonic() + timeout
         while True:
@@ -105,6 +116,9 @@ class MarkerWorkload:
         core = cluster.core
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
         try:
+            # Pods are refused until the controller manager has given the namespace its
+            # default ServiceAccount (a while after the control plane restarted).
+            cluster.wait_for_service_account(namespace, "default", timeout)
             labels = {"app": "marker", "run": nonce[:8]}
             core.create_namespaced_pod(namespace, _pod(
                 "marker-server", image, labels,
