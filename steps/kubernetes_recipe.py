@@ -173,3 +173,6 @@ def _build(base: scratch_image.Recipe, builder: str, out: Path, log: Callable[[s
             podman("save", "--format", "docker-archive", "-o", str(out / archive), reference, timeout=300)
             images[archive] = reference
         (out / "images.json").write_text(json.dumps(images, indent=2, sort_keys=True) + "\n")
+    # The entry holds every output; the builder (about 4.5 GB of toolchain and objects) and the
+    # image tags would only take space in podman's store.
+    podman("rmi", "--force", builder_tag, *images.values(), check=False, timeout=300)
