@@ -81,7 +81,7 @@ def apply(ctx: Context) -> None:
             name="kubeadm init",
         )
     elif config.changed:
-        host.execute(
+        changed = host.execute(
             "kubeadm: control plane from the changed config",
             [
                 f"kubeadm init phase control-plane all --config {CONFIG}",
@@ -92,12 +92,13 @@ def apply(ctx: Context) -> None:
                 kubectl("-n", "kube-system", "rollout", "restart", "daemonset/kube-proxy"),
             ],
         )
-        _wait(
-            host,
-            "kube-proxy restarted with the new config",
-            kubectl("-n", "kube-system", "rollout", "status", "daemonset/kube-proxy", "--timeout=10s"),
-            delta.ready_timeout,
-        )
+        if changed.changed and host.mode == "apply":
+            _wait(
+                host,
+                "kube-proxy restarted with the new config",
+                kubectl("-n", "kube-system", "rollout", "status", "daemonset/kube-proxy", "--timeout=10s"),
+                delta.ready_timeout,
+            )
     ops.service(host, "kubelet", enabled=True, running=True)
     if host.mode == "verify" or host.fact(FileInfo(ADMIN_CONF)) is None:
         # Nothing to compare before kubeadm has run (check mode on a new host).
