@@ -31,17 +31,13 @@ v1beta1 in both.
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
-from ruamel.yaml import YAML
-from ruamel.yaml.nodes import ScalarNode
-from ruamel.yaml.representer import SafeRepresenter
-from ruamel.yaml.resolver import VersionedResolver
+import yaml
 
 KUBEADM_GROUP = "kubeadm.k8s.io"
 KUBELET_API = "kubelet.config.k8s.io/v1beta1"
@@ -304,29 +300,21 @@ def _kube_proxy(spec: ClusterSpec) -> dict[str, Any]:
     return doc
 
 
-# kubeadm reads its config with sigs.k8s.io/yaml (go-yaml, YAML 1.1 rules): a plain `yes`, `on`
-# or `y` is a boolean there. A string that YAML 1.1 would read as anything but a string is
-# written double-quoted; the YAML 1.2 emitter already quotes what 1.2 would misread.
-_YAML11 = VersionedResolver(version=(1, 1))
-_STR_TAG = "tag:yaml.org,2002:str"
+class _Dumper(yaml.SafeDumper):
+    """kubeadm reads its config with sigs.k8s.io/yaml (go-yaml v2, YAML 1.1 rules): a plain
+    `yes`, `on` or `y` is a boolean there. PyYAML quotes what its own YAML 1.1 resolver would
+    misread (`yes`, `on`, numbers, ...); go-yaml also takes `y`/`n` for booleans, PyYAML does
+    not, so those are quoted here."""
 
 
-class _Representer(SafeRepresenter):
-    def represent_str(self, data: str) -> ScalarNode:
-        style = '"' if _YAML11.resolve(ScalarNode, data, (True, False)) != _STR_TAG else None
-        return self.represent_scalar(_STR_TAG, data, style=style)
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    style = '"' if data in ("y", "Y", "n", "N") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
 
-# Registered on the subclass only: ruamel's own SafeRepresenter stays as it is.
-_Representer.add_representer(str, _Representer.represent_str)
+_Dumper.add_representer(str, _represent_str)
 
 
 def _dump(documents: list[dict[str, Any]]) -> str:
-    yaml = YAML(typ="safe", pure=True)
-    yaml.Representer = _Representer
-    yaml.default_flow_style = False
-    # apiVersion and kind first, in the order written above.
-    yaml.sort_base_mapping_type_on_output = False
-    out = io.StringIO()
-    yaml.dump_all(documents, out)
-    return out.getvalue()
+    # Block style; apiVersion and kind first, in the order written above.
+    return yaml.dump_all(documents, Dumper=_Dumper, default_flow_style=False, sort_keys=False)
