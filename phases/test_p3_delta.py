@@ -22,8 +22,9 @@ import requests
 
 from engine import apply_fixture
 from settings.model import EffectiveProfile, Settings
-from steps import control_plane, etcd, kubernetes
+from steps import control_plane, etcd, kubernetes, probes
 from steps.api import Applied, Context
+from steps.facts import Sysctl
 from steps.kubeapi import Cluster, MarkerWorkload
 from steps.probes import eventually
 from steps.prometheus import PrometheusAPI
@@ -151,12 +152,13 @@ def test_prometheus_scrapes_the_api_server(target, settings: Settings) -> None:
 
 @pytest.mark.task("Deploy K8s control plane")
 def test_kubelet_left_the_controllers_kernel_alone(
-    controller_tunables_before: dict[str, str], ctx: Context, profile: EffectiveProfile
+    controller_tunables_before: dict[str, str], host, profile: EffectiveProfile
 ) -> None:
     assert kubernetes.local_tunables() == controller_tunables_before
     if profile.namespaced_sysctls_only:
         # Inside the host kubelet reads the values it wants (held there, not written).
-        assert kubernetes.tunables_inside(ctx) == kubernetes.KUBELET_TUNABLES
+        inside = {key: probes.read_fact(host, Sysctl(key)) for key in kubernetes.KUBELET_TUNABLES}
+        assert inside == kubernetes.KUBELET_TUNABLES
 
 
 @pytest.mark.task("Deploy K8s control plane")

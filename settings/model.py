@@ -405,6 +405,11 @@ class KubernetesRelease(Strict):
     crictl: str = "crictl"
     image_repository: str = "registry.k8s.io"
 
+    @property
+    def binaries(self) -> tuple[str, ...]:
+        """The [artifacts] keys of every binary a node gets."""
+        return (self.kubeadm, self.kubelet, self.kubectl, self.crictl)
+
 
 class DeltaSettings(Strict):
     """Team Delta: a kubeadm control plane on the primary host."""

@@ -11,7 +11,6 @@ Role for pods only. Everything lives in one namespace per run, deleted afterward
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from settings.model import Settings
 from steps import registry
 from steps.oci_image import MARKER_PATH, publish_marker_image
+from steps.probes import eventually
 
 HTTP_PORT = 8080
 HTTPD = f"/bin/busybox httpd -f -p {HTTP_PORT} -h /"
@@ -65,23 +65,25 @@ class Cluster:
         return conditions.get("Available") == "True"
 
     def wait_for_service_account(self, namespace: str, name: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        def exists() -> bool:
             try:
                 self.core.read_namespaced_service_account(name, namespace)
-                return
             except ApiException as exc:
-                if exc.status != 404 or time.monotonic() > deadline:
+                if exc.status != 404:
                     raise
-            time.sleep(1)
+                return False
+            return True
+
+        if not eventually(exists, timeout=timeout):
+            # Still missing: the API's own 404 says so.
+            self.core.read_namespaced_service_account(name, namespace)
 
     def wait_for_pod(self, namespace: str, name: str, phases: set[str], timeout: float) -> client.V1Pod:
-        deadline = time.monotonic() + timeout
-        while True:
-            pod = self.core.read_namespaced_pod(name, namespace)
-            if pod.status.phase in phases or time.monotonic() > deadline:
-                return pod
-            time.sleep(1)
+        return eventually(
+            lambda: self.core.read_namespaced_pod(name, namespace),
+            lambda pod: pod.status.phase in phases,
+            timeout=timeout,
+        )
 
 
 @dataclass

@@ -31,8 +31,6 @@ from recipes import Entry, RecipeCache
 from settings.model import EffectiveProfile, Settings
 from steps import artifacts, kubeadm_config, kubernetes_recipe, ops
 from steps.api import Context, step
-from steps.facts import CommandSucceeds, FileInfo
-from steps.runner import ApplyError
 
 API_PORT_NAME = "kube-apiserver"
 CONFIG_DIR = "/etc/kubernetes"
@@ -158,8 +156,9 @@ def prepare(
         )
     release = settings.delta.release
     store = artifacts.ArtifactStore(settings.artifacts, artifacts_dir=artifacts_dir)
-    keys = (release.kubeadm, release.kubelet, release.kubectl, release.crictl)
-    return f"Kubernetes {dist.version} release binaries", lambda: [store.fetch(key) for key in keys]
+    return f"Kubernetes {dist.version} release binaries", lambda: [
+        store.fetch(key) for key in release.binaries
+    ]
 
 
 def _image_present(reference: str) -> str:
@@ -180,7 +179,7 @@ def apply(ctx: Context) -> None:
         _install_recipe(ctx)
     else:
         release, store = ctx.settings.delta.release, ctx.require_artifacts()
-        for key in (release.kubeadm, release.kubelet, release.kubectl, release.crictl):
+        for key in release.binaries:
             artifacts.install(host, store, key)
     guard = profile.namespaced_sysctls_only
     if guard:
@@ -247,26 +246,6 @@ def _import(archive: str) -> str:
     return f"ctr -n {CONTAINERD_NAMESPACE} images import -- {shlex.quote(archive)}"
 
 
-def tunables_inside(ctx: Context) -> dict[str, str]:
-    """The values of kubelet's tunables as the host itself reads them."""
-    values = {}
-    for key in KUBELET_TUNABLES:
-        path = "/proc/sys/" + key.replace(".", "/")
-        data = ctx.host.read(path)
-        if data is None:
-            raise ApplyError(f"[{ctx.host.name}] {path} is missing")
-        values[key] = data.decode().strip()
-    return values
-
-
 def local_tunables() -> dict[str, str]:
     """kubelet's tunables as the machine running the suite reads them."""
     return {key: Path("/proc/sys", *key.split(".")).read_text().strip() for key in KUBELET_TUNABLES}
-
-
-def kubelet_running(ctx: Context) -> bool:
-    return ctx.host.fact(CommandSucceeds("systemctl is-active --quiet kubelet"))
-
-
-def kubeadm_initialized(ctx: Context) -> bool:
-    return ctx.host.fact(FileInfo("/etc/kubernetes/admin.conf")) is not None
