@@ -449,6 +449,17 @@ class DeltaSettings(Strict):
         return self.etcd
 
 
+class Echo1Settings(Strict):
+    """Team Echo-1: the pod network, network policies and the load balancer."""
+
+    # The Linux bridge of the pod network ("bridge" plugin), the pods' gateway on the node.
+    bridge: str = Field("cni0", pattern=r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+class Echo2Settings(Strict):
+    """Team Echo-2: host storage, the default StorageClass, PersistentVolumes, snapshots."""
+
+
 class SignalSettings(Strict):
     # Optional chat webhook (Slack/Mattermost/Discord-compatible JSON {"text": ...}).
     webhook_url: str | None = Field(None, pattern=r"^https?://")
@@ -487,6 +498,8 @@ class Settings(Strict):
     bravo: BravoSettings = BravoSettings()
     charlie: CharlieSettings = CharlieSettings()
     delta: DeltaSettings = DeltaSettings()
+    echo1: Echo1Settings = Echo1Settings()
+    echo2: Echo2Settings = Echo2Settings()
     signals: SignalSettings = SignalSettings()
 
     @field_validator("ports")

@@ -4,8 +4,8 @@
 no cluster yet; a healthy cluster is never re-initialised. A changed config on an existing
 cluster is applied with kubeadm's own phases (static pod manifests, kubelet's config, the
 uploaded config, kube-proxy's ConfigMap), the way kubeadm applies configuration changes. Afterwards: the
-node's taint is kept off (drift is put back), the pod network's bridge config names the
-node's pod CIDR, and Prometheus (Team Charlie's) gets a read-only token to scrape the API
+node's taint is kept off (drift is put back), a bootstrap pod network exists until Team Echo-1's
+replaces it, and Prometheus (Team Charlie's) gets a read-only token to scrape the API
 server. Every kubectl call runs on the host with the admin kubeconfig, which never leaves it
 except as the operator's copy (:func:`fetch_kubeconfig`).
 """
@@ -14,51 +14,22 @@ from __future__ import annotations
 
 import base64
 import os
-import shlex
 from pathlib import Path
 
 import yaml
 
-from steps import kubeadm_config, kubernetes, ops, prometheus
+from steps import kubeadm_config, kubernetes, ops, pod_network, prometheus
 from steps.api import Context, step
 from steps.facts import FileInfo, ServiceState
+from steps.kubectl import ADMIN_CONF, KUBECTL, apply_manifest, kubectl, wait
 from steps.runner import ApplyError, Host
 
 CONFIG = "/etc/kubernetes/hvsuite-kubeadm.yaml"
-ADMIN_CONF = "/etc/kubernetes/admin.conf"
 CA_CERT = "/etc/kubernetes/pki/ca.crt"
-KUBECTL = f"kubectl --kubeconfig {ADMIN_CONF}"
-MANIFEST_DIR = "/etc/kubernetes/hvsuite"
-CNI_CONFIG = "/etc/cni/net.d/10-hvsuite-bridge.conflist"
 # kubeadm's control-plane taints: "master" up to 1.24, "control-plane" from 1.24 on.
 CONTROL_PLANE_TAINTS = ("node-role.kubernetes.io/master", "node-role.kubernetes.io/control-plane")
 PROMETHEUS_ACCOUNT = "hvsuite-prometheus"
 PROMETHEUS_SECRET = "hvsuite-prometheus-token"
-
-
-def kubectl(*args: str) -> str:
-    return " ".join([KUBECTL, *(shlex.quote(arg) for arg in args)])
-
-
-def _wait(host: Host, what: str, shell: str, timeout: float) -> None:
-    """Until ``shell`` succeeds on the host, bounded by ``timeout``."""
-    script = f"until {shell}; do sleep 2; done"
-    result = host.run(f"timeout {int(timeout)} sh -c {shlex.quote(script)}", timeout=timeout + 30)
-    if not result.ok:
-        raise ApplyError(f"[{host.name}] {what}: not within {timeout:.0f} s", result)
-
-
-def _manifest(host: Host, name: str, documents: list[dict]) -> None:
-    """Objects applied from a file on the host when the cluster differs from it."""
-    path = f"{MANIFEST_DIR}/{name}.yaml"
-    ops.directory(host, MANIFEST_DIR, mode="0700")
-    ops.file(host, path, yaml.safe_dump_all(documents, sort_keys=False), mode="0600")
-    ops.command(
-        host,
-        f"{KUBECTL} apply -f {path}",
-        unless=f"{KUBECTL} diff -f {path} >/dev/null",
-        name=f"kubectl apply {name}",
-    )
 
 
 @step("Kubernetes control plane (kubeadm)")
@@ -93,7 +64,7 @@ def apply(ctx: Context) -> None:
             ],
         )
         if changed.changed and host.mode == "apply":
-            _wait(
+            wait(
                 host,
                 "kube-proxy restarted with the new config",
                 kubectl("-n", "kube-system", "rollout", "status", "daemonset/kube-proxy", "--timeout=10s"),
@@ -103,12 +74,12 @@ def apply(ctx: Context) -> None:
     if host.mode == "verify" or host.fact(FileInfo(ADMIN_CONF)) is None:
         # Nothing to compare before kubeadm has run (check mode on a new host).
         return
-    _wait(
+    wait(
         host, "the API server's /readyz", f"{KUBECTL} get --raw=/readyz >/dev/null 2>&1", delta.ready_timeout
     )
     node = spec.node_name
     _untaint(host, node)
-    _pod_network(host, node, delta.ready_timeout)
+    pod_network.bootstrap(ctx, node)
     _prometheus_access(ctx)
 
 
@@ -123,26 +94,13 @@ def _untaint(host: Host, node: str) -> None:
     )
 
 
-def _pod_network(host: Host, node: str, timeout: float) -> None:
-    """A bridge network for pods on the node's pod CIDR (assigned by the controller manager)."""
-    jsonpath = "jsonpath={.spec.podCIDR}"
-    _wait(
-        host,
-        f"a pod CIDR for node {node}",
-        f'[ -n "$({kubectl("get", "node", node, "-o", jsonpath)})" ]',
-        timeout,
-    )
-    cidr = host.run(kubectl("get", "node", node, "-o", jsonpath)).stdout.strip()
-    ops.template(host, CNI_CONFIG, "cni-bridge.conflist.j2", {"subnet": cidr})
-
-
 def _prometheus_access(ctx: Context) -> None:
     """A ServiceAccount allowed to read /metrics, its token for Prometheus, the cluster CA and
     the API server's address; then Charlie's scrape config picks them up."""
     host = ctx.host
     if not host.fact(ServiceState(prometheus.PROMETHEUS)).exists:
         return
-    _manifest(
+    apply_manifest(
         host,
         "prometheus-access",
         [
@@ -185,7 +143,7 @@ def _prometheus_access(ctx: Context) -> None:
     ops.directory(host, prometheus.KUBERNETES_DIR, group="prometheus", mode="0750")
     # The token goes from the API to the file on the host only: it is never printed.
     token = kubectl("-n", "kube-system", "get", "secret", PROMETHEUS_SECRET, "-o", "jsonpath={.data.token}")
-    _wait(host, "the Prometheus ServiceAccount's token", f'[ -n "$({token})" ]', 120)
+    wait(host, "the Prometheus ServiceAccount's token", f'[ -n "$({token})" ]', 120)
     target = prometheus.KUBERNETES_TOKEN
     ops.command(
         host,

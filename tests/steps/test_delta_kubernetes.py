@@ -14,7 +14,7 @@ import yaml
 
 from settings.loader import load_settings
 from settings.model import DeltaSettings, KubernetesRelease, Settings
-from steps import control_plane, kubernetes, kubernetes_recipe, ops, prometheus
+from steps import control_plane, kubernetes, kubernetes_recipe, ops, pod_network, prometheus
 from steps.facts import FileInfo, ServiceState
 from steps.testing import FakeConnection, fake_context, fake_host
 
@@ -173,5 +173,5 @@ def test_kubeadm_init_runs_only_where_no_cluster_exists(monkeypatch: pytest.Monk
     control_plane.apply(fake_context(host, SETTINGS, profile="scratch"))
     would = [r.op for r in host.changes]
     assert "command kubeadm init" not in would
-    # A healthy cluster is still compared: here its pod network's config is missing.
-    assert f"file {control_plane.CNI_CONFIG}" in would
+    # A healthy cluster is still compared: here it has no pod network, so Delta's bootstrap.
+    assert f"file {SETTINGS.bravo.cni_conf_dir}/{pod_network.BOOTSTRAP}" in would
