@@ -21,7 +21,7 @@ import yaml
 from steps import kubeadm_config, kubernetes, ops, pod_network, prometheus
 from steps.api import Context, step
 from steps.facts import FileInfo, ServiceState
-from steps.kubectl import ADMIN_CONF, KUBECTL, apply_manifest, kubectl, wait
+from steps.kubectl import ADMIN_CONF, KUBECTL, account_token, kubectl, wait
 from steps.runner import ApplyError, Host
 
 CONFIG = "/etc/kubernetes/hvsuite-kubeadm.yaml"
@@ -29,7 +29,6 @@ CA_CERT = "/etc/kubernetes/pki/ca.crt"
 # kubeadm's control-plane taints: "master" up to 1.24, "control-plane" from 1.24 on.
 CONTROL_PLANE_TAINTS = ("node-role.kubernetes.io/master", "node-role.kubernetes.io/control-plane")
 PROMETHEUS_ACCOUNT = "hvsuite-prometheus"
-PROMETHEUS_SECRET = "hvsuite-prometheus-token"
 
 
 @step("Kubernetes control plane (kubeadm)")
@@ -100,57 +99,13 @@ def _prometheus_access(ctx: Context) -> None:
     host = ctx.host
     if not host.fact(ServiceState(prometheus.PROMETHEUS)).exists:
         return
-    apply_manifest(
-        host,
-        "prometheus-access",
-        [
-            {
-                "apiVersion": "v1",
-                "kind": "ServiceAccount",
-                "metadata": {"name": PROMETHEUS_ACCOUNT, "namespace": "kube-system"},
-            },
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "type": "kubernetes.io/service-account-token",
-                "metadata": {
-                    "name": PROMETHEUS_SECRET,
-                    "namespace": "kube-system",
-                    "annotations": {"kubernetes.io/service-account.name": PROMETHEUS_ACCOUNT},
-                },
-            },
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRole",
-                "metadata": {"name": PROMETHEUS_ACCOUNT},
-                "rules": [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}],
-            },
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRoleBinding",
-                "metadata": {"name": PROMETHEUS_ACCOUNT},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": PROMETHEUS_ACCOUNT,
-                },
-                "subjects": [
-                    {"kind": "ServiceAccount", "name": PROMETHEUS_ACCOUNT, "namespace": "kube-system"}
-                ],
-            },
-        ],
-    )
     ops.directory(host, prometheus.KUBERNETES_DIR, group="prometheus", mode="0750")
-    # The token goes from the API to the file on the host only: it is never printed.
-    token = kubectl("-n", "kube-system", "get", "secret", PROMETHEUS_SECRET, "-o", "jsonpath={.data.token}")
-    wait(host, "the Prometheus ServiceAccount's token", f'[ -n "$({token})" ]', 120)
-    target = prometheus.KUBERNETES_TOKEN
-    ops.command(
+    account_token(
         host,
-        f"umask 027 && {token} | base64 -d > {target}.new"
-        f" && chgrp prometheus {target}.new && mv {target}.new {target}",
-        unless=f"{token} | base64 -d | cmp -s - {target}",
-        name=f"token of {PROMETHEUS_ACCOUNT} -> {target}",
+        PROMETHEUS_ACCOUNT,
+        [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}],
+        prometheus.KUBERNETES_TOKEN,
+        group="prometheus",
     )
     ca = host.read(CA_CERT)
     if ca is None:

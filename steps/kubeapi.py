@@ -86,6 +86,18 @@ class Cluster:
         )
 
 
+def marker_image(settings: Settings, registry_host: str, nonce: str) -> tuple[str, str]:
+    """(image reference for the node, marker text): an image holding this run's marker,
+    pushed over the network to the suite's registry. The node pulls it from loopback, where
+    containerd speaks plain HTTP to a registry without further config."""
+    port = settings.port("Bravo", registry.PORT_NAME)
+    marker = f"hvsuite-pod-marker {nonce}"
+    pushed = publish_marker_image(
+        f"http://{registry_host}:{port}", settings.delta.test_repository, nonce, marker
+    )
+    return pushed.reference.replace(f"{registry_host}:{port}", f"127.0.0.1:{port}", 1), marker
+
+
 @dataclass
 class MarkerWorkload:
     cluster: Cluster
@@ -106,14 +118,7 @@ class MarkerWorkload:
     def deploy(
         cls, cluster: Cluster, settings: Settings, *, registry_host: str, nonce: str, timeout: float = 180.0
     ) -> Iterator[MarkerWorkload]:
-        port = settings.port("Bravo", registry.PORT_NAME)
-        marker = f"hvsuite-pod-marker {nonce}"
-        # Pushed over the network to the suite's registry; the node pulls it from loopback,
-        # where containerd speaks plain HTTP to a registry without further config.
-        pushed = publish_marker_image(
-            f"http://{registry_host}:{port}", settings.delta.test_repository, nonce, marker
-        )
-        image = pushed.reference.replace(f"{registry_host}:{port}", f"127.0.0.1:{port}", 1)
+        image, marker = marker_image(settings, registry_host, nonce)
         namespace = f"hvsuite-check-{nonce[:8]}"
         core = cluster.core
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
@@ -224,3 +229,96 @@ def _pod(name: str, image: str, labels: dict[str, str], command: list[str], rest
             containers=[client.V1Container(name=name, image=image, command=command)],
         ),
     )
+
+
+@dataclass
+class CheckNamespace:
+    """A namespace of one check, deleted afterwards, with pods from the run's marker image
+    (busybox and a file with the run's marker): servers that answer the marker over HTTP,
+    sinks that swallow a TCP stream, and one-shot clients."""
+
+    cluster: Cluster
+    name: str
+    image: str
+    marker: str
+    timeout: float = 180.0
+
+    @classmethod
+    @contextlib.contextmanager
+    def create(
+        cls, cluster: Cluster, settings: Settings, *, registry_host: str, nonce: str, timeout: float = 180.0
+    ) -> Iterator[CheckNamespace]:
+        image, marker = marker_image(settings, registry_host, nonce)
+        name = f"hvsuite-check-{nonce[:8]}"
+        cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+        try:
+            cluster.wait_for_service_account(name, "default", timeout)
+            yield cls(cluster, name, image, marker, timeout)
+        finally:
+            with contextlib.suppress(ApiException):
+                cluster.core.delete_namespace(name, grace_period_seconds=0)
+
+    def serve_marker(
+        self,
+        name: str,
+        *,
+        namespace: str | None = None,
+        labels: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None,
+        host_port: int | None = None,
+    ) -> client.V1Pod:
+        """A pod answering ``GET /marker`` on port 8080 (and ``host_port`` on the node); Running."""
+        pod = _pod(
+            name, self.image, labels or {"app": name}, ["/bin/busybox", "sh", "-c", f"exec {HTTPD}"], "Always"
+        )
+        container = pod.spec.containers[0]
+        container.ports = [client.V1ContainerPort(container_port=HTTP_PORT, host_port=host_port)]
+        pod.metadata.annotations = annotations
+        return self._start(pod, namespace)
+
+    def sink(self, name: str, port: int, *, annotations: dict[str, str] | None = None) -> client.V1Pod:
+        """A pod reading whatever connects to ``port`` and discarding it, one stream after another."""
+        command = f"while true; do /bin/busybox nc -l -p {port} > /dev/null; done"
+        pod = _pod(name, self.image, {"app": name}, ["/bin/busybox", "sh", "-c", command], "Always")
+        pod.metadata.annotations = annotations
+        return self._start(pod, None)
+
+    def _start(self, pod: client.V1Pod, namespace: str | None) -> client.V1Pod:
+        namespace = namespace or self.name
+        self.cluster.core.create_namespaced_pod(namespace, pod)
+        return self.cluster.wait_for_pod(namespace, pod.metadata.name, {"Running"}, self.timeout)
+
+    def service(
+        self, name: str, selector: dict[str, str], *, port: int, kind: str = "ClusterIP"
+    ) -> client.V1Service:
+        return self.cluster.core.create_namespaced_service(
+            self.name,
+            client.V1Service(
+                metadata=client.V1ObjectMeta(name=name),
+                spec=client.V1ServiceSpec(
+                    type=kind,
+                    selector=selector,
+                    ports=[client.V1ServicePort(port=port, target_port=HTTP_PORT)],
+                ),
+            ),
+        )
+
+    def fetch(self, name: str, address: str, port: int = HTTP_PORT, *, wait: int = 5) -> str | None:
+        """``GET /marker`` from a new pod: the body, or None when nothing answered in ``wait`` s."""
+        request = f"printf 'GET {MARKER_PATH} HTTP/1.0\\r\\n\\r\\n'"
+        command = f"{request} | /bin/busybox nc -w {wait} {address} {port}; true"
+        log = self.run(name, ["/bin/busybox", "sh", "-c", command])
+        head, _, body = log.replace("\r\n", "\n").partition("\n\n")
+        if not head.startswith("HTTP/1.") or " 200 " not in head.splitlines()[0]:
+            return None
+        return body.strip()
+
+    def run(self, name: str, command: list[str]) -> str:
+        """A pod running ``command`` once; its log (it must succeed)."""
+        self.cluster.core.create_namespaced_pod(
+            self.name, _pod(name, self.image, {"app": name}, command, "Never")
+        )
+        pod = self.cluster.wait_for_pod(self.name, name, {"Succeeded", "Failed"}, self.timeout)
+        log = self.cluster.core.read_namespaced_pod_log(name, self.name)
+        assert pod.status.phase == "Succeeded", f"pod {name}: {pod.status.phase}: {log}"
+        return log

@@ -13,6 +13,7 @@ import shlex
 import yaml
 
 from steps import ops
+from steps.api import Context
 from steps.runner import ApplyError, Host, OpResult
 
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
@@ -47,6 +48,13 @@ def apply_manifest(host: Host, name: str, documents: list[dict]) -> OpResult:
     )
 
 
+def pinned_documents(ctx: Context, artifact: str) -> list[dict]:
+    """The objects of an upstream manifest pinned in ``[artifacts]`` (sha256 checked on the
+    controller before anything reaches the host)."""
+    path = ctx.require_artifacts().fetch(artifact)
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
 def delete_manifest(host: Host, name: str) -> OpResult:
     """The objects of a manifest the suite no longer wants, and the file itself."""
     path = f"{MANIFEST_DIR}/{name}.yaml"
@@ -55,4 +63,63 @@ def delete_manifest(host: Host, name: str) -> OpResult:
         f"{KUBECTL} delete --ignore-not-found -f {path} && rm -f {path}",
         unless=f"! test -e {path}",
         name=f"kubectl delete {name}",
+    )
+
+
+def account_token(
+    host: Host,
+    account: str,
+    rules: list[dict],
+    token_file: str,
+    *,
+    namespace: str = "kube-system",
+    group: str = "root",
+) -> OpResult:
+    """A ServiceAccount allowed exactly ``rules`` (a ClusterRole), and its token in
+    ``token_file`` (mode 0640, ``group``). The token goes from the API to the file on the host
+    only: it is never printed."""
+    secret = f"{account}-token"
+    apply_manifest(
+        host,
+        f"account-{account}",
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": account, "namespace": namespace},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "kubernetes.io/service-account-token",
+                "metadata": {
+                    "name": secret,
+                    "namespace": namespace,
+                    "annotations": {"kubernetes.io/service-account.name": account},
+                },
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": account},
+                "rules": rules,
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": account},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": account},
+                "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+            },
+        ],
+    )
+    token = kubectl("-n", namespace, "get", "secret", secret, "-o", "jsonpath={.data.token}")
+    if host.mode == "apply":
+        wait(host, f"the token of ServiceAccount {account}", f'[ -n "$({token})" ]', 120)
+    return ops.command(
+        host,
+        f"umask 027 && {token} | base64 -d > {token_file}.new"
+        f" && chgrp {group} {token_file}.new && mv {token_file}.new {token_file}",
+        unless=f"{token} | base64 -d | cmp -s - {token_file}",
+        name=f"token of {account} -> {token_file}",
     )

@@ -23,9 +23,9 @@ from typing import Any
 from steps import ops
 from steps.api import Context, step
 from steps.facts import Fact
-from steps.kubectl import kubectl, wait
+from steps.kubectl import apply_manifest, kubectl, pinned_documents, wait
 from steps.kubernetes import node_name
-from steps.runner import Host
+from steps.runner import ApplyError, Host
 
 NETWORK_NAME = "hvsuite-pods"
 # containerd uses the lexically first config: Echo-1's sorts before Delta's bootstrap.
@@ -99,14 +99,46 @@ def bootstrap(ctx: Context, node: str) -> None:
     if any(name != BOOTSTRAP for name in host.fact(CniConfigs(directory))):
         return
     cidr = node_pod_cidr(host, node, settings.delta.ready_timeout)
-    ops.file(host, f"{directory}/{BOOTSTRAP}", conflist(cidr, settings.echo1.bridge, chain=False))
+    ops.file(host, f"{directory}/{BOOTSTRAP}", conflist(cidr, settings.echo1.pod_network.bridge, chain=False))
 
 
-@step("Pod network (CNI chain)")
+@step("Pod network")
 def apply(ctx: Context) -> None:
     host, settings = ctx.host, ctx.settings
     directory = settings.bravo.cni_conf_dir
-    cidr = node_pod_cidr(host, node_name(ctx), settings.delta.ready_timeout)
-    ops.file(host, f"{directory}/{CHAIN}", conflist(cidr, settings.echo1.bridge, chain=True))
-    for name in (BOOTSTRAP, *RETIRED):
+    retired = [BOOTSTRAP, *RETIRED]
+    if settings.echo1.pod_network.resolved_plugin(ctx.profile) == "calico":
+        _calico(ctx)
+        retired.append(CHAIN)
+    else:
+        cidr = node_pod_cidr(host, node_name(ctx), settings.delta.ready_timeout)
+        bridge = settings.echo1.pod_network.bridge
+        ops.file(host, f"{directory}/{CHAIN}", conflist(cidr, bridge, chain=True))
+    for name in retired:
         ops.absent(host, f"{directory}/{name}")
+
+
+def calico_documents(documents: list[dict[str, Any]], pod_subnet: str) -> list[dict[str, Any]]:
+    """Calico's manifest with its IP pool on the cluster's pod subnet (the manifest leaves
+    CALICO_IPV4POOL_CIDR unset)."""
+    for doc in documents:
+        if doc.get("kind") == "DaemonSet" and doc["metadata"]["name"] == "calico-node":
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                if container["name"] == "calico-node":
+                    env = [e for e in container.get("env", []) if e["name"] != "CALICO_IPV4POOL_CIDR"]
+                    container["env"] = [*env, {"name": "CALICO_IPV4POOL_CIDR", "value": pod_subnet}]
+                    return documents
+    raise ApplyError("the pinned Calico manifest has no calico-node DaemonSet: is it calico.yaml?")
+
+
+def _calico(ctx: Context) -> None:
+    host, settings = ctx.host, ctx.settings
+    documents = pinned_documents(ctx, settings.echo1.pod_network.calico_manifest)
+    apply_manifest(host, "calico", calico_documents(documents, settings.delta.pod_subnet))
+    if host.mode == "apply":
+        wait(
+            host,
+            "calico-node on every node",
+            kubectl("-n", "kube-system", "rollout", "status", "daemonset/calico-node", "--timeout=10s"),
+            settings.delta.ready_timeout,
+        )

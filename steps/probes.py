@@ -369,14 +369,22 @@ def read_fact(host: Any, fact: Fact[T]) -> T:
 
 @contextlib.contextmanager
 def temporary_listener(
-    host: Any, port: int, *, unit: str = "hvsuite-undeclared-listener", timeout: float = 5.0
+    host: Any,
+    port: int,
+    *,
+    unit: str = "hvsuite-undeclared-listener",
+    timeout: float = 5.0,
+    directory: str = "/",
 ) -> Iterator[int]:
-    """A throwaway TCP listener on ``0.0.0.0:port`` of the target (a transient systemd unit),
-    listening before it is yielded and stopped afterwards. Raises TimeoutError if it does not
-    listen within ``timeout`` seconds (a check against it would prove nothing)."""
+    """A throwaway HTTP server on ``0.0.0.0:port`` of the target serving ``directory`` (a
+    transient systemd unit), listening before it is yielded and stopped afterwards. Raises
+    TimeoutError if it does not listen within ``timeout`` seconds (a check against it would
+    prove nothing)."""
     quoted = shlex.quote(unit)
     host.run_expect(
-        [0], f"systemd-run --quiet --collect --unit={quoted} python3 -m http.server --bind 0.0.0.0 {port}"
+        [0],
+        f"systemd-run --quiet --collect --unit={quoted} "
+        f"python3 -m http.server --bind 0.0.0.0 --directory {shlex.quote(directory)} {port}",
     )
     try:
         deadline = time.monotonic() + timeout
