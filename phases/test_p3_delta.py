@@ -62,13 +62,9 @@ def workload(cluster: Cluster, target, settings: Settings, host) -> Iterator[Mar
     """A pod from an image built and pushed for this run, serving a nonce behind a Service."""
     nonce = secrets.token_hex(8)
     with MarkerWorkload.deploy(cluster, settings, registry_host=target.address, nonce=nonce) as workload:
-        # Traffic to the ClusterIP goes nowhere else only once kube-proxy has programmed it.
-        rules = eventually(
-            lambda: host.run("iptables -t nat -S KUBE-SERVICES").stdout,
-            lambda found: f"-d {workload.service_ip}/32" in found,
-            timeout=60,
+        assert probes.service_programmed(host, workload.service_ip), (
+            "kube-proxy has not programmed the Service"
         )
-        assert f"-d {workload.service_ip}/32" in rules, "kube-proxy has not programmed the Service"
         yield workload
 
 

@@ -35,6 +35,7 @@ class Cluster:
         self.apps = client.AppsV1Api(self.api)
         self.rbac = client.RbacAuthorizationV1Api(self.api)
         self.authz = client.AuthorizationV1Api(self.api)
+        self.networking = client.NetworkingV1Api(self.api)
 
     def get_raw(self, path: str) -> str:
         """The body of a GET of a non-resource path (``/readyz/etcd``, ``/version``)."""

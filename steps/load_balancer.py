@@ -90,6 +90,7 @@ def _keepalived_haproxy(ctx: Context) -> None:
     base = ops.template(host, HAPROXY_BASE, "haproxy-hvsuite.cfg.j2")
     # The allocator owns the frontends; the step only makes sure the file exists.
     ops.command(host, f"touch {HAPROXY_SERVICES}", creates=HAPROXY_SERVICES, name=f"file {HAPROXY_SERVICES}")
+    ops.directory(host, HAPROXY_DROPIN.rsplit("/", 1)[0], mode="0755")
     dropin = ops.file(host, HAPROXY_DROPIN, f"[Service]\nEnvironment=CONFIG={HAPROXY_DIR}\n")
     if dropin.changed:
         ops.daemon_reload(host, units=["haproxy"])

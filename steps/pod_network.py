@@ -52,6 +52,30 @@ class CniConfigs(Fact[list[str]]):
         return sorted(n for n in names if n.endswith((".conf", ".conflist", ".json")))
 
 
+@dataclass(frozen=True)
+class TokenBuckets(Fact[list[tuple[int, int]]]):
+    """(rate in bit/s, burst in bytes) of every tbf qdisc on the host (the bandwidth plugin's)."""
+
+    @property
+    def command(self) -> str:
+        return "tc -j qdisc show"
+
+    def parse(self, output: str) -> list[tuple[int, int]]:
+        return [
+            (int(q["options"]["rate"]), int(q["options"]["burst"]))
+            for q in json.loads(output or "[]")
+            if q.get("kind") == "tbf"
+        ]
+
+
+def token_bucket_burst(buckets: list[tuple[int, int]], rate: float) -> int:
+    """The burst of the token bucket shaping at ``rate`` (exactly one must exist)."""
+    matching = [burst for bucket_rate, burst in buckets if bucket_rate * 8 == rate or bucket_rate == rate]
+    if len(matching) != 1:
+        raise AssertionError(f"expected one token bucket at {rate:g} bit/s, found {buckets}")
+    return matching[0]
+
+
 def node_pod_cidr(host: Host, node: str, timeout: float) -> str:
     """The pod CIDR the controller manager assigned to ``node`` (waits for it)."""
     read = kubectl("get", "node", node, "-o", "jsonpath={.spec.podCIDR}")

@@ -395,3 +395,43 @@ def temporary_listener(
         yield port
     finally:
         host.run(f"systemctl stop {quoted}")
+
+
+# Sends ``prefix`` bytes, then ``steady`` more in 1 MiB chunks, timing each chunk; prints the
+# rate over the last ``window`` chunks, when the socket's and the queue's buffers are full.
+_STEADY_RATE = """
+import socket, sys, time
+address, port, prefix, steady, window = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:6])
+chunk = bytes(1 << 20)
+s = socket.create_connection((address, port), timeout=120)
+sent = 0
+while sent < prefix:
+    sent += s.send(chunk[: min(len(chunk), prefix - sent)])
+marks = []
+for _ in range(steady >> 20):
+    s.sendall(chunk)
+    marks.append(time.monotonic())
+s.shutdown(socket.SHUT_WR)
+s.recv(1)
+print(window * len(chunk) * 8 / (marks[-1] - marks[-1 - window]))
+"""
+
+
+def steady_rate(host: Any, address: str, port: int, *, prefix: int = 0, steady: int = 16 << 20) -> float:
+    """bit/s the target sustains to ``address:port`` after ``prefix`` bytes (over the last
+    4 MiB of ``steady``)."""
+    return float(
+        host.check_output(f"python3 -c {shlex.quote(_STEADY_RATE)} {address} {port} {prefix} {steady} 4")
+    )
+
+
+def service_programmed(host: Any, cluster_ip: str, *, timeout: float = 60.0) -> bool:
+    """Whether kube-proxy has programmed ``cluster_ip`` on the target (within ``timeout``):
+    until then, traffic to it goes wherever the default route leads."""
+    rule = f"-d {cluster_ip}/32"
+    found = eventually(
+        lambda: host.run("iptables -t nat -S KUBE-SERVICES").stdout,
+        lambda rules: rule in rules,
+        timeout=timeout,
+    )
+    return rule in found
