@@ -93,7 +93,8 @@ class VolumeChecks:
 
     def delete_claim(self, name: str) -> None:
         self.cluster.core.delete_namespaced_persistent_volume_claim(name, self.namespace)
-        eventually(lambda: not self._exists(self.claim, name), timeout=self.timeout)
+        read = self.cluster.core.read_namespaced_persistent_volume_claim
+        eventually(lambda: not self._exists(read, name), timeout=self.timeout)
 
     def _run(self, name: str, claim: str, script: str) -> str:
         spec = pod(name, self.image, {"app": "volume-check"}, ["/bin/busybox", "sh", "-c", script], "Never",
