@@ -516,7 +516,9 @@ class Echo2Settings(Strict):
     # Volume snapshots, where the profile does not waive csi-snapshots: [artifacts] keys of
     # pinned manifests, applied in this order. First the snapshot.storage.k8s.io CRDs
     # (external-snapshotter's client/config/crd), then the snapshot controller (its RBAC and
-    # Deployment) and a snapshot-capable CSI driver (csi-driver-host-path's deploy files).
+    # Deployment) and a snapshot-capable CSI driver: csi-driver-host-path's plugin and
+    # CSIDriver object, with the RBAC of its sidecars (each from its own repository, as the
+    # driver's deploy script takes them).
     snapshot_crds: list[str] = [
         "snapshot-crd-volumesnapshotclasses",
         "snapshot-crd-volumesnapshotcontents",
@@ -525,7 +527,11 @@ class Echo2Settings(Strict):
     snapshot_components: list[str] = [
         "snapshot-controller-rbac",
         "snapshot-controller",
-        "csi-hostpath-rbac",
+        "csi-provisioner-rbac",
+        "csi-attacher-rbac",
+        "csi-snapshotter-rbac",
+        "csi-resizer-rbac",
+        "csi-health-monitor-rbac",
         "csi-hostpath-driverinfo",
         "csi-hostpath-plugin",
     ]
