@@ -35,6 +35,8 @@ class Cluster:
         self.apps = client.AppsV1Api(self.api)
         self.rbac = client.RbacAuthorizationV1Api(self.api)
         self.authz = client.AuthorizationV1Api(self.api)
+        self.storage = client.StorageV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
         self.networking = client.NetworkingV1Api(self.api)
 
     def get_raw(self, path: str) -> str:
@@ -86,17 +88,33 @@ class Cluster:
             timeout=timeout,
         )
 
+    def run_pod(self, namespace: str, pod: client.V1Pod, timeout: float) -> str:
+        """``pod`` (restart Never) run to completion; its log. A pod that did not succeed
+        fails the caller's check with its phase and log."""
+        name = pod.metadata.name
+        self.core.create_namespaced_pod(namespace, pod)
+        done = self.wait_for_pod(namespace, name, {"Succeeded", "Failed"}, timeout)
+        log = self.core.read_namespaced_pod_log(name, namespace)
+        assert done.status.phase == "Succeeded", f"pod {name}: {done.status.phase}: {log}"
+        return log
 
-def marker_image(settings: Settings, registry_host: str, nonce: str) -> tuple[str, str]:
-    """(image reference for the node, marker text): an image holding this run's marker,
-    pushed over the network to the suite's registry. The node pulls it from loopback, where
-    containerd speaks plain HTTP to a registry without further config."""
+    def create_namespace(self, name: str, timeout: float) -> None:
+        """A namespace that accepts pods (its default ServiceAccount exists)."""
+        self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+        # Pods are refused until the controller manager has given the namespace its
+        # default ServiceAccount (a while after the control plane restarted).
+        self.wait_for_service_account(name, "default", timeout)
+
+
+def publish_suite_image(
+    settings: Settings, *, registry_host: str, repository: str, nonce: str, marker: str
+) -> str:
+    """The suite's busybox image with ``marker`` pushed for this run; the reference the node
+    pulls it by. Pushed over the network to the suite's registry; the node pulls it from
+    loopback, where containerd speaks plain HTTP to a registry without further config."""
     port = settings.port("Bravo", registry.PORT_NAME)
-    marker = f"hvsuite-pod-marker {nonce}"
-    pushed = publish_marker_image(
-        f"http://{registry_host}:{port}", settings.delta.test_repository, nonce, marker
-    )
-    return pushed.reference.replace(f"{registry_host}:{port}", f"127.0.0.1:{port}", 1), marker
+    pushed = publish_marker_image(f"http://{registry_host}:{port}", repository, nonce, marker)
+    return pushed.reference.replace(f"{registry_host}:{port}", f"127.0.0.1:{port}", 1)
 
 
 @dataclass
@@ -119,16 +137,20 @@ class MarkerWorkload:
     def deploy(
         cls, cluster: Cluster, settings: Settings, *, registry_host: str, nonce: str, timeout: float = 180.0
     ) -> Iterator[MarkerWorkload]:
-        image, marker = marker_image(settings, registry_host, nonce)
+        marker = f"hvsuite-pod-marker {nonce}"
+        image = publish_suite_image(
+            settings,
+            registry_host=registry_host,
+            repository=settings.delta.test_repository,
+            nonce=nonce,
+            marker=marker,
+        )
         namespace = f"hvsuite-check-{nonce[:8]}"
         core = cluster.core
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
         try:
-            # Pods are refused until the controller manager has given the namespace its
-            # default ServiceAccount (a while after the control plane restarted).
-            cluster.wait_for_service_account(namespace, "default", timeout)
+            cluster.create_namespace(namespace, timeout)
             labels = {"app": "marker", "run": nonce[:8]}
-            core.create_namespaced_pod(namespace, _pod(
+            core.create_namespaced_pod(namespace, pod(
                 "marker-server", image, labels,
                 # The log shows the marker; then busybox httpd serves / (so GET /marker).
                 ["/bin/busybox", "sh", "-c", f"/bin/busybox cat {MARKER_PATH}; exec {HTTPD}"],
@@ -175,13 +197,9 @@ class MarkerWorkload:
         """A pod of the same image running ``command`` once; its log."""
         server = self.cluster.core.read_namespaced_pod(self.server, self.namespace)
         image = server.spec.containers[0].image
-        self.cluster.core.create_namespaced_pod(
-            self.namespace, _pod(name, image, {"app": name}, command, "Never")
+        return self.cluster.run_pod(
+            self.namespace, pod(name, image, {"app": name}, command, "Never"), self.timeout
         )
-        pod = self.cluster.wait_for_pod(self.namespace, name, {"Succeeded", "Failed"}, self.timeout)
-        log = self.cluster.core.read_namespaced_pod_log(name, self.namespace)
-        assert pod.status.phase == "Succeeded", f"pod {name}: {pod.status.phase}: {log}"
-        return log
 
     def fetch_from_pod(self) -> str:
         """The marker's body as a pod gets it through the Service. busybox nc, not wget: the
@@ -219,7 +237,25 @@ class MarkerWorkload:
         return bool(self.cluster.authz.create_subject_access_review(review).status.allowed)
 
 
-def _pod(name: str, image: str, labels: dict[str, str], command: list[str], restart: str) -> client.V1Pod:
+def pod(
+    name: str,
+    image: str,
+    labels: dict[str, str],
+    command: list[str],
+    restart: str,
+    *,
+    claims: dict[str, str] | None = None,
+) -> client.V1Pod:
+    """A one-container pod of the suite's image; ``claims`` mounts PVCs (claim -> path)."""
+    claims = claims or {}
+    volumes = [
+        client.V1Volume(
+            name=f"vol{i}",
+            persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(claim_name=claim),
+        )
+        for i, claim in enumerate(claims)
+    ]
+    mounts = [client.V1VolumeMount(name=f"vol{i}", mount_path=path) for i, path in enumerate(claims.values())]
     return client.V1Pod(
         metadata=client.V1ObjectMeta(name=name, labels=labels),
         spec=client.V1PodSpec(
@@ -227,7 +263,10 @@ def _pod(name: str, image: str, labels: dict[str, str], command: list[str], rest
             # busybox as PID 1 ignores SIGTERM: do not wait the default 30 s on delete.
             termination_grace_period_seconds=1,
             automount_service_account_token=False,
-            containers=[client.V1Container(name=name, image=image, command=command)],
+            containers=[
+                client.V1Container(name=name, image=image, command=command, volume_mounts=mounts or None)
+            ],
+            volumes=volumes or None,
         ),
     )
 
@@ -249,11 +288,17 @@ class CheckNamespace:
     def create(
         cls, cluster: Cluster, settings: Settings, *, registry_host: str, nonce: str, timeout: float = 180.0
     ) -> Iterator[CheckNamespace]:
-        image, marker = marker_image(settings, registry_host, nonce)
+        marker = f"hvsuite-pod-marker {nonce}"
+        image = publish_suite_image(
+            settings,
+            registry_host=registry_host,
+            repository=settings.delta.test_repository,
+            nonce=nonce,
+            marker=marker,
+        )
         name = f"hvsuite-check-{nonce[:8]}"
-        cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+        cluster.create_namespace(name, timeout)
         try:
-            cluster.wait_for_service_account(name, "default", timeout)
             yield cls(cluster, name, image, marker, timeout)
         finally:
             with contextlib.suppress(ApiException):
@@ -269,25 +314,26 @@ class CheckNamespace:
         host_port: int | None = None,
     ) -> client.V1Pod:
         """A pod answering ``GET /marker`` on port 8080 (and ``host_port`` on the node); Running."""
-        pod = _pod(
+        server = pod(
             name, self.image, labels or {"app": name}, ["/bin/busybox", "sh", "-c", f"exec {HTTPD}"], "Always"
         )
-        container = pod.spec.containers[0]
-        container.ports = [client.V1ContainerPort(container_port=HTTP_PORT, host_port=host_port)]
-        pod.metadata.annotations = annotations
-        return self._start(pod, namespace)
+        server.spec.containers[0].ports = [
+            client.V1ContainerPort(container_port=HTTP_PORT, host_port=host_port)
+        ]
+        server.metadata.annotations = annotations
+        return self._start(server, namespace)
 
     def sink(self, name: str, port: int, *, annotations: dict[str, str] | None = None) -> client.V1Pod:
         """A pod reading whatever connects to ``port`` and discarding it, one stream after another."""
         command = f"while true; do /bin/busybox nc -l -p {port} > /dev/null; done"
-        pod = _pod(name, self.image, {"app": name}, ["/bin/busybox", "sh", "-c", command], "Always")
-        pod.metadata.annotations = annotations
-        return self._start(pod, None)
+        sink = pod(name, self.image, {"app": name}, ["/bin/busybox", "sh", "-c", command], "Always")
+        sink.metadata.annotations = annotations
+        return self._start(sink, None)
 
-    def _start(self, pod: client.V1Pod, namespace: str | None) -> client.V1Pod:
+    def _start(self, started: client.V1Pod, namespace: str | None) -> client.V1Pod:
         namespace = namespace or self.name
-        self.cluster.core.create_namespaced_pod(namespace, pod)
-        return self.cluster.wait_for_pod(namespace, pod.metadata.name, {"Running"}, self.timeout)
+        self.cluster.core.create_namespaced_pod(namespace, started)
+        return self.cluster.wait_for_pod(namespace, started.metadata.name, {"Running"}, self.timeout)
 
     def service(
         self, name: str, selector: dict[str, str], *, port: int, kind: str = "ClusterIP"
@@ -316,10 +362,6 @@ class CheckNamespace:
 
     def run(self, name: str, command: list[str]) -> str:
         """A pod running ``command`` once; its log (it must succeed)."""
-        self.cluster.core.create_namespaced_pod(
-            self.name, _pod(name, self.image, {"app": name}, command, "Never")
+        return self.cluster.run_pod(
+            self.name, pod(name, self.image, {"app": name}, command, "Never"), self.timeout
         )
-        pod = self.cluster.wait_for_pod(self.name, name, {"Succeeded", "Failed"}, self.timeout)
-        log = self.cluster.core.read_namespaced_pod_log(name, self.name)
-        assert pod.status.phase == "Succeeded", f"pod {name}: {pod.status.phase}: {log}"
-        return log
