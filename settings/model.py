@@ -788,8 +788,6 @@ class Settings(Strict):
 
     def _check_load_balancer(self) -> None:
         balancer = self.echo1.load_balancer
-        for name in balancer.ports:
-            self.port("Echo-1", name)  # a clear error naming the missing [[ports]] rule
         subnet = ipaddress.ip_network(self.scratch.subnet)
         kept = [ipaddress.ip_network(net) for net in self.scratch.keep_free]
         for net in map(ipaddress.ip_network, balancer.pool):

@@ -78,6 +78,8 @@ def apply(ctx: Context) -> None:
 
 def _keepalived_haproxy(ctx: Context) -> None:
     host, balancer = ctx.host, ctx.settings.echo1.load_balancer
+    # Bad input (an empty pool, an undeclared port) stops the step before any change.
+    allocator_config = sync_config(ctx)
     addresses = _pool(ctx)
     interface = balancer.interface or host.fact(DefaultRouteInterface())
     if not interface:
@@ -106,7 +108,7 @@ def _keepalived_haproxy(ctx: Context) -> None:
 
     ops.directory(host, STATE_DIR, mode="0700")
     account_token(host, ACCOUNT, ACCOUNT_RULES, f"{STATE_DIR}/token")
-    config = ops.file(host, f"{STATE_DIR}/config.json", sync_config(ctx), mode="0600")
+    config = ops.file(host, f"{STATE_DIR}/config.json", allocator_config, mode="0600")
     ops.directory(host, "/usr/local/lib/hvsuite", mode="0755")
     program = ops.file(
         host, SYNC_PROGRAM, (ops.TEMPLATES_DIR / "hvsuite-lb-sync.py").read_text(), mode="0755"
