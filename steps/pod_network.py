@@ -53,24 +53,32 @@ class CniConfigs(Fact[list[str]]):
 
 
 @dataclass(frozen=True)
-class TokenBuckets(Fact[list[tuple[int, int]]]):
-    """(rate in bit/s, burst in bytes) of every tbf qdisc on the host (the bandwidth plugin's)."""
+class TokenBucket:
+    device: str
+    rate: int  # bit/s
+    burst: int  # bytes
+
+
+@dataclass(frozen=True)
+class TokenBuckets(Fact[list[TokenBucket]]):
+    """The tbf qdiscs of the host (the bandwidth plugin's, on the pods' host-side veths)."""
 
     @property
     def command(self) -> str:
         return "tc -j qdisc show"
 
-    def parse(self, output: str) -> list[tuple[int, int]]:
+    def parse(self, output: str) -> list[TokenBucket]:
+        # tc reports the rate in bytes per second.
         return [
-            (int(q["options"]["rate"]), int(q["options"]["burst"]))
+            TokenBucket(q["dev"], int(q["options"]["rate"]) * 8, int(q["options"]["burst"]))
             for q in json.loads(output or "[]")
             if q.get("kind") == "tbf"
         ]
 
 
-def token_bucket_burst(buckets: list[tuple[int, int]], rate: float) -> int:
-    """The burst of the token bucket shaping at ``rate`` (exactly one must exist)."""
-    matching = [burst for bucket_rate, burst in buckets if bucket_rate * 8 == rate or bucket_rate == rate]
+def token_bucket(buckets: list[TokenBucket], rate: float) -> TokenBucket:
+    """The one token bucket shaping at ``rate`` bit/s."""
+    matching = [bucket for bucket in buckets if bucket.rate == rate]
     if len(matching) != 1:
         raise AssertionError(f"expected one token bucket at {rate:g} bit/s, found {buckets}")
     return matching[0]

@@ -397,32 +397,47 @@ def temporary_listener(
         host.run(f"systemctl stop {quoted}")
 
 
-# Sends ``prefix`` bytes, then ``steady`` more in 1 MiB chunks, timing each chunk; prints the
-# rate over the last ``window`` chunks, when the socket's and the queue's buffers are full.
+# Streams zeros to address:port from a thread and measures, over ``seconds``, the bytes the
+# host's interface ``device`` delivers (after ``after`` bytes have passed it: a token bucket
+# lets its burst through first); without a device, the bytes the socket accepts.
 _STEADY_RATE = """
-import socket, sys, time
-address, port, prefix, steady, window = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:6])
-chunk = bytes(1 << 20)
-s = socket.create_connection((address, port), timeout=120)
-sent = 0
-while sent < prefix:
-    sent += s.send(chunk[: min(len(chunk), prefix - sent)])
-marks = []
-for _ in range(steady >> 20):
-    s.sendall(chunk)
-    marks.append(time.monotonic())
-s.shutdown(socket.SHUT_WR)
-s.recv(1)
-print(window * len(chunk) * 8 / (marks[-1] - marks[-1 - window]))
+import socket, sys, threading, time
+address, port, device = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+after, seconds = int(sys.argv[4]), float(sys.argv[5])
+sock = socket.create_connection((address, port), timeout=30)
+sent = [0]
+def pump():
+    chunk = bytes(1 << 16)
+    try:
+        while True:
+            sock.sendall(chunk)
+            sent[0] += len(chunk)
+    except OSError:
+        pass
+threading.Thread(target=pump, daemon=True).start()
+def delivered():
+    if device == "-":
+        return sent[0]
+    with open("/sys/class/net/%s/statistics/tx_bytes" % device) as counter:
+        return int(counter.read())
+start, deadline = delivered(), time.monotonic() + 120
+while delivered() - start < after and time.monotonic() < deadline:
+    time.sleep(0.1)
+t0, b0 = time.monotonic(), delivered()
+time.sleep(seconds)
+t1, b1 = time.monotonic(), delivered()
+sock.close()
+print((b1 - b0) * 8 / (t1 - t0))
 """
 
 
-def steady_rate(host: Any, address: str, port: int, *, prefix: int = 0, steady: int = 16 << 20) -> float:
-    """bit/s the target sustains to ``address:port`` after ``prefix`` bytes (over the last
-    4 MiB of ``steady``)."""
-    return float(
-        host.check_output(f"python3 -c {shlex.quote(_STEADY_RATE)} {address} {port} {prefix} {steady} 4")
-    )
+def steady_rate(
+    host: Any, address: str, port: int, *, device: str = "-", after: int = 0, seconds: float = 4.0
+) -> float:
+    """bit/s the target delivers to ``address:port`` through its interface ``device`` (the
+    socket's own count without one), measured over ``seconds`` once ``after`` bytes passed."""
+    script = shlex.quote(_STEADY_RATE)
+    return float(host.check_output(f"python3 -c {script} {address} {port} {device} {after} {seconds}"))
 
 
 def service_programmed(host: Any, cluster_ip: str, *, timeout: float = 60.0) -> bool:

@@ -306,6 +306,8 @@ class _AddressPool:
         self._lock = threading.Lock()
         self._in_use: dict[str, set[str]] | None = None
         self._handed_out: set[str] = set()
+        # Addresses the config keeps for other uses (a load balancer's pool).
+        self._kept_free = {str(ip) for net in settings.keep_free for ip in ipaddress.ip_network(net)}
 
     def _containers(self) -> dict[str, set[str]]:
         with self._lock:
@@ -330,7 +332,7 @@ class _AddressPool:
             address = pick_address(
                 self.settings.subnet,
                 gateway=self.gateway,
-                used=used | self._handed_out,
+                used=used | self._handed_out | self._kept_free,
                 reserved=[address for other, address in book.items() if other != name],
                 preferred=(previous, book.get(name)),
             )

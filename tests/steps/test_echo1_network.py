@@ -109,16 +109,16 @@ def test_config_files_are_listed_as_containerd_reads_them() -> None:
 def test_the_token_bucket_of_a_rate_is_found_by_its_rate() -> None:
     listing = json.dumps(
         [
-            {"kind": "noqueue", "handle": "0:", "options": {}},
-            {"kind": "tbf", "options": {"rate": 2500000, "burst": 261993004}},
-            {"kind": "tbf", "options": {"rate": 125000, "burst": 5000}},
+            {"kind": "noqueue", "dev": "lo", "options": {}},
+            {"kind": "tbf", "dev": "veth1", "options": {"rate": 2500000, "burst": 261993004}},
+            {"kind": "tbf", "dev": "veth2", "options": {"rate": 125000, "burst": 5000}},
         ]
     )
     buckets = pod_network.TokenBuckets().parse(listing)
     # tc reports bytes per second.
-    assert pod_network.token_bucket_burst(buckets, 20e6) == 261993004
+    assert pod_network.token_bucket(buckets, 20e6) == pod_network.TokenBucket("veth1", 20_000_000, 261993004)
     with pytest.raises(AssertionError, match="expected one token bucket"):
-        pod_network.token_bucket_burst(buckets, 8e6)
+        pod_network.token_bucket(buckets, 8e6)
 
 
 def test_calicos_manifest_gets_the_clusters_pod_subnet() -> None:
