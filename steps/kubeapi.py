@@ -137,18 +137,10 @@ class MarkerWorkload:
     def deploy(
         cls, cluster: Cluster, settings: Settings, *, registry_host: str, nonce: str, timeout: float = 180.0
     ) -> Iterator[MarkerWorkload]:
-        marker = f"hvsuite-pod-marker {nonce}"
-        image = publish_suite_image(
-            settings,
-            registry_host=registry_host,
-            repository=settings.delta.test_repository,
-            nonce=nonce,
-            marker=marker,
-        )
-        namespace = f"hvsuite-check-{nonce[:8]}"
-        core = cluster.core
-        try:
-            cluster.create_namespace(namespace, timeout)
+        with CheckNamespace.create(
+            cluster, settings, registry_host=registry_host, nonce=nonce, timeout=timeout
+        ) as checks:
+            namespace, image, marker, core = checks.name, checks.image, checks.marker, cluster.core
             labels = {"app": "marker", "run": nonce[:8]}
             core.create_namespaced_pod(namespace, pod(
                 "marker-server", image, labels,
@@ -156,15 +148,7 @@ class MarkerWorkload:
                 ["/bin/busybox", "sh", "-c", f"/bin/busybox cat {MARKER_PATH}; exec {HTTPD}"],
                 restart="Always",
             ))  # fmt: skip
-            service = core.create_namespaced_service(
-                namespace,
-                client.V1Service(
-                    metadata=client.V1ObjectMeta(name="marker"),
-                    spec=client.V1ServiceSpec(
-                        selector=labels, ports=[client.V1ServicePort(port=80, target_port=HTTP_PORT)]
-                    ),
-                ),
-            )
+            service = checks.service("marker", labels, port=80)
             core.create_namespaced_service_account(
                 namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=cls.account))
             )
@@ -180,9 +164,6 @@ class MarkerWorkload:
             workload = cls(cluster, namespace, nonce, marker, service.spec.cluster_ip, timeout)
             cluster.wait_for_pod(namespace, workload.server, {"Running"}, timeout)
             yield workload
-        finally:
-            with contextlib.suppress(ApiException):
-                core.delete_namespace(namespace, grace_period_seconds=0)
 
     def server_phase(self) -> str:
         return self.cluster.core.read_namespaced_pod(self.server, self.namespace).status.phase

@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 
 from settings.model import Echo2Settings, StorageVolume
 from steps import ops
 from steps.api import Context, step
 from steps.facts import CommandSucceeds, Fact
-from steps.kubectl import apply_manifest, kubectl, wait
+from steps.kubectl import apply_manifest, kubectl, pinned_documents, wait
 from steps.kubernetes import node_name
 from steps.runner import ApplyError, Host
 
@@ -334,26 +333,12 @@ def layout(ctx: Context) -> None:
 # -- snapshots (production) --------------------------------------------------------------
 
 
-def _pinned_documents(ctx: Context, key: str) -> list[dict[str, Any]]:
-    if ctx.artifacts is None:
-        raise ApplyError(f"[{ctx.host.name}] volume snapshots need the artifact store (artifact {key})")
-    path = ctx.artifacts.fetch(key)
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-
-
 def snapshots(ctx: Context) -> None:
     """CRDs, then the controller and the CSI driver, then the suite's two classes."""
     host, echo2 = ctx.host, ctx.settings.echo2
-    missing = [
-        k for k in (*echo2.snapshot_crds, *echo2.snapshot_components) if k not in ctx.settings.artifacts
-    ]
-    if missing:
-        raise ApplyError(
-            f"[{host.name}] profile {ctx.profile} does not waive csi-snapshots, but [artifacts] has no "
-            f"pin for {', '.join(missing)} (named by echo2.snapshot_crds / echo2.snapshot_components)"
-        )
+    _check_snapshot_pins(ctx)
     for key in echo2.snapshot_crds:
-        apply_manifest(host, f"echo2-{key}", _pinned_documents(ctx, key))
+        apply_manifest(host, f"echo2-{key}", pinned_documents(ctx, key))
     if host.mode == "apply":
         crds = [
             f"crd/{kind}.snapshot.storage.k8s.io" for kind in ("volumesnapshotclasses", "volumesnapshots")
@@ -365,7 +350,7 @@ def snapshots(ctx: Context) -> None:
             echo2.bind_timeout,
         )
     for key in echo2.snapshot_components:
-        apply_manifest(host, f"echo2-{key}", _pinned_documents(ctx, key))
+        apply_manifest(host, f"echo2-{key}", pinned_documents(ctx, key))
     classes = [csi_storage_class(echo2), snapshot_class(echo2)]
     problems = snapshot_errors(classes[1])
     if problems:
