@@ -20,6 +20,8 @@ ADMIN_CONF = "/etc/kubernetes/admin.conf"
 KUBECTL = f"kubectl --kubeconfig {ADMIN_CONF}"
 # The manifests of the objects the suite manages, one file per concern.
 MANIFEST_DIR = "/etc/kubernetes/hvsuite"
+# The label of every object the suite manages.
+MANAGED_BY = {"app.kubernetes.io/managed-by": "hvsuite"}
 
 
 def kubectl(*args: str) -> str:

@@ -13,9 +13,8 @@ from typing import Any
 from settings.model import NetworkPolicySettings, PolicyAllow
 from steps import ops
 from steps.api import Context, step
-from steps.kubectl import apply_manifest, kubectl
+from steps.kubectl import MANAGED_BY, apply_manifest, kubectl
 
-MANAGED = {"app.kubernetes.io/managed-by": "hvsuite"}
 DEFAULT_DENY = "default-deny"
 
 
@@ -35,7 +34,7 @@ def allow_policy(rule: PolicyAllow) -> dict[str, Any]:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {"name": rule.name, "namespace": rule.namespace, "labels": MANAGED},
+        "metadata": {"name": rule.name, "namespace": rule.namespace, "labels": MANAGED_BY},
         "spec": {
             "podSelector": {"matchLabels": dict(rule.pods)} if rule.pods else {},
             "policyTypes": [direction],
@@ -49,13 +48,13 @@ def documents(policies: NetworkPolicySettings) -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = []
     for namespace in policies.namespaces:
         docs.append(
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": MANAGED}}
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": MANAGED_BY}}
         )
         docs.append(
             {
                 "apiVersion": "networking.k8s.io/v1",
                 "kind": "NetworkPolicy",
-                "metadata": {"name": DEFAULT_DENY, "namespace": namespace, "labels": MANAGED},
+                "metadata": {"name": DEFAULT_DENY, "namespace": namespace, "labels": MANAGED_BY},
                 "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
             }
         )
@@ -76,7 +75,7 @@ LIST_MANAGED = kubectl(
     "networkpolicies",
     "--all-namespaces",
     "-l",
-    "app.kubernetes.io/managed-by=hvsuite",
+    ",".join(f"{key}={value}" for key, value in MANAGED_BY.items()),
     "-o",
     "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}{'\\n'}{end}",
 )

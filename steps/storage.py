@@ -29,11 +29,10 @@ from settings.model import Echo2Settings, StorageVolume
 from steps import ops
 from steps.api import Context, step
 from steps.facts import CommandSucceeds, Fact
-from steps.kubectl import apply_manifest, kubectl, pinned_documents, wait
+from steps.kubectl import MANAGED_BY, apply_manifest, kubectl, pinned_documents, wait
 from steps.kubernetes import node_name
 from steps.runner import ApplyError, Host
 
-MANAGED_BY = {"app.kubernetes.io/managed-by": "hvsuite"}
 DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
 NO_PROVISIONER = "kubernetes.io/no-provisioner"
 SNAPSHOT_API = "snapshot.storage.k8s.io/v1"
