@@ -208,7 +208,8 @@ def test_check_run_on_the_built_server_would_change_nothing(
     reports = tmp_path_factory.mktemp("check")
     command = [
         str(PYTEST), "-p", "no:cacheprovider", "-n", "auto", "phases/", "--target", f"scratch:{fleet}",
-        "--check", "--reports-dir", str(reports), "--alluredir", str(reports / "allure-results"),
+        "--config", str(_config(reports)), "--check", "--reports-dir", str(reports),
+        "--alluredir", str(reports / "allure-results"),
     ]  # fmt: skip
     result = subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
