@@ -194,7 +194,9 @@ def test_the_load_balancer_runs(host, cluster: Cluster, settings: Settings, prof
     for unit in ("haproxy", "keepalived", load_balancer.SYNC_UNIT):
         assert host.service(unit).is_running and host.service(unit).is_enabled, unit
     # keepalived holds the whole pool on the host.
-    assert set(settings.echo1.load_balancer.addresses()) <= load_balancer.held_addresses(host)
+    assert set(settings.echo1.load_balancer.addresses()) <= probes.read_fact(
+        host, load_balancer.HostAddresses()
+    )
 
 
 def _get(url: str) -> str | None:

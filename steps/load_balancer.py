@@ -13,12 +13,14 @@ same declarations) and Alpha's port scan keep holding.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from steps import ops
 from steps.api import Context, step
+from steps.facts import Fact
 from steps.flintlock import DefaultRouteInterface
 from steps.kubectl import account_token, apply_manifest, kubectl, pinned_documents, wait
-from steps.runner import ApplyError, Host
+from steps.runner import ApplyError
 
 PACKAGES = ("keepalived", "haproxy")
 HAPROXY_DIR = "/etc/haproxy/hvsuite.d"
@@ -155,7 +157,13 @@ def _metallb(ctx: Context) -> None:
     )
 
 
-def held_addresses(host: Host) -> set[str]:
+@dataclass(frozen=True)
+class HostAddresses(Fact[set[str]]):
     """The IPv4 addresses the host holds (keepalived's among them)."""
-    out = host.run("ip -o -4 addr show").stdout
-    return {line.split()[3].split("/")[0] for line in out.splitlines() if len(line.split()) > 3}
+
+    @property
+    def command(self) -> str:
+        return "ip -o -4 addr show"
+
+    def parse(self, output: str) -> set[str]:
+        return {fields[3].split("/")[0] for fields in map(str.split, output.splitlines()) if len(fields) > 3}

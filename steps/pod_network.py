@@ -5,7 +5,7 @@ the node as the pods' gateway, masquerade for traffic leaving the pod CIDR) with
 ``host-local`` addresses from the pod CIDR the controller manager gave the node,
 ``portmap`` (hostPort), ``bandwidth`` (the ``kubernetes.io/ingress-bandwidth`` and
 ``egress-bandwidth`` annotations, as tc token buckets) and ``loopback``. It enforces no
-NetworkPolicy. "calico" is the pinned upstream manifest (:mod:`steps.calico`), which does.
+NetworkPolicy. "calico" is Calico's pinned upstream manifest, which does.
 
 Team Delta needs some pod network before its node can be Ready: :func:`bootstrap` writes a
 plain bridge on the same network name (so both share host-local's address store) only where

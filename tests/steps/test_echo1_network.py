@@ -261,6 +261,15 @@ def test_the_allocator_says_when_the_pool_is_exhausted() -> None:
     assert complaints == ["ns/b: the pool is exhausted"]
 
 
+def test_the_host_addresses_are_read_from_ip() -> None:
+    output = (
+        "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever\n"
+        "2: eth0    inet 10.231.0.2/24 brd 10.231.0.255 scope global eth0\\       valid_lft forever\n"
+        "2: eth0    inet 10.231.0.240/32 scope global eth0\\       valid_lft forever\n"
+    )
+    assert load_balancer.HostAddresses().parse(output) == {"127.0.0.1", "10.231.0.2", "10.231.0.240"}
+
+
 # -- the firewall holds declared ports for forwarded connections ---------------------------
 
 
