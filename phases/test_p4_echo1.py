@@ -21,7 +21,7 @@ import requests
 
 from engine import apply_fixture
 from settings.model import Settings
-from steps import control_plane, load_balancer, network_policy, pod_network, probes
+from steps import control_plane, hardening, load_balancer, network_policy, pod_network, probes
 from steps.api import Applied, Context
 from steps.kubeapi import CheckNamespace, Cluster
 from steps.probes import eventually
@@ -165,7 +165,7 @@ def test_a_denied_connection_times_out_and_an_allowed_one_answers(
 
 @pytest.mark.task("Load balancer")
 def test_a_load_balancer_service_answers_on_a_pool_address(
-    checks: CheckNamespace, settings: Settings, web, probe
+    checks: CheckNamespace, settings: Settings, web, probe, host
 ) -> None:
     balancer = settings.echo1.load_balancer
     port = settings.port("Echo-1", balancer.ports[0])
@@ -184,6 +184,8 @@ def test_a_load_balancer_service_answers_on_a_pool_address(
     assert answer == checks.marker
     # Declared admin-only: the probe host gets nothing from it.
     assert probes.scan_ports(address, [port], timeout=2.0, via=probe.remote).open == set()
+    # Its NodePort is held on loopback only: no listener the firewall's declarations do not name.
+    assert hardening.undeclared_listeners(probes.read_fact(host, hardening.Listeners()), settings) == []
 
 
 @pytest.mark.task("Load balancer")

@@ -291,6 +291,11 @@ def _kube_proxy(spec: ClusterSpec) -> dict[str, Any]:
         # Its health endpoint (0.0.0.0 by default) serves the node itself only; metrics are
         # on loopback by default. Nothing of kube-proxy listens where the firewall decides.
         "healthzBindAddress": "127.0.0.1:10256",
+        # NodePorts on loopback only: kube-proxy holds each one open as a listening socket on
+        # these addresses, and from outside only declared ports pass the firewall anyway.
+        # Services are published through the load balancer (Team Echo-1), which forwards to
+        # their ClusterIPs.
+        "nodePortAddresses": ["127.0.0.0/8"],
     }
     if spec.namespaced_sysctls_only:
         # 0 leaves each limit as the kernel has it (types.go: "0 to leave the limit as-is and

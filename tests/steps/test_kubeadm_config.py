@@ -151,6 +151,7 @@ def test_kube_proxy_leaves_conntrack_alone_only_where_sysctls_are_shared(spec: C
         "kind": "KubeProxyConfiguration",
         "mode": "iptables",
         "healthzBindAddress": "127.0.0.1:10256",
+        "nodePortAddresses": ["127.0.0.0/8"],
         "conntrack": {"maxPerCore": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
     }
     own_kernel = documents(render(replace(spec, namespaced_sysctls_only=False)))["KubeProxyConfiguration"]
