@@ -21,7 +21,7 @@ import yaml
 from steps import kubeadm_config, kubernetes, ops, pod_network, prometheus
 from steps.api import Context, step
 from steps.facts import FileInfo, ServiceState
-from steps.kubectl import ADMIN_CONF, KUBECTL, account_token, kubectl, wait
+from steps.kubectl import ADMIN_CONF, KUBECTL, account_token, kubectl, wait, wait_rollout
 from steps.runner import ApplyError, Host
 
 CONFIG = "/etc/kubernetes/hvsuite-kubeadm.yaml"
@@ -63,12 +63,8 @@ def apply(ctx: Context) -> None:
             ],
         )
         if changed.changed and host.mode == "apply":
-            wait(
-                host,
-                "kube-proxy restarted with the new config",
-                kubectl("-n", "kube-system", "rollout", "status", "daemonset/kube-proxy", "--timeout=10s"),
-                delta.ready_timeout,
-            )
+            # kube-proxy restarted with the new config.
+            wait_rollout(host, "kube-system", "daemonset/kube-proxy", delta.ready_timeout)
     ops.service(host, "kubelet", enabled=True, running=True)
     if host.mode == "verify" or host.fact(FileInfo(ADMIN_CONF)) is None:
         # Nothing to compare before kubeadm has run (check mode on a new host).

@@ -11,9 +11,10 @@ Role for pods only. Everything lives in one namespace per run, deleted afterward
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -68,16 +69,8 @@ class Cluster:
         return conditions.get("Available") == "True"
 
     def wait_for_service_account(self, namespace: str, name: str, timeout: float) -> None:
-        def exists() -> bool:
-            try:
-                self.core.read_namespaced_service_account(name, namespace)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-                return False
-            return True
-
-        if not eventually(exists, timeout=timeout):
+        read = self.core.read_namespaced_service_account
+        if not eventually(lambda: exists(read, name, namespace), timeout=timeout):
             # Still missing: the API's own 404 says so.
             self.core.read_namespaced_service_account(name, namespace)
 
@@ -104,6 +97,17 @@ class Cluster:
         # Pods are refused until the controller manager has given the namespace its
         # default ServiceAccount (a while after the control plane restarted).
         self.wait_for_service_account(name, "default", timeout)
+
+
+def exists(read: Callable[..., Any], *args: str) -> bool:
+    """Whether the object ``read(*args)`` reads exists (the API answers 404 when it does not)."""
+    try:
+        read(*args)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
 
 
 def publish_suite_image(
@@ -267,13 +271,22 @@ class CheckNamespace:
     @classmethod
     @contextlib.contextmanager
     def create(
-        cls, cluster: Cluster, settings: Settings, *, registry_host: str, nonce: str, timeout: float = 180.0
+        cls,
+        cluster: Cluster,
+        settings: Settings,
+        *,
+        registry_host: str,
+        nonce: str,
+        repository: str | None = None,
+        timeout: float = 180.0,
     ) -> Iterator[CheckNamespace]:
+        """The namespace and the run's image, pushed to ``repository`` (default: Delta's
+        ``test_repository``)."""
         marker = f"hvsuite-pod-marker {nonce}"
         image = publish_suite_image(
             settings,
             registry_host=registry_host,
-            repository=settings.delta.test_repository,
+            repository=repository or settings.delta.test_repository,
             nonce=nonce,
             marker=marker,
         )

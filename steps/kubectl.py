@@ -37,6 +37,12 @@ def wait(host: Host, what: str, shell: str, timeout: float) -> None:
         raise ApplyError(f"[{host.name}] {what}: not within {timeout:.0f} s", result)
 
 
+def wait_rollout(host: Host, namespace: str, workload: str, timeout: float) -> None:
+    """Until ``workload`` (``daemonset/NAME``, ``deployment/NAME``) has rolled out, bounded."""
+    status = kubectl("-n", namespace, "rollout", "status", workload, "--timeout=10s")
+    wait(host, f"{workload} in {namespace} rolled out", status, timeout)
+
+
 def apply_manifest(host: Host, name: str, documents: list[dict]) -> OpResult:
     """``documents`` kept in ``MANIFEST_DIR/<name>.yaml`` and applied when the cluster differs."""
     path = f"{MANIFEST_DIR}/{name}.yaml"
@@ -55,17 +61,6 @@ def pinned_documents(ctx: Context, artifact: str) -> list[dict]:
     controller before anything reaches the host)."""
     path = ctx.require_artifacts().fetch(artifact)
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-
-
-def delete_manifest(host: Host, name: str) -> OpResult:
-    """The objects of a manifest the suite no longer wants, and the file itself."""
-    path = f"{MANIFEST_DIR}/{name}.yaml"
-    return ops.command(
-        host,
-        f"{KUBECTL} delete --ignore-not-found -f {path} && rm -f {path}",
-        unless=f"! test -e {path}",
-        name=f"kubectl delete {name}",
-    )
 
 
 def account_token(

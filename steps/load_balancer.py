@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from steps import ops
+from steps import control_plane, kubernetes, ops
 from steps.api import Context, step
 from steps.facts import Fact
 from steps.flintlock import DefaultRouteInterface
-from steps.kubectl import account_token, apply_manifest, kubectl, pinned_documents, wait
+from steps.kubectl import account_token, apply_manifest, pinned_documents, wait_rollout
 from steps.runner import ApplyError
 
 PACKAGES = ("keepalived", "haproxy")
@@ -56,8 +56,8 @@ def sync_config(ctx: Context) -> str:
     return (
         json.dumps(
             {
-                "api": f"https://{ctx.address}:{settings.port('Delta', 'kube-apiserver')}",
-                "ca": "/etc/kubernetes/pki/ca.crt",
+                "api": f"https://{ctx.address}:{settings.port('Delta', kubernetes.API_PORT_NAME)}",
+                "ca": control_plane.CA_CERT,
                 "token": f"{STATE_DIR}/token",
                 "pool": _pool(ctx),
                 "ports": sorted(settings.port("Echo-1", name) for name in balancer.ports),
@@ -82,7 +82,7 @@ def _keepalived_haproxy(ctx: Context) -> None:
     host, balancer = ctx.host, ctx.settings.echo1.load_balancer
     # Bad input (an empty pool, an undeclared port) stops the step before any change.
     allocator_config = sync_config(ctx)
-    addresses = _pool(ctx)
+    addresses = balancer.addresses()
     interface = balancer.interface or host.fact(DefaultRouteInterface())
     if not interface:
         raise ApplyError(f"[{host.name}] no IPv4 default route: set echo1.load_balancer.interface")
@@ -131,12 +131,7 @@ def _metallb(ctx: Context) -> None:
     host, balancer = ctx.host, ctx.settings.echo1.load_balancer
     apply_manifest(host, "metallb", pinned_documents(ctx, balancer.metallb_manifest))
     if host.mode == "apply":
-        wait(
-            host,
-            "MetalLB's controller",
-            kubectl("-n", METALLB_NAMESPACE, "rollout", "status", "deployment/controller", "--timeout=10s"),
-            ctx.settings.delta.ready_timeout,
-        )
+        wait_rollout(host, METALLB_NAMESPACE, "deployment/controller", ctx.settings.delta.ready_timeout)
     apply_manifest(
         host,
         "metallb-pool",

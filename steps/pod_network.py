@@ -23,7 +23,7 @@ from typing import Any
 from steps import ops
 from steps.api import Context, step
 from steps.facts import Fact
-from steps.kubectl import apply_manifest, kubectl, pinned_documents, wait
+from steps.kubectl import apply_manifest, kubectl, pinned_documents, wait, wait_rollout
 from steps.kubernetes import node_name
 from steps.runner import ApplyError, Host
 
@@ -168,9 +168,4 @@ def _calico(ctx: Context) -> None:
     documents = pinned_documents(ctx, settings.echo1.pod_network.calico_manifest)
     apply_manifest(host, "calico", calico_documents(documents, settings.delta.pod_subnet))
     if host.mode == "apply":
-        wait(
-            host,
-            "calico-node on every node",
-            kubectl("-n", "kube-system", "rollout", "status", "daemonset/calico-node", "--timeout=10s"),
-            settings.delta.ready_timeout,
-        )
+        wait_rollout(host, "kube-system", "daemonset/calico-node", settings.delta.ready_timeout)

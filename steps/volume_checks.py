@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from settings.model import Echo2Settings, Settings
 from steps import storage
-from steps.kubeapi import Cluster, pod, publish_suite_image
+from steps.kubeapi import CheckNamespace, Cluster, exists, pod
 from steps.probes import eventually
 
 MOUNT = "/data"
@@ -46,37 +46,27 @@ class VolumeChecks:
     def session(
         cls, cluster: Cluster, settings: Settings, *, registry_host: str, wipe: Callable[[str], None]
     ) -> Iterator[VolumeChecks]:
-        nonce = secrets.token_hex(8)
-        image = publish_suite_image(
+        with CheckNamespace.create(
+            cluster,
             settings,
             registry_host=registry_host,
+            nonce=secrets.token_hex(8),
             repository=settings.echo2.test_repository,
-            nonce=nonce,
-            marker=f"hvsuite-volume-check {nonce}",
-        )
-        checks = cls(cluster, settings.echo2, f"hvsuite-storage-{nonce[:8]}", image, wipe)
-        try:
-            cluster.create_namespace(checks.namespace, checks.timeout)
-            yield checks
-        finally:
-            checks.close()
+            timeout=settings.echo2.bind_timeout,
+        ) as namespace:
+            checks = cls(cluster, settings.echo2, namespace.name, namespace.image, wipe)
+            try:
+                yield checks
+            finally:
+                checks.close()
 
     def close(self) -> None:
         """The namespace deleted; then the static PVs its claims bound made Available again."""
         with contextlib.suppress(ApiException):
             self.cluster.core.delete_namespace(self.namespace, grace_period_seconds=0)
-        eventually(lambda: not self._namespace_exists(), timeout=self.timeout)
+        eventually(lambda: not exists(self.cluster.core.read_namespace, self.namespace), timeout=self.timeout)
         for volume in self.claimed_volumes():
             self.recycle(volume)
-
-    def _namespace_exists(self) -> bool:
-        try:
-            self.cluster.core.read_namespace(self.namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
 
     # -- claims and pods -------------------------------------------------------------
 
@@ -94,7 +84,7 @@ class VolumeChecks:
     def delete_claim(self, name: str) -> None:
         self.cluster.core.delete_namespaced_persistent_volume_claim(name, self.namespace)
         read = self.cluster.core.read_namespaced_persistent_volume_claim
-        eventually(lambda: not self._exists(read, name), timeout=self.timeout)
+        eventually(lambda: not exists(read, name, self.namespace), timeout=self.timeout)
 
     def _run(self, name: str, claim: str, script: str) -> str:
         spec = pod(name, self.image, {"app": "volume-check"}, ["/bin/busybox", "sh", "-c", script], "Never",
@@ -110,16 +100,7 @@ class VolumeChecks:
     def delete_pod(self, name: str) -> None:
         self.cluster.core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0)
         read = self.cluster.core.read_namespaced_pod
-        eventually(lambda: not self._exists(read, name), timeout=self.timeout)
-
-    def _exists(self, read: Callable[..., Any], name: str) -> bool:
-        try:
-            read(name, self.namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        eventually(lambda: not exists(read, name, self.namespace), timeout=self.timeout)
 
     # -- persistent volumes ----------------------------------------------------------
 
