@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from apply.redact import Redactor
 from engine.contract import SkipKind, reason_pattern
-from steps.redact import Redactor
 
 # First match wins in Allure; apply failures are exceptions other than AssertionError, so
 # allure-pytest marks them "broken".

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from steps.redact import Redactor
+from apply.redact import Redactor
 
 RUNNING = "running"
 OK = "ok"

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 import pytest
 
 # The runner's modes (steps/ stays free of pytest, so the literal lives there).
-from steps.runner import MODES, Mode
+from apply.runner import MODES, Mode
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from apply.redact import Redactor
 from engine import allure, background, checkreport, contract, timeline
 from engine.background import BackgroundSpan
 from engine.config import ENVIRONMENT_KEY, WEBHOOK_KEY, EngineSettings
@@ -24,7 +25,6 @@ from engine.run import TeamRun
 from engine.scheduler import DAGScheduling
 from engine.signals import Signal, SignalLog, WebhookPoster
 from engine.state import RecordedVerdict, SharedState, TeamGate, Verdict, VerdictLog, utc_now_iso
-from steps.redact import Redactor
 
 SIGNALLED = {
     Verdict.GREEN: "green",

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from steps.redact import Redactor
+from apply.redact import Redactor
 
 HEADLINES = {
     "green": ("✅", "COMPLETE"),

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import pytest
 
+from apply.api import Applied, Context
+from checks import probes
 from engine import apply_fixture, task
 from settings.model import Settings
-from steps import flintlock, hypervisors, probes
-from steps.api import Applied, Context
+from steps.base import flintlock, hypervisors
 
 
 @apply_fixture

@@ -21,11 +21,13 @@ from collections.abc import Iterator
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from apply.api import Context
+from apply.facts import SSHSession
+from checks import probes
 from engine import apply_fixture, task
 from settings.model import EffectiveProfile, Settings
-from steps import fail2ban, firewall, flintlock, hardening, probes, sshd, tls
-from steps.api import Context
-from steps.facts import SSHSession
+from steps.alpha import fail2ban, firewall, hardening, sshd, tls
+from steps.base import flintlock
 
 pytestmark = pytest.mark.usefixtures("applied")
 

@@ -23,11 +23,14 @@ from dataclasses import dataclass
 
 import pytest
 
+from apply.api import Applied, Context
+from checks import probes
+from checks.image import publish_marker_image
 from engine import apply_fixture
 from settings.model import EffectiveProfile, Settings
-from steps import containerd, flintlock, probes, registry, tls
-from steps.api import Applied, Context
-from steps.oci_image import publish_marker_image
+from steps.alpha import tls
+from steps.base import flintlock
+from steps.bravo import containerd, registry
 
 pytestmark = pytest.mark.usefixtures("applied")
 

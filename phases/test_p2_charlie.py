@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import pytest
 
+from apply.api import Applied, Context
+from checks.probes import eventually
 from engine import apply_fixture
 from settings.model import Settings
-from steps import grafana, prometheus
-from steps.api import Applied, Context
-from steps.probes import eventually
-from steps.prometheus import PrometheusAPI
+from steps.charlie import grafana, prometheus
+from steps.charlie.prometheus import PrometheusAPI
 
 pytestmark = pytest.mark.usefixtures("applied")
 

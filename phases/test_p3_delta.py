@@ -20,14 +20,15 @@ from pathlib import Path
 import pytest
 import requests
 
+from apply.api import Applied, Context
+from apply.facts import Sysctl
+from checks import probes
+from checks.kube import Cluster, MarkerWorkload
+from checks.probes import eventually
 from engine import apply_fixture
 from settings.model import EffectiveProfile, Settings
-from steps import control_plane, etcd, kubernetes, probes
-from steps.api import Applied, Context
-from steps.facts import Sysctl
-from steps.kubeapi import Cluster, MarkerWorkload
-from steps.probes import eventually
-from steps.prometheus import PrometheusAPI
+from steps.charlie.prometheus import PrometheusAPI
+from steps.delta import control_plane, etcd, kubernetes
 
 pytestmark = pytest.mark.usefixtures("applied")
 

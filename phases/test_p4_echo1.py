@@ -19,12 +19,15 @@ import allure
 import pytest
 import requests
 
+from apply.api import Applied, Context
+from checks import probes
+from checks.kube import CheckNamespace, Cluster
+from checks.probes import eventually
 from engine import apply_fixture
 from settings.model import Settings
-from steps import control_plane, hardening, load_balancer, network_policy, pod_network, probes
-from steps.api import Applied, Context
-from steps.kubeapi import CheckNamespace, Cluster
-from steps.probes import eventually
+from steps.alpha import hardening
+from steps.delta import control_plane
+from steps.echo1 import load_balancer, network_policy, pod_network
 
 pytestmark = pytest.mark.usefixtures("applied")
 

@@ -16,14 +16,15 @@ from collections.abc import Iterator
 
 import pytest
 
+from apply.api import Applied, Context
+from checks.kube import Cluster
+from checks.probes import eventually
+from checks.volumes import VolumeChecks
 from engine import apply_fixture
 from settings.model import EffectiveProfile, Settings
-from steps import control_plane, storage
-from steps.api import Applied, Context
-from steps.kubeapi import Cluster
-from steps.kubernetes import node_name
-from steps.probes import eventually
-from steps.volume_checks import VolumeChecks
+from steps.delta import control_plane
+from steps.delta.kubernetes import node_name
+from steps.echo2 import storage
 
 pytestmark = pytest.mark.usefixtures("applied")
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 
-from targets import TargetError, cache
+from targets import TargetError
+from transport import local_state as cache
 from transport.hostkeys import KnownHosts, PinnedKeys
 from transport.podman import podman
 

@@ -25,16 +25,24 @@ from typing import Any
 
 import pytest
 
+from apply.api import Context
+from apply.artifacts import ArtifactStore
+from apply.redact import Redactor
+from apply.runner import Host
 from engine import contract
 from settings.loader import ConfigError, load_settings
 from settings.model import EffectiveProfile, Role, Settings, Waiver
-from steps.api import Context
-from steps.artifacts import ArtifactStore
-from steps.redact import Redactor
-from steps.runner import Host
-from targets import Target, TargetError, cache
-from targets.inventory import Fleet, PlannedHost, effective_profile, missing_roles, plan_hosts, resolve_fleet
+from targets import Target, TargetError
+from targets.inventory import (
+    Fleet,
+    PlannedHost,
+    effective_profile,
+    missing_roles,
+    plan_hosts,
+    resolve_fleet,
+)
 from targets.spec import ScratchSpec
+from transport import local_state as cache
 from transport.ssh import checks_host, fabric_connection
 
 # testinfra's pytest11 entry point name.

@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recipes.debian_image import BuildReport, Recipe, ensure_image
 from settings.model import ScratchSettings
-from targets import Target, TargetError, cache, hostkeys
-from targets.image import BuildReport, Recipe, ensure_image
+from targets import Target, TargetError, hostkeys
+from transport import local_state as cache
 from transport.hostkeys import HostKeyError
 from transport.podman import (
     RECIPE_LABEL,

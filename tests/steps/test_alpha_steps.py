@@ -15,12 +15,15 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from apply import guard
+from apply.facts import FileInfo, OsRelease, Session, SSHSession
+from apply.runner import ApplyError, ConnectionLost, Host, Mode
+from apply.testing import FakeConnection, fake_context, fake_host
+from checks import probes
 from settings.loader import load_settings
 from settings.model import PortRule, Settings, SSHHardening, TLSSettings
-from steps import fail2ban, firewall, flintlock, guard, hardening, probes, sshd, tls
-from steps.facts import FileInfo, OsRelease, Session, SSHSession
-from steps.runner import ApplyError, ConnectionLost, Host, Mode
-from steps.testing import FakeConnection, fake_context, fake_host
+from steps.alpha import fail2ban, firewall, hardening, sshd, tls
+from steps.base import flintlock
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from apply.artifacts import ArtifactError, ArtifactStore, ChecksumMismatch, install
+from apply.facts import FileInfo, FileSha256
+from apply.testing import FakeConnection, fake_host
 from settings.model import ArtifactPin
-from steps.artifacts import ArtifactError, ArtifactStore, ChecksumMismatch, install
-from steps.facts import FileInfo, FileSha256
-from steps.testing import FakeConnection, fake_host
 
 PAYLOAD = b"#!/bin/sh\necho firecracker\n"
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from apply.runner import ApplyError
+from apply.testing import FakeConnection, fake_context, fake_host
 from settings.loader import load_settings
 from settings.model import ArtifactPin, PortRule, Settings
-from steps import flintlock, hypervisors
-from steps.runner import ApplyError
-from steps.testing import FakeConnection, fake_context, fake_host
+from steps.base import flintlock, hypervisors
 
 SHA = "0" * 64
 

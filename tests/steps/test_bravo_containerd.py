@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from apply import ops
+from apply.facts import AptListsAge, DebPackages, FileInfo, ServiceState
+from apply.runner import ApplyError, Host
+from apply.testing import FakeConnection, fake_context, fake_host
 from settings.loader import load_settings
 from settings.model import BravoSettings, Settings
-from steps import containerd, flintlock, ops, registry
-from steps.facts import AptListsAge, DebPackages, FileInfo, ServiceState
-from steps.runner import ApplyError, Host
-from steps.testing import FakeConnection, fake_context, fake_host
+from steps.base import flintlock
+from steps.bravo import containerd, registry
 
 SCRATCH = load_settings().effective_profile("scratch")
 PRODUCTION = load_settings().effective_profile("production")
@@ -125,7 +127,7 @@ def test_devmapper_hosts_get_the_thin_pool_unit_before_containerd_is_configured(
 def test_thin_pool_script_is_idempotent_and_uses_the_settings() -> None:
     bravo = BravoSettings()
     script = ops.render(
-        "hvsuite-thinpool.sh.j2",
+        containerd.TEMPLATES / "hvsuite-thinpool.sh.j2",
         {
             "pool_name": "pool-x",
             "data_dir": "/srv/pool",
@@ -255,7 +257,7 @@ def _flintlock_host(
     """A host whose bridge and flintlockd units are already what Base wrote."""
     settings = _flintlock_settings()
     unit = flintlock.render_unit(settings, "eno1")
-    bridge = ops.render("hvsuite-bridge.service.j2", {"bridge": settings.base.bridge})
+    bridge = ops.render(flintlock.TEMPLATES / "hvsuite-bridge.service.j2", {"bridge": settings.base.bridge})
     conn = FakeConnection(
         files={flintlock.UNIT_FILE: unit.encode(), flintlock.BRIDGE_UNIT_FILE: bridge.encode()}
     )

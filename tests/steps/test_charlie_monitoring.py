@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from apply import ops
+from apply.facts import AptListsAge, DebPackages, FileInfo, ServiceState
+from apply.runner import Host
+from apply.testing import FakeConnection, fake_context, fake_host
 from settings.loader import load_settings
 from settings.model import ArtifactPin, Settings
-from steps import firewall, grafana, ops, prometheus
-from steps.facts import AptListsAge, DebPackages, FileInfo, ServiceState
-from steps.runner import Host
-from steps.testing import FakeConnection, fake_context, fake_host
+from steps.alpha import firewall
+from steps.charlie import grafana, prometheus
 
 ACTIVE = "LoadState=loaded\nActiveState=active\nUnitFileState=enabled\nNeedDaemonReload=no\n"
 NOT_FOUND = "LoadState=not-found\nActiveState=inactive\nUnitFileState=\nNeedDaemonReload=no\n"
@@ -123,7 +125,7 @@ def test_listeners_and_scrape_targets_follow_the_declared_ports(tmp_path: Path) 
 def _converged(tmp_path: Path, settings: Settings, config: str) -> tuple[Host, FakeConnection]:
     dropins = {
         prometheus.dropin_path(prometheus.PROMETHEUS): ops.render(
-            "prometheus.service.conf.j2",
+            prometheus.TEMPLATES / "prometheus.service.conf.j2",
             {
                 "config_path": prometheus.CONFIG_PATH,
                 "listen": "0.0.0.0:9095",
@@ -132,7 +134,7 @@ def _converged(tmp_path: Path, settings: Settings, config: str) -> tuple[Host, F
             },
         ),
         prometheus.dropin_path(prometheus.NODE_EXPORTER): ops.render(
-            "node-exporter.service.conf.j2", {"listen": "0.0.0.0:9100"}
+            prometheus.TEMPLATES / "node-exporter.service.conf.j2", {"listen": "0.0.0.0:9100"}
         ),
         prometheus.CONFIG_PATH: config,
     }
@@ -189,7 +191,9 @@ def test_host_dashboard_queries_node_series_through_the_provisioned_datasource()
 
 
 def test_grafana_datasource_points_at_prometheus_on_its_declared_port() -> None:
-    text = ops.render("grafana-datasource.yaml.j2", {"uid": "ds-1", "url": "http://127.0.0.1:9095"})
+    text = ops.render(
+        grafana.TEMPLATES / "grafana-datasource.yaml.j2", {"uid": "ds-1", "url": "http://127.0.0.1:9095"}
+    )
     assert "uid: ds-1" in text and "url: http://127.0.0.1:9095" in text and "type: prometheus" in text
 
 

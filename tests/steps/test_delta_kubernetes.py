@@ -12,11 +12,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from apply import ops
+from apply.facts import FileInfo, ServiceState
+from apply.testing import FakeConnection, fake_context, fake_host
+from recipes import kubernetes as kubernetes_recipe
 from settings.loader import load_settings
 from settings.model import DeltaSettings, KubernetesRelease, Settings
-from steps import control_plane, kubernetes, kubernetes_recipe, ops, pod_network, prometheus
-from steps.facts import FileInfo, ServiceState
-from steps.testing import FakeConnection, fake_context, fake_host
+from steps.charlie import prometheus
+from steps.delta import control_plane, kubernetes
+from steps.echo1 import pod_network
 
 SETTINGS = load_settings()
 SCRATCH = SETTINGS.effective_profile("scratch")
@@ -69,12 +73,17 @@ def test_scratch_prepares_the_recipe_in_the_background() -> None:
 
 def test_kubelet_waits_for_its_tunables_held_inside_a_shared_kernel_host() -> None:
     shared = ops.render(
-        "kubelet.service.j2", {"bin_dir": "/usr/local/bin", "sysctl_guard": "hvsuite-kubelet-sysctls.service"}
+        kubernetes.TEMPLATES / "kubelet.service.j2",
+        {"bin_dir": "/usr/local/bin", "sysctl_guard": "hvsuite-kubelet-sysctls.service"},
     )
     assert "Requires=hvsuite-kubelet-sysctls.service" in shared
-    own = ops.render("kubelet.service.j2", {"bin_dir": "/usr/local/bin", "sysctl_guard": None})
+    own = ops.render(
+        kubernetes.TEMPLATES / "kubelet.service.j2", {"bin_dir": "/usr/local/bin", "sysctl_guard": None}
+    )
     assert "hvsuite-kubelet-sysctls" not in own
-    script = ops.render("kubelet-sysctls.sh.j2", {"tunables": kubernetes.KUBELET_TUNABLES})
+    script = ops.render(
+        kubernetes.TEMPLATES / "kubelet-sysctls.sh.j2", {"tunables": kubernetes.KUBELET_TUNABLES}
+    )
     held = re.findall(r"^hold (\S+) (\S+)$", script, re.MULTILINE)
     assert dict(held) == kubernetes.KUBELET_TUNABLES
     assert 'mount --bind "$file" "$entry"' in script
@@ -83,7 +92,9 @@ def test_kubelet_waits_for_its_tunables_held_inside_a_shared_kernel_host() -> No
 @pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
 def test_the_tunables_script_is_valid_shell(tmp_path: Path) -> None:
     script = tmp_path / "guard.sh"
-    script.write_text(ops.render("kubelet-sysctls.sh.j2", {"tunables": kubernetes.KUBELET_TUNABLES}))
+    script.write_text(
+        ops.render(kubernetes.TEMPLATES / "kubelet-sysctls.sh.j2", {"tunables": kubernetes.KUBELET_TUNABLES})
+    )
     assert subprocess.run(["sh", "-n", str(script)], check=False).returncode == 0
 
 

@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from apply.facts import CommandSucceeds, FileInfo
+from apply.testing import FakeConnection, fake_context, fake_host
 from settings.loader import load_settings
 from settings.model import Settings
-from steps import firewall, load_balancer, network_policy, ops, pod_network
-from steps.facts import CommandSucceeds, FileInfo
-from steps.kubectl import KUBECTL, MANIFEST_DIR
-from steps.testing import FakeConnection, fake_context, fake_host
+from steps.alpha import firewall
+from steps.delta.kubectl import KUBECTL, MANIFEST_DIR
+from steps.echo1 import load_balancer, network_policy, pod_network
 
 SETTINGS = load_settings()
 SCRATCH = SETTINGS.effective_profile("scratch")
@@ -35,7 +36,7 @@ def _settings(**echo1: object) -> Settings:
 
 
 def _sync_program():  # type: ignore[no-untyped-def]
-    path = ops.TEMPLATES_DIR / "hvsuite-lb-sync.py"
+    path = load_balancer.TEMPLATES / "hvsuite-lb-sync.py"
     spec = importlib.util.spec_from_file_location("hvsuite_lb_sync", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

@@ -12,12 +12,12 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from apply.facts import CommandSucceeds, DebPackages, FileInfo
+from apply.testing import FakeConnection, fake_context, fake_host
 from settings.loader import load_settings
 from settings.model import Echo2Settings, Settings, StorageVolume
-from steps import storage
-from steps.facts import CommandSucceeds, DebPackages, FileInfo
-from steps.kubectl import KUBECTL, MANIFEST_DIR
-from steps.testing import FakeConnection, fake_context, fake_host
+from steps.delta.kubectl import KUBECTL, MANIFEST_DIR
+from steps.echo2 import storage
 
 SETTINGS = load_settings()
 ECHO2 = SETTINGS.echo2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from steps.facts import (
+from apply.facts import (
     AptListsAge,
     CommandSucceeds,
     DebPackages,

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from settings.loader import load_settings
-from steps.kubeadm_config import (
+from steps.delta.kubeadm_config import (
     CRI_SOCKET,
     ClusterSpec,
     SkippedPhase,
@@ -252,8 +252,8 @@ def kubeadm_1_20() -> Path:
     """The Kubernetes recipe's kubeadm v1.20.2 (built from Debian bookworm's source on the
     first use on a machine, about 13 minutes on 2 cores; cached outside the clone after)."""
     from recipes import RecipeCache
+    from recipes import kubernetes as kubernetes_recipe
     from settings.loader import load_settings
-    from steps import kubernetes_recipe
 
     return RecipeCache().ensure(kubernetes_recipe.recipe(load_settings())).file("bin/kubeadm")
 

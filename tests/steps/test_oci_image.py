@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from steps.oci_image import (
+from checks.image import (
     BUSYBOX,
     ImageError,
     PushedImage,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from steps import ops
-from steps.facts import AptListsAge, CommandSucceeds, DebPackages, FileInfo, ServiceState, Sysctl
-from steps.runner import ApplyError, Host, Mode
-from steps.testing import FakeConnection, fake_host
+from apply import ops
+from apply.facts import AptListsAge, CommandSucceeds, DebPackages, FileInfo, ServiceState, Sysctl
+from apply.runner import ApplyError, Host, Mode
+from apply.testing import FakeConnection, fake_host
 
 APT = ops.APT_GET
 FILE_644 = "regular file|root|root|644|{size}\n"
@@ -247,7 +247,7 @@ def test_template_renders_strictly(lock_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'port' is undefined"):
         ops.template(host, "/etc/app.conf", source, {})
     with pytest.raises(ValueError, match="not found"):
-        ops.render("no-such-template.j2")
+        ops.render(tmp_path / "no-such-template.j2")
 
 
 # -- line -------------------------------------------------------------------------------

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from apply import ops
+from apply.artifacts import ArtifactStore, install
+from apply.redact import Redactor
+from apply.runner import ApplyError, Host, idempotence_gate
 from settings.model import ArtifactPin, ScratchSettings
-from steps import ops
-from steps.artifacts import ArtifactStore, install
-from steps.redact import Redactor
-from steps.runner import ApplyError, Host, idempotence_gate
 from targets import scratch
 from transport.ssh import fabric_connection
 

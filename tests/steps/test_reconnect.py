@@ -11,11 +11,11 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from steps import ops
-from steps.api import Context, step
-from steps.facts import FileInfo
-from steps.runner import ApplyError, ConnectionLost, Host
-from steps.testing import FakeConnection, fake_context, fake_host
+from apply import ops
+from apply.api import Context, step
+from apply.facts import FileInfo
+from apply.runner import ApplyError, ConnectionLost, Host
+from apply.testing import FakeConnection, fake_context, fake_host
 from tests.support.ssh_server import ExecServer
 from transport.hostkeys import KnownHosts
 from transport.ssh import Backoff, Endpoint, fabric_connection

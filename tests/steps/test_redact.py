@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from steps.redact import MASK, Redactor
+from apply.redact import MASK, Redactor
 
 PEM = """-----BEGIN OPENSSH PRIVATE KEY-----
 b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from steps import ops
-from steps.facts import FileInfo, Sysctl
-from steps.redact import MASK
-from steps.runner import ApplyError, Host, OpResult, Put, idempotence_gate
-from steps.testing import FakeConnection, fake_host
+from apply import ops
+from apply.facts import FileInfo, Sysctl
+from apply.redact import MASK
+from apply.runner import ApplyError, Host, OpResult, Put, idempotence_gate
+from apply.testing import FakeConnection, fake_host
 from tests.support.ssh_server import ExecServer
 
 
@@ -298,7 +298,7 @@ def test_host_lock_serializes_across_processes(lock_dir: Path) -> None:
 
 
 def test_allure_step_and_attachments_are_redacted(lock_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import steps.runner as runner
+    import apply.runner as runner
 
     titles: list[str] = []
     attached: list[tuple[str, str]] = []

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from recipes.debian_image import ensure_image
 from settings.loader import load_settings
 from settings.model import ScratchSettings
 from targets import Target, TargetError, scratch
 from targets import __main__ as cli
-from targets.image import ensure_image
 from transport.podman import RECIPE_LABEL, ROLE_LABEL, SUITE_LABEL, SUITE_LABEL_VALUE, exists, inspect, podman
 from transport.ssh import open_client, run, wait_for_ssh
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from targets import image
-from targets.image import Recipe
+from recipes import debian_image as image
+from recipes.debian_image import Recipe
 
 
 def test_debootstrap_follows_the_measured_recipe() -> None:

@@ -225,8 +225,8 @@ def test_check_mode_reports_would_change_ops_by_host_with_redacted_diffs(pyteste
         import pytest
         import targets.plugin as plugin
         from engine import contract
-        from steps import ops
-        from steps.testing import FakeConnection, fake_host
+        from apply import ops
+        from apply.testing import FakeConnection, fake_host
 
         @pytest.fixture(scope="module")
         def applied(request):

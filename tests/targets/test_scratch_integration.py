@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from recipes.debian_image import Recipe
 from settings.loader import load_settings
 from targets import Target, scratch
-from targets.image import Recipe
 from transport.podman import exists
 from transport.ssh import open_client, run
 
@@ -119,7 +119,7 @@ def test_reuse_does_not_recreate(servers: list[Target]) -> None:
 
 
 def test_recipe_hash_is_in_the_image_label(servers: list[Target]) -> None:
-    from targets.image import current_recipe
+    from recipes.debian_image import current_recipe
 
     settings = load_settings().scratch
     recipe = Recipe(settings.image, settings.suite, settings.mirror)

@@ -14,7 +14,7 @@ from typing import Any
 import paramiko
 import pytest
 
-from steps import probes
+from checks import probes
 from tests.support.ssh_server import ExecServer
 from transport.hostkeys import HostKeyError, KnownHosts, PinnedKeys, key_fingerprint
 from transport.ssh import Endpoint, checks_host, fabric_connection, key_login
