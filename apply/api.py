@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from apply.runner import ApplyError, ConnectionLost, Host, Mode, OpResult
-from settings.model import EffectiveProfile, Settings
+from settings.base import EffectiveProfile
+from settings.model import Settings
 
 if TYPE_CHECKING:
     from apply.artifacts import ArtifactStore

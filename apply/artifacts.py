@@ -28,7 +28,7 @@ import requests
 from apply.facts import FileInfo, FileSha256
 from apply.runner import ApplyError, Command, Host, OpResult, Put, check_path
 from recipes.cache import sha256_file
-from settings.model import ArtifactPin
+from settings.base import ArtifactPin
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 

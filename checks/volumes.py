@@ -21,8 +21,9 @@ from kubernetes.client.exceptions import ApiException
 
 from checks.kube import CheckNamespace, Cluster, exists, pod
 from checks.probes import eventually
-from settings.model import Echo2Settings, Settings
+from settings.model import Settings
 from steps.echo2 import storage
+from steps.echo2.settings import Echo2Settings
 
 MOUNT = "/data"
 SNAPSHOT_GROUP, SNAPSHOT_VERSION = storage.SNAPSHOT_API.split("/")

@@ -36,6 +36,9 @@ class Team:
     # started in the background when the run starts: function(settings, profile, artifacts_dir)
     # returns (label, job) or None when nothing needs preparing.
     prepare: str | None = None
+    # "module:Class" of the team's own config section (settings.base.TeamSettings); the
+    # config is composed of the sections the plan names (settings.model.compose).
+    settings: str | None = None
 
     @property
     def label(self) -> str:
@@ -171,7 +174,17 @@ def plan_from_data(data: Mapping[str, object], directory: Path, source: Path | N
         name = raw.get("name")
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", name):
             raise PlanError(f"plan: team #{index + 1}: name must be a word like 'Echo-1', got {name!r}")
-        unknown = set(raw) - {"name", "phase", "requires", "hours", "module", "tasks", "roles", "prepare"}
+        unknown = set(raw) - {
+            "name",
+            "phase",
+            "requires",
+            "hours",
+            "module",
+            "tasks",
+            "roles",
+            "prepare",
+            "settings",
+        }
         if unknown:
             raise PlanError(f"plan: team {name!r}: unknown field(s) {', '.join(sorted(unknown))}")
         phase = raw.get("phase")
@@ -197,7 +210,12 @@ def plan_from_data(data: Mapping[str, object], directory: Path, source: Path | N
         prepare = raw.get("prepare")
         if prepare is not None and not (isinstance(prepare, str) and re.fullmatch(r"[\w.]+:\w+", prepare)):
             raise PlanError(
-                f"plan: team {name!r}: prepare must name a function like 'steps.kubernetes:prepare'"
+                f"plan: team {name!r}: prepare must name a function like 'steps.delta.kubernetes:prepare'"
+            )
+        settings = raw.get("settings")
+        if settings is not None and not (isinstance(settings, str) and re.fullmatch(r"[\w.]+:\w+", settings)):
+            raise PlanError(
+                f"plan: team {name!r}: settings must name a class like 'steps.alpha.settings:AlphaSettings'"
             )
         teams.append(
             Team(
@@ -209,6 +227,7 @@ def plan_from_data(data: Mapping[str, object], directory: Path, source: Path | N
                 tasks=tuple(tasks),
                 roles=tuple(roles),
                 prepare=prepare,
+                settings=settings,
             )
         )
     by_name: dict[str, Team] = {}

@@ -25,7 +25,8 @@ from apply.api import Context
 from apply.facts import SSHSession
 from checks import probes
 from engine import apply_fixture, task
-from settings.model import EffectiveProfile, Settings
+from settings.base import EffectiveProfile
+from settings.model import Settings
 from steps.alpha import fail2ban, firewall, hardening, sshd, tls
 from steps.base import flintlock
 

@@ -27,7 +27,8 @@ from apply.api import Applied, Context
 from checks import probes
 from checks.image import publish_marker_image
 from engine import apply_fixture
-from settings.model import EffectiveProfile, Settings
+from settings.base import EffectiveProfile
+from settings.model import Settings
 from steps.alpha import tls
 from steps.base import flintlock
 from steps.bravo import containerd, registry

@@ -26,7 +26,8 @@ from checks import probes
 from checks.kube import Cluster, MarkerWorkload
 from checks.probes import eventually
 from engine import apply_fixture
-from settings.model import EffectiveProfile, Settings
+from settings.base import EffectiveProfile
+from settings.model import Settings
 from steps.charlie.prometheus import PrometheusAPI
 from steps.delta import control_plane, etcd, kubernetes
 

@@ -21,7 +21,8 @@ from checks.kube import Cluster
 from checks.probes import eventually
 from checks.volumes import VolumeChecks
 from engine import apply_fixture
-from settings.model import EffectiveProfile, Settings
+from settings.base import EffectiveProfile
+from settings.model import Settings
 from steps.delta import control_plane
 from steps.delta.kubernetes import node_name
 from steps.echo2 import storage

@@ -25,7 +25,7 @@ from settings.model import Settings
 
 # Recipe name -> "module:function"; the function takes the loaded Settings and returns the
 # Recipe. Imported only when that recipe is asked for.
-KNOWN: dict[str, str] = {"kubernetes": "steps.kubernetes_recipe:recipe"}
+KNOWN: dict[str, str] = {"kubernetes": "recipes.kubernetes:recipe"}
 
 
 def load_recipe(name: str, settings: Settings) -> Recipe:

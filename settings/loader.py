@@ -16,11 +16,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from settings.model import Settings, Waiver
+from settings.base import Waiver
+from settings.model import DEFAULT_PLAN, Settings
 
 SETTINGS_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = SETTINGS_DIR / "scratch.toml"
-DEFAULT_PLAN = SETTINGS_DIR.parent / "phases" / "plan.toml"
 
 
 class ConfigError(Exception):

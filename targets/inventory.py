@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from settings.model import EffectiveProfile, HostSettings, Role, Settings
+from settings.base import EffectiveProfile, Role
+from settings.model import HostSettings, Settings
 from targets import Target, TargetError, scratch
 from targets.spec import ScratchSpec, SSHSpec, parse_target
 from transport.hostkeys import HostKeyError

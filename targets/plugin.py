@@ -30,8 +30,9 @@ from apply.artifacts import ArtifactStore
 from apply.redact import Redactor
 from apply.runner import Host
 from engine import contract
+from settings.base import EffectiveProfile, Role, Waiver
 from settings.loader import ConfigError, load_settings
-from settings.model import EffectiveProfile, Role, Settings, Waiver
+from settings.model import Settings
 from targets import Target, TargetError
 from targets.inventory import (
     Fleet,

@@ -18,7 +18,7 @@ from apply.api import Context, step
 from apply.facts import SSHSession
 from apply.runner import ApplyError
 from checks.probes import eventually
-from settings.model import Fail2banSettings
+from steps.alpha.settings import Fail2banSettings
 
 TEMPLATES = Path(__file__).parent / "templates"
 

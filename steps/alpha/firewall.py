@@ -25,7 +25,8 @@ from apply.api import Context, step
 from apply.facts import Fact, SSHSession
 from apply.guard import Guard, guarded_change
 from apply.runner import ApplyError, Command, Put
-from settings.model import PortRule, Settings
+from settings.base import PortRule
+from settings.model import Settings
 
 TEMPLATES = Path(__file__).parent / "templates"
 

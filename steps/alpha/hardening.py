@@ -18,7 +18,8 @@ from apply import ops
 from apply.api import Context, step
 from apply.facts import Fact
 from apply.runner import Host, OpResult
-from settings.model import EffectiveProfile, Settings
+from settings.base import EffectiveProfile
+from settings.model import Settings
 
 TEMPLATES = Path(__file__).parent / "templates"
 

@@ -28,7 +28,7 @@ from apply.api import Context, step
 from apply.facts import Fact, OsRelease, SSHSession
 from apply.guard import Guard, guarded_change
 from apply.runner import ApplyError, Command, Host, OpResult, Put
-from settings.model import SSHHardening
+from steps.alpha.settings import SSHHardening
 
 TEMPLATES = Path(__file__).parent / "templates"
 

@@ -26,7 +26,7 @@ from apply import ops
 from apply.api import Context, step
 from apply.facts import Fact, FileInfo
 from apply.runner import ApplyError, Host, OpResult
-from settings.model import TLSSettings
+from steps.alpha.settings import TLSSettings
 
 CA_NAME = "hvsuite flintlock CA"
 CLIENT_NAME = "hvsuite-operator"

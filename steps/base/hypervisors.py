@@ -12,7 +12,9 @@ from apply import artifacts
 from apply.api import Context, step
 from apply.facts import Fact
 from apply.runner import ApplyError, Host
-from settings.model import ArtifactPin, BaseSettings, Settings
+from settings.base import ArtifactPin
+from settings.model import Settings
+from steps.base.settings import BaseSettings
 
 VERSION_COMMANDS = {
     # firecracker and cloud-hypervisor print "<name> v1.10.0"; flintlockd prints its version.

@@ -20,7 +20,8 @@ from apply import ops
 from apply.api import Context, step
 from apply.facts import Fact
 from apply.runner import CommandResult, Host
-from settings.model import BravoSettings, Waiver
+from settings.base import Waiver
+from steps.bravo.settings import BravoSettings
 from steps.delta import kubernetes
 
 TEMPLATES = Path(__file__).parent / "templates"

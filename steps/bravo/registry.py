@@ -13,7 +13,7 @@ import json
 
 from apply import ops
 from apply.api import Context, step
-from settings.model import BravoSettings
+from steps.bravo.settings import BravoSettings
 
 SERVICE = "docker-registry"
 CONFIG_PATH = "/etc/docker/registry/config.yml"

@@ -19,7 +19,8 @@ import requests
 
 from apply import artifacts, ops
 from apply.api import Context, step
-from settings.model import ArtifactPin, Settings
+from settings.base import ArtifactPin
+from settings.model import Settings
 
 TEMPLATES = Path(__file__).parent / "templates"
 

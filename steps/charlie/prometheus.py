@@ -24,7 +24,7 @@ from apply import ops
 from apply.api import Context, step
 from apply.facts import FileInfo
 from apply.runner import OpResult
-from settings.model import CharlieSettings
+from steps.charlie.settings import CharlieSettings
 
 TEMPLATES = Path(__file__).parent / "templates"
 

@@ -31,7 +31,8 @@ from apply import artifacts, ops
 from apply.api import Context, step
 from recipes import Entry, RecipeCache
 from recipes import kubernetes as kubernetes_recipe
-from settings.model import EffectiveProfile, Settings
+from settings.base import EffectiveProfile
+from settings.model import Settings
 from steps.delta import kubeadm_config
 
 TEMPLATES = Path(__file__).parent / "templates"

@@ -12,8 +12,8 @@ from typing import Any
 
 from apply import ops
 from apply.api import Context, step
-from settings.model import NetworkPolicySettings, PolicyAllow
 from steps.delta.kubectl import MANAGED_BY, apply_manifest, kubectl
+from steps.echo1.settings import NetworkPolicySettings, PolicyAllow
 
 DEFAULT_DENY = "default-deny"
 

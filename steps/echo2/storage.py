@@ -29,9 +29,9 @@ from apply import ops
 from apply.api import Context, step
 from apply.facts import CommandSucceeds, Fact
 from apply.runner import ApplyError, Host
-from settings.model import Echo2Settings, StorageVolume
 from steps.delta.kubectl import MANAGED_BY, apply_manifest, kubectl, pinned_documents, wait
 from steps.delta.kubernetes import node_name
+from steps.echo2.settings import Echo2Settings, StorageVolume
 
 DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
 NO_PROVISIONER = "kubernetes.io/no-provisioner"

@@ -108,5 +108,5 @@ def test_matrix_parser_reads_rows_and_none() -> None:
 
 def test_a_team_names_what_the_controller_prepares_for_it() -> None:
     plan = load_plan(Path(__file__).resolve().parents[2] / "phases" / "plan.toml")
-    assert plan["Delta"].prepare == "steps.kubernetes:prepare"
+    assert plan["Delta"].prepare == "steps.delta.kubernetes:prepare"
     assert plan["Alpha"].prepare is None

@@ -20,9 +20,11 @@ from apply.facts import FileInfo, OsRelease, Session, SSHSession
 from apply.runner import ApplyError, ConnectionLost, Host, Mode
 from apply.testing import FakeConnection, fake_context, fake_host
 from checks import probes
+from settings.base import PortRule
 from settings.loader import load_settings
-from settings.model import PortRule, Settings, SSHHardening, TLSSettings
+from settings.model import Settings
 from steps.alpha import fail2ban, firewall, hardening, sshd, tls
+from steps.alpha.settings import SSHHardening, TLSSettings
 from steps.base import flintlock
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

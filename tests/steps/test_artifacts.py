@@ -16,7 +16,7 @@ import pytest
 from apply.artifacts import ArtifactError, ArtifactStore, ChecksumMismatch, install
 from apply.facts import FileInfo, FileSha256
 from apply.testing import FakeConnection, fake_host
-from settings.model import ArtifactPin
+from settings.base import ArtifactPin
 
 PAYLOAD = b"#!/bin/sh\necho firecracker\n"
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

@@ -13,8 +13,9 @@ import pytest
 
 from apply.runner import ApplyError
 from apply.testing import FakeConnection, fake_context, fake_host
+from settings.base import ArtifactPin, PortRule
 from settings.loader import load_settings
-from settings.model import ArtifactPin, PortRule, Settings
+from settings.model import Settings
 from steps.base import flintlock, hypervisors
 
 SHA = "0" * 64

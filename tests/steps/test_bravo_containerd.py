@@ -14,9 +14,10 @@ from apply.facts import AptListsAge, DebPackages, FileInfo, ServiceState
 from apply.runner import ApplyError, Host
 from apply.testing import FakeConnection, fake_context, fake_host
 from settings.loader import load_settings
-from settings.model import BravoSettings, Settings
+from settings.model import Settings
 from steps.base import flintlock
 from steps.bravo import containerd, registry
+from steps.bravo.settings import BravoSettings
 
 SCRATCH = load_settings().effective_profile("scratch")
 PRODUCTION = load_settings().effective_profile("production")

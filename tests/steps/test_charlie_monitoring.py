@@ -13,8 +13,9 @@ from apply import ops
 from apply.facts import AptListsAge, DebPackages, FileInfo, ServiceState
 from apply.runner import Host
 from apply.testing import FakeConnection, fake_context, fake_host
+from settings.base import ArtifactPin
 from settings.loader import load_settings
-from settings.model import ArtifactPin, Settings
+from settings.model import Settings
 from steps.alpha import firewall
 from steps.charlie import grafana, prometheus
 

@@ -17,9 +17,10 @@ from apply.facts import FileInfo, ServiceState
 from apply.testing import FakeConnection, fake_context, fake_host
 from recipes import kubernetes as kubernetes_recipe
 from settings.loader import load_settings
-from settings.model import DeltaSettings, KubernetesRelease, Settings
+from settings.model import Settings
 from steps.charlie import prometheus
 from steps.delta import control_plane, kubernetes
+from steps.delta.settings import DeltaSettings, KubernetesRelease
 from steps.echo1 import pod_network
 
 SETTINGS = load_settings()

@@ -15,9 +15,10 @@ from pydantic import ValidationError
 from apply.facts import CommandSucceeds, DebPackages, FileInfo
 from apply.testing import FakeConnection, fake_context, fake_host
 from settings.loader import load_settings
-from settings.model import Echo2Settings, Settings, StorageVolume
+from settings.model import Settings
 from steps.delta.kubectl import KUBECTL, MANIFEST_DIR
 from steps.echo2 import storage
+from steps.echo2.settings import Echo2Settings, StorageVolume
 
 SETTINGS = load_settings()
 ECHO2 = SETTINGS.echo2

@@ -15,7 +15,8 @@ from apply import ops
 from apply.artifacts import ArtifactStore, install
 from apply.redact import Redactor
 from apply.runner import ApplyError, Host, idempotence_gate
-from settings.model import ArtifactPin, ScratchSettings
+from settings.base import ArtifactPin
+from settings.model import ScratchSettings
 from targets import scratch
 from transport.ssh import fabric_connection
 

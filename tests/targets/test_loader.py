@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from settings.base import Role, Waiver
 from settings.loader import DEFAULT_CONFIG, ConfigError, load_settings
-from settings.model import Role, Waiver
 from targets import TargetError
 from targets.inventory import effective_profile, plan_hosts
 from targets.spec import ScratchSpec, SSHSpec
