@@ -19,8 +19,8 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from apply.poll import eventually
 from checks.image import MARKER_PATH, publish_marker_image
-from checks.probes import eventually
 from settings.model import Settings
 from steps.bravo import registry
 

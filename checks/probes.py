@@ -19,29 +19,17 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import paramiko
 
 from apply.facts import Fact
+from apply.poll import eventually
 from transport.ssh import Endpoint, handshake, key_login
 
 T = TypeVar("T")
-
-
-def eventually(
-    probe: Callable[[], T], done: Callable[[T], bool] = bool, *, timeout: float, interval: float = 1.0
-) -> T:
-    """Poll state that converges asynchronously (a first scrape, a ban's nftables rule) until
-    ``done(value)`` or ``timeout`` seconds; return the last value for the caller to assert."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if done(value) or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
 
 
 # High ports services commonly leave open by accident (Docker, etcd, Kubernetes, Grafana,

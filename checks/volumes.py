@@ -19,8 +19,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from apply.poll import eventually
 from checks.kube import CheckNamespace, Cluster, exists, pod
-from checks.probes import eventually
 from settings.model import Settings
 from steps.echo2 import storage
 from steps.echo2.settings import Echo2Settings

@@ -23,6 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from apply.api import Context
 from apply.facts import SSHSession
+from apply.poll import eventually
 from checks import probes
 from engine import apply_fixture, task
 from settings.base import EffectiveProfile
@@ -283,10 +284,10 @@ def test_failed_logins_from_a_second_host_get_it_banned(
     banned = fail2ban.wait_for_ban(lambda: host.check_output(fail2ban.STATUS), banned_probe, timeout=30)
     assert banned, "the probe was not banned within 30 s"
     # fail2ban lists the ban before its nftables action has run (and again on unban).
-    dropped = probes.eventually(lambda: probe.host.run(reach).rc != 0, timeout=15)
+    dropped = eventually(lambda: probe.host.run(reach).rc != 0, timeout=15)
     assert dropped, "banned host still reaches SSH 15 s after the ban was listed"
     host.run_expect([0, 1], fail2ban.unban_command(banned_probe))
-    reaches = probes.eventually(lambda: probe.host.run(reach).rc == 0, timeout=15)
+    reaches = eventually(lambda: probe.host.run(reach).rc == 0, timeout=15)
     assert reaches, "unbanned host still cannot reach SSH after 15 s"
 
 
@@ -301,5 +302,5 @@ def test_flintlockd_unit_serves_the_issued_certificate_never_insecure(
     # The unit as systemd loaded it (not the file), and that view is not stale.
     assert host.check_output(flintlock.NEED_DAEMON_RELOAD) == "no"
     exec_start = host.check_output(flintlock.EXEC_START)
-    assert flintlock.tls_problems(exec_start, settings) == [], exec_start
+    assert tls.flintlock_problems(exec_start, settings) == [], exec_start
     assert host.file(certs.cert("server")).is_file and host.file(certs.key("server")).is_file

@@ -31,7 +31,7 @@ from settings.base import EffectiveProfile
 from settings.model import Settings
 from steps.alpha import tls
 from steps.base import flintlock
-from steps.bravo import containerd, registry
+from steps.bravo import containerd, flintlock_runtime, registry
 
 pytestmark = pytest.mark.usefixtures("applied")
 
@@ -45,7 +45,7 @@ def applied(ctx: Context, settings: Settings, profile: EffectiveProfile) -> None
 
 @apply_fixture
 def applied_flintlock(ctx: Context, applied: None) -> Applied:
-    return flintlock.runtime(ctx)
+    return flintlock_runtime.apply(ctx)
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_flintlockd_runs_tls_only_on_containerd(host, settings: Settings, applie
     service = host.service(flintlock.UNIT)
     assert service.is_running and service.is_enabled
     exec_start = host.check_output(flintlock.EXEC_START)
-    assert flintlock.tls_problems(exec_start, settings) == [], exec_start
+    assert tls.flintlock_problems(exec_start, settings) == [], exec_start
     socket = flintlock.exec_flag(exec_start, "--containerd-socket")
     assert socket and host.file(socket).is_socket, f"containerd socket {socket} is not a socket"
     assert containerd.SERVICE + ".service" in host.check_output(f"systemctl show -p After {flintlock.UNIT}")

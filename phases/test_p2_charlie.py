@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from apply.api import Applied, Context
-from checks.probes import eventually
+from apply.poll import eventually
 from engine import apply_fixture
 from settings.model import Settings
 from steps.charlie import grafana, prometheus

@@ -22,14 +22,14 @@ import requests
 
 from apply.api import Applied, Context
 from apply.facts import Sysctl
+from apply.poll import eventually
 from checks import probes
 from checks.kube import Cluster, MarkerWorkload
-from checks.probes import eventually
 from engine import apply_fixture
 from settings.base import EffectiveProfile
 from settings.model import Settings
 from steps.charlie.prometheus import PrometheusAPI
-from steps.delta import control_plane, etcd, kubernetes
+from steps.delta import control_plane, etcd, kubectl, kubernetes
 
 pytestmark = pytest.mark.usefixtures("applied")
 
@@ -75,7 +75,7 @@ def test_api_server_is_ready_over_tls_with_the_cluster_ca(
     target, settings: Settings, remote, tmp_path: Path
 ) -> None:
     ca = tmp_path / "ca.crt"
-    ca.write_bytes(remote.read(control_plane.CA_CERT) or b"")
+    ca.write_bytes(remote.read(kubectl.CA_CERT) or b"")
     url = f"https://{target.address}:{settings.port('Delta', kubernetes.API_PORT_NAME)}/readyz"
     response = requests.get(url, verify=str(ca), timeout=10)
     assert (response.status_code, response.text) == (200, "ok")

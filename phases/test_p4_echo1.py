@@ -20,13 +20,14 @@ import pytest
 import requests
 
 from apply.api import Applied, Context
+from apply.poll import eventually
 from checks import probes
 from checks.kube import CheckNamespace, Cluster
-from checks.probes import eventually
 from engine import apply_fixture
 from settings.model import Settings
 from steps.alpha import hardening
 from steps.delta import control_plane
+from steps.delta import pod_network as bootstrap_network
 from steps.echo1 import load_balancer, network_policy, pod_network
 
 pytestmark = pytest.mark.usefixtures("applied")
@@ -62,7 +63,7 @@ def test_the_pod_network_is_echo1s_chain_on_the_nodes_pod_cidr(
     host, settings: Settings, cluster: Cluster
 ) -> None:
     directory = settings.bravo.cni_conf_dir
-    assert probes.read_fact(host, pod_network.CniConfigs(directory)) == [pod_network.CHAIN]
+    assert probes.read_fact(host, bootstrap_network.CniConfigs(directory)) == [pod_network.CHAIN]
     config = json.loads(host.file(f"{directory}/{pod_network.CHAIN}").content_string)
     assert [plugin["type"] for plugin in config["plugins"]] == ["bridge", "portmap", "bandwidth", "loopback"]
     (node,) = cluster.core.list_node().items

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import pytest
 
 from apply.api import Applied, Context
+from apply.poll import eventually
 from checks.kube import Cluster
-from checks.probes import eventually
 from checks.volumes import VolumeChecks
 from engine import apply_fixture
 from settings.base import EffectiveProfile

@@ -16,8 +16,8 @@ from pathlib import Path
 from apply import ops
 from apply.api import Context, step
 from apply.facts import SSHSession
+from apply.poll import eventually
 from apply.runner import ApplyError
-from checks.probes import eventually
 from steps.alpha.settings import Fail2banSettings
 
 TEMPLATES = Path(__file__).parent / "templates"

@@ -26,7 +26,9 @@ from apply import ops
 from apply.api import Context, step
 from apply.facts import Fact, FileInfo
 from apply.runner import ApplyError, Host, OpResult
+from settings.model import Settings
 from steps.alpha.settings import TLSSettings
+from steps.base import flintlock
 
 CA_NAME = "hvsuite flintlock CA"
 CLIENT_NAME = "hvsuite-operator"
@@ -333,3 +335,24 @@ def _mode(host: Host, path: str, mode: str) -> OpResult:
     wrong = stat is not None and (stat.mode != mode or (stat.user, stat.group) != ("root", "root"))
     commands = [f"chown root:root {shlex.quote(path)} && chmod {mode} {shlex.quote(path)}"] if wrong else []
     return host.execute(f"mode {mode} {path}", commands)
+
+
+def flintlock_problems(exec_start: str, settings: Settings) -> list[str]:
+    """What keeps flintlockd's command line (``systemctl show -p ExecStart``) from serving
+    exactly the certificates Alpha issues: empty when it serves the server certificate and
+    key (and, with client auth, validates clients against the CA) and never ``--insecure``."""
+    tls = settings.alpha.tls
+    paths = Paths(tls.cert_dir)
+    problems = []
+    if "--insecure" in exec_start:
+        problems.append("--insecure is set")
+    wanted = {"--tls-cert": paths.cert("server"), "--tls-key": paths.key("server")}
+    if tls.client_auth:
+        wanted["--tls-client-ca"] = paths.cert("ca")
+        if "--tls-client-validate" not in exec_start.split():
+            problems.append("--tls-client-validate is missing (alpha.tls.client_auth is on)")
+    for flag, path in wanted.items():
+        found = flintlock.exec_flag(exec_start, flag)
+        if found != path:
+            problems.append(f"{flag} is {found!r}, expected {path!r}")
+    return problems

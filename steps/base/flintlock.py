@@ -20,11 +20,10 @@ from pathlib import Path
 
 from apply import ops
 from apply.api import Context, step
-from apply.facts import CommandSucceeds, Fact
+from apply.extensions import hooks
+from apply.facts import Fact
 from apply.runner import ApplyError, CommandResult, Host, OpResult
 from settings.model import Settings
-from steps.alpha.tls import Paths
-from steps.bravo import containerd
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -37,8 +36,16 @@ BRIDGE_UNIT_FILE = f"/etc/systemd/system/{BRIDGE_UNIT}"
 EXEC_START = f"systemctl show -p ExecStart {UNIT}"
 # Whether that loaded view is stale against the unit file on disk ("yes"/"no").
 NEED_DAEMON_RELOAD = f"systemctl show -p NeedDaemonReload --value {UNIT}"
-# How long Bravo waits for the gRPC port to listen after starting flintlockd.
-LISTEN_TIMEOUT = 30
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """The TLS material flintlockd serves: its server certificate and key, and the CA it
+    validates clients against (None: no client authentication)."""
+
+    server_cert: str
+    server_key: str
+    client_ca: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,30 +105,20 @@ def parent_iface_of(exec_start: str) -> str | None:
     return exec_flag(exec_start, "--parent-iface")
 
 
-def tls_problems(exec_start: str, settings: Settings) -> list[str]:
-    """What keeps flintlockd's command line (``systemctl show -p ExecStart``) from serving
-    exactly the certificates Alpha issues: empty when it serves the server certificate and
-    key (and, with client auth, validates clients against the CA) and never ``--insecure``."""
-    tls = settings.alpha.tls
-    paths = Paths(tls.cert_dir)
-    problems = []
-    if "--insecure" in exec_start:
-        problems.append("--insecure is set")
-    wanted = {"--tls-cert": paths.cert("server"), "--tls-key": paths.key("server")}
-    if tls.client_auth:
-        wanted["--tls-client-ca"] = paths.cert("ca")
-        if "--tls-client-validate" not in exec_start.split():
-            problems.append("--tls-client-validate is missing (alpha.tls.client_auth is on)")
-    for flag, path in wanted.items():
-        found = exec_flag(exec_start, flag)
-        if found != path:
-            problems.append(f"{flag} is {found!r}, expected {path!r}")
-    return problems
+def tls_files(settings: Settings) -> TLSFiles:
+    """flintlockd's TLS material, as the team that issues it contributes it
+    (`steps.base.hookspecs`). flintlockd never serves without TLS: with no contribution the
+    unit cannot be rendered."""
+    files = hooks().flintlock_tls_files(settings=settings)
+    if files is None:
+        raise ApplyError(
+            "no team of the plan provides flintlockd's TLS certificates (hook flintlock_tls_files)"
+        )
+    return files
 
 
 def render_unit(settings: Settings, parent_iface: str) -> str:
-    base, tls = settings.base, settings.alpha.tls
-    paths = Paths(tls.cert_dir)
+    base, tls = settings.base, tls_files(settings)
     return ops.render(
         TEMPLATES / "flintlockd.service.j2",
         {
@@ -134,9 +131,9 @@ def render_unit(settings: Settings, parent_iface: str) -> str:
             "bridge_unit": BRIDGE_UNIT,
             "containerd_socket": base.containerd_socket,
             "state_dir": base.state_dir,
-            "tls_cert": paths.cert("server"),
-            "tls_key": paths.key("server"),
-            "tls_client_ca": paths.cert("ca") if tls.client_auth else "",
+            "tls_cert": tls.server_cert,
+            "tls_key": tls.server_key,
+            "tls_client_ca": tls.client_ca or "",
         },
     )
 
@@ -159,71 +156,6 @@ def unit(ctx: Context) -> None:
     the next boot before containerd exists and fail)."""
     install_units(ctx.host, ctx.settings)
     ops.service(ctx.host, UNIT, enabled=None, running=None)
-
-
-def certificate_newer(settings: Settings) -> CommandSucceeds:
-    """Succeeds when the server certificate on disk is newer than flintlockd's last start
-    (false while flintlockd is not running: it has no start time)."""
-    cert = shlex.quote(Paths(settings.alpha.tls.cert_dir).cert("server"))
-    return CommandSucceeds(
-        f"started=$(systemctl show -p ActiveEnterTimestamp --timestamp=unix {UNIT} | sed 's/.*=@//'); "
-        f'[ -n "$started" ] && [ "$(stat -c %Y {cert})" -gt "$started" ]'
-    )
-
-
-def containerd_restarted(settings: Settings) -> CommandSucceeds:
-    """Succeeds when containerd (re)started after flintlockd did: flintlockd then holds a
-    connection to a containerd that is gone (false while flintlockd is not running)."""
-    return CommandSucceeds(
-        f"ours=$(systemctl show -p ActiveEnterTimestamp --timestamp=unix {UNIT} | sed 's/.*=@//'); "
-        f"theirs=$(systemctl show -p ActiveEnterTimestamp --timestamp=unix {containerd.SERVICE} "
-        "| sed 's/.*=@//'); "
-        '[ -n "$ours" ] && [ -n "$theirs" ] && [ "$theirs" -gt "$ours" ]'
-    )
-
-
-def containerd_serves(settings: Settings) -> CommandSucceeds:
-    """containerd is active and its socket (the one flintlockd dials) exists."""
-    socket = shlex.quote(settings.base.containerd_socket)
-    return CommandSucceeds(f"systemctl is-active --quiet {containerd.SERVICE} && test -S {socket}")
-
-
-def listen_command(port: int, timeout: int = LISTEN_TIMEOUT) -> str:
-    """Exits 0 once a TCP socket listens on ``port``; 1 after ``timeout`` seconds."""
-    return (
-        f"i=0; while [ $i -lt {timeout * 2} ]; do "
-        f"ss -Hltn 'sport = :{port}' | grep -q . && exit 0; i=$((i+1)); sleep 0.5; done; exit 1"
-    )
-
-
-@step("Flintlock runtime")
-def runtime(ctx: Context) -> None:
-    """Bravo: flintlockd enabled and running on containerd with Alpha's certificate.
-
-    Refuses to start it while containerd does not serve. Restarted when the certificate on
-    disk is newer than the running process, when its units changed or when containerd
-    (re)started after it. After a (re)start, waits up to ``LISTEN_TIMEOUT`` s for the gRPC
-    port; a flintlockd that does not listen fails the step with its journal."""
-    host, settings = ctx.host, ctx.settings
-    if host.mode == "apply" and not host.fact(containerd_serves(settings)):
-        raise ApplyError(
-            f"[{host.name}] flintlockd needs containerd serving on {settings.base.containerd_socket}: "
-            "apply Bravo's containerd step first"
-        )
-    results = install_units(host, settings)
-    units_changed = any(result.changed for result in results[:2])
-    stale = host.mode != "verify" and (
-        host.fact(certificate_newer(settings)) or host.fact(containerd_restarted(settings))
-    )
-    service = ops.service(host, UNIT, enabled=True, running=True, restart=bool(stale or units_changed))
-    if host.mode == "apply" and service.changed:
-        port = settings.base.grpc_port
-        if not host.run(listen_command(port), check=False, timeout=LISTEN_TIMEOUT + 15).ok:
-            journal = host.run(f"journalctl -u {UNIT} -n 40 --no-pager", check=False).stdout
-            raise ApplyError(
-                f"[{host.name}] flintlockd did not listen on {port}/tcp within {LISTEN_TIMEOUT}s "
-                f"after it was started; its journal:\n{journal}"
-            )
 
 
 def boot_microvm(host: Host, settings: Settings) -> CommandResult:

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from apply import ops
 from apply.api import Context, step
+from apply.extensions import hooks
 from apply.facts import Fact
 from apply.runner import CommandResult, Host
 from settings.base import Waiver
 from steps.bravo.settings import BravoSettings
-from steps.delta import kubernetes
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -36,7 +36,7 @@ _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,75}$")
 
 
 def render_config(
-    bravo: BravoSettings, *, restrict_oom_score_adj: bool, devmapper: bool, sandbox_image: str
+    bravo: BravoSettings, *, restrict_oom_score_adj: bool, devmapper: bool, sandbox_image: str | None
 ) -> str:
     """The managed /etc/containerd/config.toml (containerd 1.6/1.7, config version 2)."""
     return ops.render(
@@ -106,9 +106,8 @@ def apply(ctx: Context) -> None:
             bravo,
             restrict_oom_score_adj=bravo.oom_score_adj_restricted(ctx.profile),
             devmapper=devmapper,
-            # kubelet's pods (Team Delta) run on this sandbox image, kubeadm names the same.
             sandbox_image=bravo.sandbox_image
-            or kubernetes.distribution(ctx.settings, ctx.profile).pause_image,
+            or hooks().containerd_sandbox_image(settings=ctx.settings, profile=ctx.profile),
         ),
         validate=VALIDATE,
     )

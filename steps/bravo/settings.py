@@ -59,8 +59,8 @@ class BravoSettings(TeamSettings):
     # Debian and Ubuntu install the CNI plugins here (not upstream's /opt/cni/bin).
     cni_bin_dir: str = "/usr/lib/cni"
     cni_conf_dir: str = "/etc/cni/net.d"
-    # The pod sandbox image; None: the pause image of Team Delta's Kubernetes (the one kubeadm
-    # names for its version).
+    # The pod sandbox image; None: what a later team contributes (Team Delta: the pause image
+    # kubeadm names for its Kubernetes; steps/bravo/hookspecs.py), else containerd's default.
     sandbox_image: str | None = None
     # None: as the profile says (profiles.<name>.restrict_oom_score_adj).
     restrict_oom_score_adj: bool | None = None

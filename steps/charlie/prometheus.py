@@ -14,15 +14,18 @@ be reused outside pytest: readiness, scrape targets, an instant PromQL query.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
+import yaml
 
 from apply import ops
 from apply.api import Context, step
-from apply.facts import FileInfo
+from apply.extensions import hooks
+from apply.facts import ServiceState
 from apply.runner import OpResult
 from steps.charlie.settings import CharlieSettings
 
@@ -36,12 +39,6 @@ CONFIG_PATH = "/etc/prometheus/hvsuite.yml"
 STORAGE_PATH = "/var/lib/prometheus/metrics2"
 VALIDATE = "promtool check config {path}"
 PORT_NAMES = ("prometheus", "node-exporter", "grafana")
-# Team Delta's credentials for scraping the Kubernetes API server: a ServiceAccount token,
-# the cluster CA and the server's host:port. Their presence on the host adds the job.
-KUBERNETES_DIR = "/etc/prometheus/kubernetes"
-KUBERNETES_TOKEN = f"{KUBERNETES_DIR}/token"
-KUBERNETES_CA = f"{KUBERNETES_DIR}/ca.crt"
-KUBERNETES_SERVER = f"{KUBERNETES_DIR}/server"
 
 
 def dropin_path(unit: str) -> str:
@@ -54,9 +51,9 @@ def render_config(
     prometheus_port: int,
     node_exporter_port: int,
     hostname: str,
-    kubernetes_api: str | None = None,
+    extra_jobs: list[dict[str, Any]] = (),  # type: ignore[assignment]
 ) -> str:
-
+    jobs = sorted(extra_jobs, key=lambda job: job["job_name"])
     return ops.render(
         TEMPLATES / "prometheus.yml.j2",
         {
@@ -66,22 +63,17 @@ def render_config(
             "prometheus_port": prometheus_port,
             "node_exporter_port": node_exporter_port,
             "hostname": hostname,
-            "kubernetes_api": kubernetes_api,
-            "kubernetes_token": KUBERNETES_TOKEN,
-            "kubernetes_ca": KUBERNETES_CA,
+            "extra_jobs": textwrap.indent(yaml.safe_dump(jobs, sort_keys=False), "  ") if jobs else "",
         },
     )
 
 
 def scrape_config(ctx: Context) -> OpResult:
-    """The scrape config from the settings and the host's facts (its hostname; the API
-    server's credentials once Team Delta has written them), checked by promtool."""
+    """The scrape config from the settings, the host's hostname and the jobs later teams
+    contribute (`steps.charlie.hookspecs`), checked by promtool."""
     host, settings = ctx.host, ctx.settings
     hostname = host.run("hostname").stdout.strip()
-    server = host.read(KUBERNETES_SERVER)
-    kubernetes_api = None
-    if server and host.fact(FileInfo(KUBERNETES_TOKEN)) is not None:
-        kubernetes_api = server.decode().strip()
+    contributed = [job for jobs in hooks().prometheus_scrape_jobs(ctx=ctx) for job in jobs]
     return ops.file(
         host,
         CONFIG_PATH,
@@ -90,10 +82,18 @@ def scrape_config(ctx: Context) -> OpResult:
             prometheus_port=settings.port("Charlie", "prometheus"),
             node_exporter_port=settings.port("Charlie", "node-exporter"),
             hostname=hostname,
-            kubernetes_api=kubernetes_api,
+            extra_jobs=contributed,
         ),
         validate=VALIDATE,
     )
+
+
+def reconfigure(ctx: Context) -> None:
+    """Re-render the scrape config after a contributing team changed what its job reads, and
+    reload Prometheus if the config changed (a no-op where Prometheus is not installed)."""
+    if ctx.host.fact(ServiceState(PROMETHEUS)).exists:
+        config = scrape_config(ctx)
+        ops.service(ctx.host, PROMETHEUS, enabled=True, running=True, reload=config.changed)
 
 
 @step("Prometheus and node_exporter")

@@ -1,13 +1,14 @@
 """Team Delta: a kubeadm control plane on the primary host, untainted so pods schedule on it.
 
-``kubeadm init`` runs from a rendered config (``steps.kubeadm_config``) only when the host has
-no cluster yet; a healthy cluster is never re-initialised. A changed config on an existing
-cluster is applied with kubeadm's own phases (static pod manifests, kubelet's config, the
-uploaded config, kube-proxy's ConfigMap), the way kubeadm applies configuration changes. Afterwards: the
-node's taint is kept off (drift is put back), a bootstrap pod network exists until Team Echo-1's
-replaces it, and Prometheus (Team Charlie's) gets a read-only token to scrape the API
-server. Every kubectl call runs on the host with the admin kubeconfig, which never leaves it
-except as the operator's copy (:func:`fetch_kubeconfig`).
+``kubeadm init`` runs from a rendered config (`steps.delta.kubeadm_config`) only when the
+host has no cluster yet; a healthy cluster is never re-initialised. A changed config on an
+existing cluster is applied with kubeadm's own phases (static pod manifests, kubelet's
+config, the uploaded config, kube-proxy's ConfigMap), the way kubeadm applies configuration
+changes. Afterwards: the node's taint is kept off (drift is put back), a bootstrap pod
+network exists until a later team's replaces it (`steps.delta.pod_network`), and Prometheus
+(Team Charlie's) gets a read-only token to scrape the API server (`steps.delta.api_metrics`).
+Every kubectl call runs on the host with the admin kubeconfig, which never leaves it except
+as the operator's copy (:func:`fetch_kubeconfig`).
 """
 
 from __future__ import annotations
@@ -20,18 +21,14 @@ import yaml
 
 from apply import ops
 from apply.api import Context, step
-from apply.facts import FileInfo, ServiceState
+from apply.facts import FileInfo
 from apply.runner import ApplyError, Host
-from steps.charlie import prometheus
-from steps.delta import kubeadm_config, kubernetes
-from steps.delta.kubectl import ADMIN_CONF, KUBECTL, account_token, kubectl, wait, wait_rollout
-from steps.echo1 import pod_network
+from steps.delta import api_metrics, kubeadm_config, kubernetes, pod_network
+from steps.delta.kubectl import ADMIN_CONF, KUBECTL, kubectl, wait, wait_rollout
 
 CONFIG = "/etc/kubernetes/hvsuite-kubeadm.yaml"
-CA_CERT = "/etc/kubernetes/pki/ca.crt"
 # kubeadm's control-plane taints: "master" up to 1.24, "control-plane" from 1.24 on.
 CONTROL_PLANE_TAINTS = ("node-role.kubernetes.io/master", "node-role.kubernetes.io/control-plane")
-PROMETHEUS_ACCOUNT = "hvsuite-prometheus"
 
 
 @step("Kubernetes control plane (kubeadm)")
@@ -78,7 +75,7 @@ def apply(ctx: Context) -> None:
     node = spec.node_name
     _untaint(host, node)
     pod_network.bootstrap(ctx, node)
-    _prometheus_access(ctx)
+    api_metrics.apply(ctx)
 
 
 def _untaint(host: Host, node: str) -> None:
@@ -90,30 +87,6 @@ def _untaint(host: Host, node: str) -> None:
         f"node {node} untainted (pods schedule on the control plane)",
         [kubectl("taint", "nodes", node, f"{key}-") for key in present],
     )
-
-
-def _prometheus_access(ctx: Context) -> None:
-    """A ServiceAccount allowed to read /metrics, its token for Prometheus, the cluster CA and
-    the API server's address; then Charlie's scrape config picks them up."""
-    host = ctx.host
-    if not host.fact(ServiceState(prometheus.PROMETHEUS)).exists:
-        return
-    ops.directory(host, prometheus.KUBERNETES_DIR, group="prometheus", mode="0750")
-    account_token(
-        host,
-        PROMETHEUS_ACCOUNT,
-        [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}],
-        prometheus.KUBERNETES_TOKEN,
-        group="prometheus",
-    )
-    ca = host.read(CA_CERT)
-    if ca is None:
-        raise ApplyError(f"[{host.name}] {CA_CERT} is missing after kubeadm init")
-    ops.file(host, prometheus.KUBERNETES_CA, ca, group="prometheus", mode="0640")
-    api = f"{ctx.address}:{ctx.settings.port('Delta', kubernetes.API_PORT_NAME)}"
-    ops.file(host, prometheus.KUBERNETES_SERVER, api + "\n", group="prometheus", mode="0640")
-    config = prometheus.scrape_config(ctx)
-    ops.service(host, prometheus.PROMETHEUS, enabled=True, running=True, reload=config.changed)
 
 
 def fetch_kubeconfig(ctx: Context) -> Path:

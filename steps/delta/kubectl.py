@@ -17,6 +17,8 @@ from apply.api import Context
 from apply.runner import ApplyError, Host, OpResult
 
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
+# The cluster's CA certificate, as kubeadm writes it.
+CA_CERT = "/etc/kubernetes/pki/ca.crt"
 KUBECTL = f"kubectl --kubeconfig {ADMIN_CONF}"
 # The manifests of the objects the suite manages, one file per concern.
 MANIFEST_DIR = "/etc/kubernetes/hvsuite"

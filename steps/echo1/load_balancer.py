@@ -21,7 +21,7 @@ from apply.api import Context, step
 from apply.facts import Fact
 from apply.runner import ApplyError
 from steps.base.flintlock import DefaultRouteInterface
-from steps.delta import control_plane, kubernetes
+from steps.delta import kubectl, kubernetes
 from steps.delta.kubectl import account_token, apply_manifest, pinned_documents, wait_rollout
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -62,7 +62,7 @@ def sync_config(ctx: Context) -> str:
         json.dumps(
             {
                 "api": f"https://{ctx.address}:{settings.port('Delta', kubernetes.API_PORT_NAME)}",
-                "ca": control_plane.CA_CERT,
+                "ca": kubectl.CA_CERT,
                 "token": f"{STATE_DIR}/token",
                 "pool": _pool(ctx),
                 "ports": sorted(settings.port("Echo-1", name) for name in balancer.ports),

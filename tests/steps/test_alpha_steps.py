@@ -17,6 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from apply import guard
 from apply.facts import FileInfo, OsRelease, Session, SSHSession
+from apply.poll import eventually
 from apply.runner import ApplyError, ConnectionLost, Host, Mode
 from apply.testing import FakeConnection, fake_context, fake_host
 from checks import probes
@@ -718,13 +719,13 @@ def test_flintlockd_unit_serves_exactly_the_issued_certificates(client_auth: boo
     )
     line = _exec_start(flintlock.render_unit(settings, "eno1"))
     assert "--tls-cert=/etc/flintlock/certs/server.pem" in line
-    assert flintlock.tls_problems(line, settings) == []
-    assert flintlock.tls_problems(line.replace(" ;", " --insecure ;", 1), settings) == ["--insecure is set"]
+    assert tls.flintlock_problems(line, settings) == []
+    assert tls.flintlock_problems(line.replace(" ;", " --insecure ;", 1), settings) == ["--insecure is set"]
     moved = line.replace("--tls-cert=/etc/flintlock/certs/server.pem", "--tls-cert=/tmp/self-signed.pem")
-    assert flintlock.tls_problems(moved, settings) == [
+    assert tls.flintlock_problems(moved, settings) == [
         "--tls-cert is '/tmp/self-signed.pem', expected '/etc/flintlock/certs/server.pem'"
     ]
-    assert len(flintlock.tls_problems("ExecStart=", settings)) == (4 if client_auth else 2)
+    assert len(tls.flintlock_problems("ExecStart=", settings)) == (4 if client_auth else 2)
 
 
 def test_renew_window_must_be_below_lifetime() -> None:
@@ -785,7 +786,7 @@ def test_fail2ban_never_bans_loopback_or_the_controller() -> None:
 
 def test_eventually_returns_the_first_done_value_or_the_last_one_at_the_bound() -> None:
     answers = iter([1, 2, 3, 4])
-    assert probes.eventually(lambda: next(answers), lambda value: value >= 3, timeout=5, interval=0) == 3
+    assert eventually(lambda: next(answers), lambda value: value >= 3, timeout=5, interval=0) == 3
     started = time.monotonic()
-    assert probes.eventually(lambda: 0, timeout=0.2, interval=0.05) == 0
+    assert eventually(lambda: 0, timeout=0.2, interval=0.05) == 0
     assert 0.2 <= time.monotonic() - started < 2

@@ -16,7 +16,7 @@ from apply.testing import FakeConnection, fake_context, fake_host
 from settings.loader import load_settings
 from settings.model import Settings
 from steps.base import flintlock
-from steps.bravo import containerd, registry
+from steps.bravo import containerd, flintlock_runtime, registry
 from steps.bravo.settings import BravoSettings
 
 SCRATCH = load_settings().effective_profile("scratch")
@@ -267,24 +267,25 @@ def _flintlock_host(
     conn.set_fact(FileInfo(flintlock.BRIDGE_UNIT_FILE), f"regular file|root|root|644|{len(bridge)}\n")
     conn.set_fact(ServiceState(flintlock.BRIDGE_UNIT), ACTIVE)
     conn.set_fact(ServiceState(flintlock.UNIT), flintlockd)
-    conn.set_fact(flintlock.containerd_serves(settings), "yes\n" if containerd_serves else "no\n")
-    conn.set_fact(flintlock.certificate_newer(settings), "yes\n" if cert_newer else "no\n")
-    conn.set_fact(flintlock.containerd_restarted(settings), "yes\n" if containerd_restarted else "no\n")
-    conn.respond(flintlock.listen_command(settings.base.grpc_port), (0 if listens else 1, "", ""))
+    conn.set_fact(flintlock_runtime.containerd_serves(settings), "yes\n" if containerd_serves else "no\n")
+    conn.set_fact(flintlock_runtime.certificate_newer(settings), "yes\n" if cert_newer else "no\n")
+    restarted = "yes\n" if containerd_restarted else "no\n"
+    conn.set_fact(flintlock_runtime.containerd_restarted(settings), restarted)
+    conn.respond(flintlock_runtime.listen_command(settings.base.grpc_port), (0 if listens else 1, "", ""))
     return fake_host(conn, mode=mode, lock_dir=tmp_path), conn, settings
 
 
 def test_flintlockd_is_enabled_started_and_waited_for_once_containerd_serves(tmp_path: Path) -> None:
     host, conn, settings = _flintlock_host(tmp_path, flintlockd=INACTIVE)
-    flintlock.runtime(fake_context(host, settings))
+    flintlock_runtime.apply(fake_context(host, settings))
     assert _changing(host) == [
         "systemctl enable -- flintlockd.service",
         "systemctl start -- flintlockd.service",
     ]
     start = conn.commands.index("systemctl start -- flintlockd.service")
-    assert conn.commands.index(flintlock.listen_command(9090)) > start
+    assert conn.commands.index(flintlock_runtime.listen_command(9090)) > start
     # The containerd gate is read before anything else happens.
-    assert conn.commands[0] == flintlock.containerd_serves(settings).command
+    assert conn.commands[0] == flintlock_runtime.containerd_serves(settings).command
 
 
 def test_flintlockd_is_never_started_without_containerd(tmp_path: Path) -> None:
@@ -292,7 +293,7 @@ def test_flintlockd_is_never_started_without_containerd(tmp_path: Path) -> None:
     with pytest.raises(
         ApplyError, match=r"flintlockd needs containerd serving on /run/containerd/containerd\.sock"
     ):
-        flintlock.runtime(fake_context(host, settings))
+        flintlock_runtime.apply(fake_context(host, settings))
     assert not any(
         c.startswith("systemctl ") and "flintlockd" in c and "show" not in c for c in conn.commands
     )
@@ -300,9 +301,9 @@ def test_flintlockd_is_never_started_without_containerd(tmp_path: Path) -> None:
 
 def test_running_flintlockd_with_current_certificate_changes_nothing(tmp_path: Path) -> None:
     host, conn, settings = _flintlock_host(tmp_path, flintlockd=ACTIVE)
-    flintlock.runtime(fake_context(host, settings))
+    flintlock_runtime.apply(fake_context(host, settings))
     assert host.changes == []
-    assert flintlock.listen_command(9090) not in conn.commands
+    assert flintlock_runtime.listen_command(9090) not in conn.commands
 
 
 @pytest.mark.parametrize(
@@ -314,14 +315,14 @@ def test_flintlockd_restarts_on_a_newer_certificate_or_a_restarted_containerd(
     host, _, settings = _flintlock_host(
         tmp_path, flintlockd=ACTIVE, cert_newer=cert_newer, containerd_restarted=containerd_restarted
     )
-    flintlock.runtime(fake_context(host, settings))
+    flintlock_runtime.apply(fake_context(host, settings))
     assert _changing(host) == ["systemctl restart -- flintlockd.service"]
 
 
 def test_a_changed_unit_restarts_a_running_flintlockd(tmp_path: Path) -> None:
     host, conn, settings = _flintlock_host(tmp_path, flintlockd=ACTIVE)
     conn.files[flintlock.UNIT_FILE] = b"[Service]\nExecStart=/usr/local/bin/flintlockd run --insecure\n"
-    flintlock.runtime(fake_context(host, settings))
+    flintlock_runtime.apply(fake_context(host, settings))
     commands = _changing(host)
     assert commands[-2:] == ["systemctl daemon-reload", "systemctl restart -- flintlockd.service"]
 
@@ -332,19 +333,19 @@ def test_flintlockd_that_does_not_listen_fails_with_its_journal(tmp_path: Path) 
         re.compile(r"journalctl -u flintlockd.service .*"), (0, "dial containerd: no such file\n", "")
     )
     with pytest.raises(ApplyError, match=r"did not listen on 9090/tcp(.|\n)*dial containerd"):
-        flintlock.runtime(fake_context(host, settings))
+        flintlock_runtime.apply(fake_context(host, settings))
 
 
 def test_check_mode_reports_the_start_and_neither_starts_nor_waits(tmp_path: Path) -> None:
     host, conn, settings = _flintlock_host(
         tmp_path, flintlockd=INACTIVE, containerd_serves=False, mode="check"
     )
-    flintlock.runtime(fake_context(host, settings))
+    flintlock_runtime.apply(fake_context(host, settings))
     assert [r.op for r in host.changes] == ["service flintlockd.service"]
     assert not any(c.startswith("systemctl start") for c in conn.commands)
-    assert flintlock.listen_command(9090) not in conn.commands
+    assert flintlock_runtime.listen_command(9090) not in conn.commands
 
 
 def test_listen_wait_is_bounded_and_names_the_port() -> None:
-    command = flintlock.listen_command(9090, timeout=30)
+    command = flintlock_runtime.listen_command(9090, timeout=30)
     assert "-lt 60 ]" in command and "sport = :9090" in command and "sleep 0.5" in command

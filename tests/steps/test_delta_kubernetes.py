@@ -13,15 +13,15 @@ import pytest
 import yaml
 
 from apply import ops
+from apply.extensions import hooks
 from apply.facts import FileInfo, ServiceState
 from apply.testing import FakeConnection, fake_context, fake_host
 from recipes import kubernetes as kubernetes_recipe
 from settings.loader import load_settings
 from settings.model import Settings
 from steps.charlie import prometheus
-from steps.delta import control_plane, kubernetes
+from steps.delta import api_metrics, control_plane, kubernetes, pod_network
 from steps.delta.settings import DeltaSettings, KubernetesRelease
-from steps.echo1 import pod_network
 
 SETTINGS = load_settings()
 SCRATCH = SETTINGS.effective_profile("scratch")
@@ -100,6 +100,15 @@ def test_the_tunables_script_is_valid_shell(tmp_path: Path) -> None:
 
 
 def test_prometheus_scrapes_the_api_server_once_delta_gave_it_credentials() -> None:
+    # Delta's contribution to Charlie's extension point: nothing before the credentials exist.
+    bare = FakeConnection()
+    bare.set_fact(FileInfo(api_metrics.TOKEN), "")
+    assert api_metrics.contributed_jobs(fake_context(fake_host(bare), SETTINGS)) == []
+    ready = FakeConnection(files={api_metrics.SERVER: b"10.0.0.5:6443\n"})
+    ready.set_fact(FileInfo(api_metrics.TOKEN), "regular file|root|prometheus|640|1")
+    ready.respond("hostname", (0, "hv\n", ""))
+    ctx = fake_context(fake_host(ready), SETTINGS)
+    assert hooks().prometheus_scrape_jobs(ctx=ctx) == [[api_metrics.scrape_job("10.0.0.5:6443")]]
     plain = prometheus.render_config(
         SETTINGS.charlie, prometheus_port=9095, node_exporter_port=9100, hostname="hv"
     )
@@ -109,12 +118,12 @@ def test_prometheus_scrapes_the_api_server_once_delta_gave_it_credentials() -> N
         prometheus_port=9095,
         node_exporter_port=9100,
         hostname="hv",
-        kubernetes_api="10.0.0.5:6443",
+        extra_jobs=api_metrics.contributed_jobs(ctx),
     )
     job = next(j for j in yaml.safe_load(text)["scrape_configs"] if j["job_name"] == "kubernetes-apiserver")
     assert job["scheme"] == "https"
-    assert job["authorization"] == {"credentials_file": prometheus.KUBERNETES_TOKEN}
-    assert job["tls_config"] == {"ca_file": prometheus.KUBERNETES_CA}
+    assert job["authorization"] == {"credentials_file": api_metrics.TOKEN}
+    assert job["tls_config"] == {"ca_file": api_metrics.CA}
     assert job["static_configs"] == [{"targets": ["10.0.0.5:6443"]}]
 
 

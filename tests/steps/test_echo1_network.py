@@ -19,6 +19,7 @@ from apply.testing import FakeConnection, fake_context, fake_host
 from settings.loader import load_settings
 from settings.model import Settings
 from steps.alpha import firewall
+from steps.delta import pod_network as bootstrap_network
 from steps.delta.kubectl import KUBECTL, MANIFEST_DIR
 from steps.echo1 import load_balancer, network_policy, pod_network
 
@@ -48,13 +49,14 @@ def _sync_program():  # type: ignore[no-untyped-def]
 
 
 def test_echo1s_chain_is_bridge_portmap_bandwidth_loopback_on_the_pod_cidr() -> None:
-    chain = json.loads(pod_network.conflist("10.244.0.0/24", "cni0", chain=True))
+    chain = json.loads(pod_network.chain("10.244.0.0/24", "cni0"))
     assert [p["type"] for p in chain["plugins"]] == ["bridge", "portmap", "bandwidth", "loopback"]
     assert chain["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.244.0.0/24"}]]
     assert chain["plugins"][2]["capabilities"] == {"bandwidth": True}
-    bootstrap = json.loads(pod_network.conflist("10.244.0.0/24", "cni0", chain=False))
+    plugins = bootstrap_network.bridge_plugins("10.244.0.0/24", "cni0")
+    bootstrap = json.loads(bootstrap_network.conflist(plugins, "Team Delta"))
     # One network name: both share host-local's address store, so no address is handed out twice.
-    assert bootstrap["name"] == chain["name"] == pod_network.NETWORK_NAME
+    assert bootstrap["name"] == chain["name"] == bootstrap_network.NETWORK_NAME
     assert [p["type"] for p in bootstrap["plugins"]] == ["bridge", "portmap"]
 
 
@@ -69,24 +71,34 @@ def test_the_scratch_profile_gets_the_bridge_chain_and_production_calico() -> No
     ("present", "writes"),
     [
         ("", True),
-        (f"{pod_network.BOOTSTRAP}\n", True),
+        (f"{bootstrap_network.BOOTSTRAP}\n", True),
         (f"{pod_network.CHAIN}\n", False),
         ("10-calico.conflist\n", False),
     ],
 )
 def test_delta_bootstraps_a_pod_network_only_where_there_is_none(present: str, writes: bool) -> None:
     conn = FakeConnection()
-    conn.set_fact(pod_network.CniConfigs(CNI_DIR), present)
+    conn.set_fact(bootstrap_network.CniConfigs(CNI_DIR), present)
     conn.respond(PODCIDR, (0, "10.244.0.0/24", ""))
     host = fake_host(conn, mode="check")
-    pod_network.bootstrap(fake_context(host, SETTINGS, profile="scratch"), "hv1")
+    settings = SETTINGS.model_copy(
+        update={
+            "echo1": SETTINGS.echo1.model_copy(
+                update={"pod_network": SETTINGS.echo1.pod_network.model_copy(update={"bridge": "hvpods0"})}
+            )
+        }
+    )
+    bootstrap_network.bootstrap(fake_context(host, settings, profile="scratch"), "hv1")
     would = [r.op for r in host.changes]
-    assert (f"file {CNI_DIR}/{pod_network.BOOTSTRAP}" in would) is writes
+    assert (f"file {CNI_DIR}/{bootstrap_network.BOOTSTRAP}" in would) is writes
+    if writes:
+        # Echo-1's bridge, through its contribution to Delta's extension point.
+        assert '"bridge": "hvpods0"' in (host.changes[-1].diff or "")
 
 
 def test_echo1_replaces_the_bootstrap_and_retired_configs_with_its_chain() -> None:
     conn = FakeConnection()
-    for name in (pod_network.BOOTSTRAP, pod_network.RETIRED[0]):
+    for name in (bootstrap_network.BOOTSTRAP, pod_network.RETIRED[0]):
         conn.set_fact(FileInfo(f"{CNI_DIR}/{name}"), "regular file|root|root|644|2")
     conn.respond("hostname", (0, "hv1\n", ""))
     conn.respond(PODCIDR, (0, "10.244.0.0/24", ""))
@@ -94,12 +106,12 @@ def test_echo1_replaces_the_bootstrap_and_retired_configs_with_its_chain() -> No
     applied = pod_network.apply(fake_context(host, SETTINGS, profile="scratch"))
     would = [r.op for r in applied.changes]
     assert f"file {CNI_DIR}/{pod_network.CHAIN}" in would
-    assert any(pod_network.BOOTSTRAP in op and "absent" in op for op in would), would
+    assert any(bootstrap_network.BOOTSTRAP in op and "absent" in op for op in would), would
     assert any(pod_network.RETIRED[0] in op and "absent" in op for op in would), would
 
 
 def test_config_files_are_listed_as_containerd_reads_them() -> None:
-    fact = pod_network.CniConfigs("/etc/cni/net.d")
+    fact = bootstrap_network.CniConfigs("/etc/cni/net.d")
     assert fact.parse("99-b.conflist\nREADME\n10-a.conflist\nx.conf\n") == [
         "10-a.conflist",
         "99-b.conflist",

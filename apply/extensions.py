@@ -1,0 +1,62 @@
+"""Extension points between teams, with pluggy (pytest's own plugin system).
+
+A team whose step takes input from later teams declares that input as a hook in its package's
+``hookspecs`` module; a later team contributes by implementing the hook in its package's
+``hooks`` module, and the earlier team's step calls ``hooks().<name>(...)``. Neither imports
+the other's code upward in plan order, and no team edits another's files. Every team package
+the plan names (``settings = "steps.<team>.settings:..."``) is searched for both modules, so
+a team's contribution holds on every run whether or not the team itself is selected: what an
+earlier team renders never flips with the selection.
+
+    # steps/bravo/hookspecs.py
+    @hookspec(firstresult=True)
+    def containerd_sandbox_image(settings, profile) -> str | None: ...
+
+    # steps/delta/hooks.py
+    @hookimpl
+    def containerd_sandbox_image(settings, profile) -> str: ...
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+from typing import Any
+
+import pluggy
+
+from settings.model import team_settings_classes
+
+PROJECT = "hvsuite"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+def team_packages() -> list[str]:
+    """The packages of the plan's teams ("steps.alpha", ...), in plan order."""
+    return [section.__module__.rpartition(".")[0] for section in team_settings_classes()]
+
+
+def _optional_module(name: str) -> Any | None:
+    return importlib.import_module(name) if importlib.util.find_spec(name) is not None else None
+
+
+@functools.cache
+def plugin_manager() -> pluggy.PluginManager:
+    manager = pluggy.PluginManager(PROJECT)
+    packages = team_packages()
+    for package in packages:
+        if (specs := _optional_module(f"{package}.hookspecs")) is not None:
+            manager.add_hookspecs(specs)
+    for package in packages:
+        if (impls := _optional_module(f"{package}.hooks")) is not None:
+            manager.register(impls, name=package)
+    # A hook implemented for no declared spec is a typo that would silently never run.
+    manager.check_pending()
+    return manager
+
+
+def hooks() -> Any:
+    """The hook caller: ``hooks().name(keyword=arguments)``."""
+    return plugin_manager().hook

@@ -1,0 +1,17 @@
+"""Team Charlie's extension points: what later teams contribute to its Prometheus."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apply.api import Context
+from apply.extensions import hookspec
+
+
+@hookspec
+def prometheus_scrape_jobs(ctx: Context) -> list[dict[str, Any]]:
+    """Scrape jobs (entries of Prometheus' ``scrape_configs``) a later team adds to the
+    Prometheus on ``ctx.host``. Read from what that team has set up on the host, so a job
+    appears once its target and credentials exist, and Charlie's own runs render the same
+    config as the contributing team's. A team that changes what its job reads calls
+    `steps.charlie.prometheus.reconfigure`."""
