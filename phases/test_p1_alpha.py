@@ -25,7 +25,7 @@ from apply.api import Context
 from apply.facts import SSHSession
 from apply.poll import eventually
 from checks import probes
-from engine import apply_fixture, task
+from engine import apply_fixture, not_applicable, task
 from settings.base import EffectiveProfile
 from settings.model import Settings
 from steps.alpha import fail2ban, firewall, hardening, sshd, tls
@@ -41,11 +41,6 @@ UNDECLARED_PORT = 18737
 def applied(ctx: Context) -> None:
     for step in (tls.apply, firewall.apply, sshd.apply, hardening.apply, fail2ban.apply):
         step(ctx)
-
-
-@pytest.fixture(scope="module")
-def certs(settings: Settings) -> tls.Paths:
-    return tls.Paths(settings.alpha.tls.cert_dir)
 
 
 def _key_login(target) -> str:
@@ -80,7 +75,7 @@ def test_private_keys_are_root_only(host, settings: Settings, certs) -> None:
 @task("TLS certificates")
 def test_client_certificate_is_for_client_auth_only(host, settings: Settings, certs) -> None:
     if not settings.alpha.tls.client_auth:
-        pytest.skip("alpha.tls.client_auth is off: no client certificate is issued")
+        not_applicable("alpha.tls.client_auth is off: no client certificate is issued")
     host.run_expect([0], tls.verify_command(certs, "client"))
     client = tls.parse_cert(host.file(certs.cert("client")).content)
     assert tls.extended_key_usages(client) == [ExtendedKeyUsageOID.CLIENT_AUTH]

@@ -48,11 +48,6 @@ def applied_flintlock(ctx: Context, applied: None) -> Applied:
     return flintlock_runtime.apply(ctx)
 
 
-@pytest.fixture(scope="module")
-def certs(settings: Settings) -> tls.Paths:
-    return tls.Paths(settings.alpha.tls.cert_dir)
-
-
 @dataclass(frozen=True)
 class PullCase:
     reference: str

@@ -12,10 +12,11 @@ import pytest
 
 from apply.api import Applied, Context
 from apply.poll import eventually
+from checks.grafana import GrafanaAPI
+from checks.prometheus import PrometheusAPI
 from engine import apply_fixture
 from settings.model import Settings
 from steps.charlie import grafana, prometheus
-from steps.charlie.prometheus import PrometheusAPI
 
 pytestmark = pytest.mark.usefixtures("applied")
 
@@ -39,12 +40,12 @@ def applied_grafana(ctx: Context) -> Applied:
 
 
 @pytest.fixture(scope="module")
-def grafana_api(remote, target, settings: Settings, applied_grafana) -> grafana.GrafanaAPI:
+def grafana_api(remote, target, settings: Settings, applied_grafana) -> GrafanaAPI:
     password_file = settings.charlie.grafana.admin_password_file
     password = (remote.read(password_file) or b"").decode().strip()
     assert password, f"{password_file} is empty or missing"
     remote.redactor.add(password)
-    return grafana.GrafanaAPI(
+    return GrafanaAPI(
         f"http://{target.address}:{settings.port('Charlie', 'grafana')}",
         settings.charlie.grafana.admin_user,
         password,
@@ -110,23 +111,21 @@ def test_promql_returns_this_hosts_node_series(prometheus_api: PrometheusAPI, ho
 
 @pytest.mark.task("Setup basic Grafana")
 @pytest.mark.requires("upstream-artifacts")
-def test_grafana_is_healthy(grafana_api: grafana.GrafanaAPI) -> None:
+def test_grafana_is_healthy(grafana_api: GrafanaAPI) -> None:
     health = eventually(grafana_api.health, lambda answer: answer.get("database") == "ok", timeout=60)
     assert health.get("database") == "ok", health
 
 
 @pytest.mark.task("Setup basic Grafana")
 @pytest.mark.requires("upstream-artifacts")
-def test_grafana_prometheus_datasource_is_healthy(
-    grafana_api: grafana.GrafanaAPI, settings: Settings
-) -> None:
+def test_grafana_prometheus_datasource_is_healthy(grafana_api: GrafanaAPI, settings: Settings) -> None:
     status, body = grafana_api.datasource_health(settings.charlie.grafana.datasource_uid)
     assert status == 200 and body.get("status") == "OK", body
 
 
 @pytest.mark.task("Setup basic Grafana")
 @pytest.mark.requires("upstream-artifacts")
-def test_grafana_host_dashboard_exists(grafana_api: grafana.GrafanaAPI, settings: Settings) -> None:
+def test_grafana_host_dashboard_exists(grafana_api: GrafanaAPI, settings: Settings) -> None:
     status, body = grafana_api.dashboard(settings.charlie.grafana.dashboard_uid)
     assert status == 200, body
     assert body["dashboard"]["title"] == "Hypervisor host"

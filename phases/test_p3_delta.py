@@ -25,10 +25,10 @@ from apply.facts import Sysctl
 from apply.poll import eventually
 from checks import probes
 from checks.kube import Cluster, MarkerWorkload
+from checks.prometheus import PrometheusAPI
 from engine import apply_fixture
 from settings.base import EffectiveProfile
 from settings.model import Settings
-from steps.charlie.prometheus import PrometheusAPI
 from steps.delta import control_plane, etcd, kubectl, kubernetes
 
 pytestmark = pytest.mark.usefixtures("applied")
@@ -47,16 +47,6 @@ def applied(
     if settings.delta.resolved_etcd(profile) == "external":
         etcd.apply(ctx)
     return control_plane.apply(ctx)
-
-
-@pytest.fixture(scope="module")
-def kubeconfig(ctx: Context) -> Path:
-    return control_plane.fetch_kubeconfig(ctx)
-
-
-@pytest.fixture(scope="module")
-def cluster(kubeconfig: Path) -> Cluster:
-    return Cluster(kubeconfig)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,6 @@ from checks.kube import CheckNamespace, Cluster
 from engine import apply_fixture
 from settings.model import Settings
 from steps.alpha import hardening
-from steps.delta import control_plane
 from steps.delta import pod_network as bootstrap_network
 from steps.echo1 import load_balancer, network_policy, pod_network
 
@@ -38,11 +37,6 @@ def applied(ctx: Context) -> Applied:
     pod_network.apply(ctx)
     network_policy.apply(ctx)
     return load_balancer.apply(ctx)
-
-
-@pytest.fixture(scope="module")
-def cluster(ctx: Context) -> Cluster:
-    return Cluster(control_plane.fetch_kubeconfig(ctx))
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,9 @@ from apply.api import Applied, Context
 from apply.poll import eventually
 from checks.kube import Cluster
 from checks.volumes import VolumeChecks
-from engine import apply_fixture
+from engine import apply_fixture, not_applicable
 from settings.base import EffectiveProfile
 from settings.model import Settings
-from steps.delta import control_plane
 from steps.delta.kubernetes import node_name
 from steps.echo2 import storage
 
@@ -33,11 +32,6 @@ pytestmark = pytest.mark.usefixtures("applied")
 @apply_fixture
 def applied(ctx: Context) -> Applied:
     return storage.apply(ctx)
-
-
-@pytest.fixture(scope="module")
-def cluster(ctx: Context) -> Cluster:
-    return Cluster(control_plane.fetch_kubeconfig(ctx))
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +120,9 @@ def test_a_snapshot_restores_the_data_it_was_taken_of(volumes: VolumeChecks) -> 
 def test_each_volume_is_a_mounted_logical_volume(host, settings: Settings, profile: EffectiveProfile) -> None:
     echo2 = settings.echo2
     if echo2.resolved_layout(profile) != "lvm":
-        pytest.skip('echo2.layout is "directories"')
+        not_applicable(
+            'echo2.layout is "directories": the volumes are plain directories, not logical volumes'
+        )
     for volume in echo2.volumes:
         directory = echo2.volume_dir(volume)
         assert host.run(f"lvs {storage.lv_device(echo2, volume)}").rc == 0

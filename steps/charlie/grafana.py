@@ -15,8 +15,6 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from apply import artifacts, ops
 from apply.api import Context, step
 from settings.base import ArtifactPin
@@ -187,30 +185,3 @@ def apply(ctx: Context) -> None:
                 "grafana cli --homepath /usr/share/grafana admin reset-admin-password --password-from-stdin "
                 f"< {shlex.quote(grafana.admin_password_file)}"
             )
-
-
-# -- outside-in verification ---------------------------------------------------------------
-
-
-class GrafanaAPI:
-    def __init__(self, base_url: str, user: str, password: str, *, timeout: float = 10.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.auth = (user, password)
-        self.timeout = timeout
-
-    def health(self) -> dict[str, Any]:
-        response = requests.get(f"{self.base_url}/api/health", timeout=self.timeout)
-        response.raise_for_status()
-        return dict(response.json())
-
-    def datasource_health(self, uid: str) -> tuple[int, dict[str, Any]]:
-        response = requests.get(
-            f"{self.base_url}/api/datasources/uid/{uid}/health", auth=self.auth, timeout=self.timeout
-        )
-        return response.status_code, dict(response.json())
-
-    def dashboard(self, uid: str) -> tuple[int, dict[str, Any]]:
-        response = requests.get(
-            f"{self.base_url}/api/dashboards/uid/{uid}", auth=self.auth, timeout=self.timeout
-        )
-        return response.status_code, dict(response.json())
