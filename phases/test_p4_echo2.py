@@ -120,9 +120,7 @@ def test_a_snapshot_restores_the_data_it_was_taken_of(volumes: VolumeChecks) -> 
 def test_each_volume_is_a_mounted_logical_volume(host, settings: Settings, profile: EffectiveProfile) -> None:
     echo2 = settings.echo2
     if echo2.resolved_layout(profile) != "lvm":
-        not_applicable(
-            'echo2.layout is "directories": the volumes are plain directories, not logical volumes'
-        )
+        not_applicable('echo2.layout is "directories": the volumes are directories, not logical volumes')
     for volume in echo2.volumes:
         directory = echo2.volume_dir(volume)
         assert host.run(f"lvs {storage.lv_device(echo2, volume)}").rc == 0
