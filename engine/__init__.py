@@ -4,6 +4,9 @@
 The small API for test modules and other plugins:
 
 - `task`: ``@engine.task("Firewall")`` marks the plan task a check belongs to (Allure story).
+- `not_applicable(reason)`: skip the running check because a valid config choice makes it
+  irrelevant (``engine.not_applicable("alpha.tls.client_auth is off")``); reported as "not
+  applicable", which, unlike a plain ``pytest.skip``, does not fail the team.
 - `add_environment(config, key, value)`: a line in Allure's environment.properties.
 - `set_target_name(config, name)`: the target team verdicts are recorded for (--resume).
 - `set_signal_webhook(config, url, timeout)`: the chat webhook for completion signals.
@@ -28,6 +31,7 @@ from engine.config import ENVIRONMENT_KEY, TARGET_KEY, WEBHOOK_KEY
 from engine.plan import Team
 
 task = pytest.mark.task
+not_applicable = contract.not_applicable
 # A team's apply fixture (module-scoped; the only fixture of a team set up under --check).
 apply_fixture = contract.apply_fixture
 
@@ -61,6 +65,7 @@ def teams_to_run(config: pytest.Config) -> list[Team]:
 __all__ = [
     "add_environment",
     "apply_fixture",
+    "not_applicable",
     "set_signal_webhook",
     "set_target_name",
     "start_background",

@@ -19,6 +19,7 @@ import pytest
 
 from apply.redact import Redactor
 from engine.contract import SkipKind, reason_pattern
+from engine.outcome import RunOutcome, RunStatus
 
 # First match wins in Allure; apply failures are exceptions other than AssertionError, so
 # allure-pytest marks them "broken".
@@ -32,6 +33,11 @@ CATEGORIES = [
         "name": "waived",
         "matchedStatuses": ["skipped"],
         "messageRegex": reason_pattern(SkipKind.WAIVED),
+    },
+    {
+        "name": "not applicable",
+        "matchedStatuses": ["skipped"],
+        "messageRegex": reason_pattern(SkipKind.NOT_APPLICABLE),
     },
     {
         "name": "not verified (check mode)",
@@ -53,6 +59,13 @@ CATEGORIES = [
         "matchedStatuses": ["failed"],
     },
 ]
+
+
+# The run summary's status per run outcome. A run that is "not verified" (some team's every
+# check was waived or not applicable, nothing failed) is "skipped": not a failure in Allure's
+# statistics (the run exits 0), and shown as its waived checks are, not with the green tick
+# of a run that verified every team. Its message names those teams.
+SUMMARY_STATUS = {RunStatus.PASSED: "passed", RunStatus.NOT_VERIFIED: "skipped", RunStatus.FAILED: "failed"}
 
 
 def add_plan_labels(item: pytest.Item, phase: int, team: str) -> None:
@@ -105,14 +118,13 @@ def write_summary(
     directory: Path,
     *,
     name: str,
-    passed: bool,
-    message: str,
+    outcome: RunOutcome,
     attachments: Mapping[str, str],
     start: float,
     stop: float,
 ) -> Path:
-    """A result entry for the run itself (epic "Run"): passed when every collected team is
-    green, with the timeline attached as Markdown."""
+    """A result entry for the run itself (epic "Run"): the run's outcome (`SUMMARY_STATUS`,
+    its text as the message), with the timeline attached as Markdown."""
     directory.mkdir(parents=True, exist_ok=True)
     entry_uuid = str(uuid.uuid4())
     files = []
@@ -126,8 +138,8 @@ def write_summary(
         "testCaseId": "hvsuite-engine-run-summary",
         "name": name,
         "fullName": "engine.run_summary",
-        "status": "passed" if passed else "failed",
-        "statusDetails": {"message": message},
+        "status": SUMMARY_STATUS[outcome.status],
+        "statusDetails": {"message": outcome.text},
         "stage": "finished",
         "start": int(start * 1000),
         "stop": int((stop or time.time()) * 1000),

@@ -62,8 +62,8 @@ def selection_problems(
             hint = "select it too, use --teams to pull prerequisites in"
             if record is not None and record.verdict == Verdict.GREEN.value:
                 hint += ", or --resume to count its recorded green run"
-            elif record is not None and record.verdict == Verdict.WAIVED.value:
-                hint += " (--resume counts only green: a waived team verified nothing)"
+            elif record is not None and record.verdict in (Verdict.WAIVED, Verdict.NOT_APPLICABLE):
+                hint += f" (--resume counts only green: a {record.verdict} team verified nothing)"
             problems.append(f"Team {team} needs Team {req}, which is {state} ({history}); {hint}")
     return problems
 

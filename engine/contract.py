@@ -1,5 +1,5 @@
 """The contract between the engine and the plugins and phase modules that feed it: run modes,
-waivers, apply fixtures and change counts, defined once.
+waivers, not-applicable checks, apply fixtures and change counts, defined once.
 
 Everything here is plain data and small functions over pytest's public objects: the targets
 plugin writes through these functions, the engine reads through them, and neither spells a
@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import pytest
 
@@ -27,6 +27,7 @@ _CHANGES = "hvsuite_changes"
 _WOULD_CHANGE = "hvsuite_would_change"
 
 _WAIVED = "waived: "
+_NOT_APPLICABLE = "not applicable: "
 _CHECK = "check mode: "
 _BLOCKED = "blocked by "
 
@@ -35,6 +36,8 @@ class SkipKind(StrEnum):
     """Why a test was skipped, as the engine counts it."""
 
     WAIVED = "waived"  # the target's profile cannot provide a capability: not a failure
+    # A valid config choice makes the check irrelevant (`not_applicable`): not a failure.
+    NOT_APPLICABLE = "not applicable"
     CHECK = "check"  # a dry run (--check) applied nothing, so nothing was verified
     BLOCKED = "blocked"  # a prerequisite team did not finish green
     OTHER = "other"  # any other skip: the team is not complete
@@ -61,6 +64,10 @@ def waiver_reason(capability: str, profile: str) -> str:
     return f"{_WAIVED}{capability} (profile {profile})"
 
 
+def not_applicable_reason(why: str) -> str:
+    return f"{_NOT_APPLICABLE}{why}"
+
+
 def check_reason(detail: str = "not verified, nothing was applied") -> str:
     return f"{_CHECK}{detail}"
 
@@ -70,7 +77,12 @@ def blocked_reason(cause: str) -> str:
     return f"{_BLOCKED}{cause}"
 
 
-_PREFIXES = {SkipKind.WAIVED: _WAIVED, SkipKind.CHECK: _CHECK, SkipKind.BLOCKED: _BLOCKED}
+_PREFIXES = {
+    SkipKind.WAIVED: _WAIVED,
+    SkipKind.NOT_APPLICABLE: _NOT_APPLICABLE,
+    SkipKind.CHECK: _CHECK,
+    SkipKind.BLOCKED: _BLOCKED,
+}
 
 
 def skip_kind(reason: str) -> SkipKind:
@@ -91,6 +103,16 @@ def reason_pattern(kind: SkipKind) -> str:
 def waive(item: pytest.Item, capability: str, profile: str) -> None:
     """Skip ``item`` because the profile waives ``capability`` (reported as waived)."""
     item.add_marker(pytest.mark.skip(reason=waiver_reason(capability, profile)))
+
+
+def not_applicable(reason: str) -> NoReturn:
+    """Skip the running test (or fixture) because a valid config choice makes what it checks
+    irrelevant, e.g. ``alpha.tls.client_auth = false`` for a check of the client
+    certificate. Reported as not applicable; unlike a plain `pytest.skip`, it does not fail
+    the team. `reason` says which choice: "alpha.tls.client_auth is off"."""
+    # Reported at the caller's line, as a pytest.skip in the test itself would be.
+    __tracebackhide__ = True
+    pytest.skip(not_applicable_reason(reason))
 
 
 # -- apply fixtures ---------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """The controller: decides team verdicts from test reports, gates the scheduler, and writes
 every report (signals, timeline, recorded verdicts, Allure environment/categories/summary).
+The run's outcome (`engine.outcome`) is decided once, when the session finishes; the exit
+status, the terminal summary, the timeline and the Allure run summary all show that one.
 
 Under xdist it lives in the controlling process only; without xdist in the one process.
 Workers never write reports: they read the team gates from the shared state file.
@@ -21,6 +23,7 @@ from apply.redact import Redactor
 from engine import allure, background, checkreport, contract, timeline
 from engine.background import BackgroundSpan
 from engine.config import ENVIRONMENT_KEY, WEBHOOK_KEY, EngineSettings
+from engine.outcome import RunOutcome, RunStatus, run_outcome
 from engine.run import TeamRun
 from engine.scheduler import DAGScheduling
 from engine.signals import Signal, SignalLog, WebhookPoster
@@ -29,13 +32,20 @@ from engine.state import RecordedVerdict, SharedState, TeamGate, Verdict, Verdic
 SIGNALLED = {
     Verdict.GREEN: "green",
     Verdict.WAIVED: "waived",
+    Verdict.NOT_APPLICABLE: "not applicable",
     Verdict.FAILED: "failed",
     Verdict.BLOCKED: "blocked",
     Verdict.CHECKED: "checked",
 }
 # A dry run verifies nothing: its "checked" is never recorded (an earlier verdict stays).
-# "waived" is recorded (it replaces an earlier green) but --resume counts only green.
-RECORDED = {Verdict.GREEN, Verdict.WAIVED, Verdict.FAILED, Verdict.BLOCKED}
+# "waived" and "not applicable" are recorded (they replace an earlier green) but --resume
+# counts only green.
+RECORDED = {Verdict.GREEN, Verdict.WAIVED, Verdict.NOT_APPLICABLE, Verdict.FAILED, Verdict.BLOCKED}
+OUTCOME_MARKUP = {
+    RunStatus.PASSED: {"green": True},
+    RunStatus.NOT_VERIFIED: {"yellow": True},
+    RunStatus.FAILED: {"red": True},
+}
 TEAM_UNIT = "team:"
 
 
@@ -59,6 +69,8 @@ class EngineController:
         self.check_files: tuple[Path, Path] | None = None
         # Background jobs as they stood when the session finished (engine.start_background).
         self.background: list[BackgroundSpan] = []
+        # Decided when the session finishes, for every channel that shows it.
+        self.outcome: RunOutcome | None = None
 
     @property
     def check_mode(self) -> bool:
@@ -224,7 +236,9 @@ class EngineController:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self._write_allure_static()
-        run = self.run if self.run is not None and self.run.active else None
+        # --collect-only runs nothing: no team stopped, no outcome, no verdict to record.
+        collect_only = session.config.option.collectonly
+        run = self.run if self.run is not None and self.run.active and not collect_only else None
         if run is not None:
             stopped = run.stop_unfinished()
             if stopped:
@@ -237,7 +251,12 @@ class EngineController:
         teams = timeline.team_intervals(run) if run is not None else {}
         self.background = background.session_spans(self.config, teams)
         if run is not None:
-            self._write_reports()
+            self.outcome = run_outcome(run, exitstatus, check_mode=self.check_mode)
+            if self.outcome.failed and exitstatus == pytest.ExitCode.OK:
+                # A team fails without a failed test too (a plain skip, a block): the exit
+                # status must say so as the reports do.
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            self._write_reports(self.outcome)
         if self.poster is not None:
             self.poster.close()
             if self.poster.failures:
@@ -265,13 +284,13 @@ class EngineController:
         environment.update(self.config.stash.get(ENVIRONMENT_KEY, {}))
         allure.write_environment(directory, environment, self.redactor)
 
-    def _write_reports(self) -> None:
+    def _write_reports(self, outcome: RunOutcome) -> None:
         assert self.run is not None
         reports = self.settings.reports_dir
         reports.mkdir(parents=True, exist_ok=True)
-        document = timeline.timeline_document(self.run, self.workers or 1, self.background)
+        document = timeline.timeline_document(self.run, outcome, self.workers or 1, self.background)
         (reports / "timeline.json").write_text(json.dumps(document, indent=1), encoding="utf-8")
-        markdown = timeline.timeline_markdown(self.run, self.background)
+        markdown = timeline.timeline_markdown(self.run, outcome, self.background)
         (reports / "timeline.md").write_text(markdown, encoding="utf-8")
         at = utc_now_iso()
         verdicts = {
@@ -284,35 +303,14 @@ class EngineController:
             self.check_files = checkreport.write(self.run, reports, self.settings.target_name)
         directory = allure.allure_dir(self.config)
         if directory is not None:
-            passed, message = self._run_summary()
             allure.write_summary(
                 directory,
                 name="Run summary: team verdicts and timeline",
-                passed=passed,
-                message=message,
+                outcome=outcome,
                 attachments={"Timeline": markdown},
                 start=self.started,
                 stop=time.time(),
             )
-
-    def _run_summary(self) -> tuple[bool, str]:
-        """The run's entry in Allure: passed when every collected team is green (checked in a
-        dry run); a waived team was not verified, so it is not."""
-        assert self.run is not None
-        expected = Verdict.CHECKED if self.check_mode else Verdict.GREEN
-        teams = self.run.teams
-        not_green = [
-            name
-            for name in self.run.collected_teams()
-            if not (teams[name].verdict.counts_green or teams[name].verdict is expected)
-        ]
-        if not_green:
-            return False, "not green: " + ", ".join(
-                f"Team {name} ({teams[name].verdict.value})" for name in not_green
-            )
-        if self.check_mode:
-            return True, checkreport.summary_line(self.run)
-        return True, "every collected team is green"
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -329,12 +327,8 @@ class EngineController:
         if missing:
             write("")
             write("not implemented (no test module): " + ", ".join(f"Team {name}" for name in missing))
-        waived = [entry for status in run.teams.values() for entry in status.waivers]
-        if waived:
-            write("")
-            write(f"waived ({len(waived)}; skipped because the target's profile cannot provide them):")
-            for entry in waived:
-                write(f"  WAIVED {entry}")
+        for line in timeline.skipped_checks(run):
+            write(line)
         if self.check_mode:
             terminalreporter.write_sep("-", checkreport.SECTION)
             markdown = self.check_files[0] if self.check_files else self.settings.reports_dir / "check.md"
@@ -355,6 +349,8 @@ class EngineController:
         if self.check_mode:
             write(checkreport.summary_line(run))
         write(timeline.summary_line(run))
+        if self.outcome is not None:
+            write(self.outcome.text, bold=True, **OUTCOME_MARKUP[self.outcome.status])
 
     def _write_background(self, terminalreporter: Any, run: TeamRun | None) -> None:
         terminalreporter.write_sep("-", "Background work")

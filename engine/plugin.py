@@ -119,6 +119,9 @@ def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, tuple
     # A waiver is not an ordinary skip: count and show it as its own outcome ("12 waived").
     if kind is SkipKind.WAIVED:
         return "waived", "w", ("WAIVED", {"yellow": True})
+    # Nor is a check that a config choice made irrelevant: "3 not applicable", its own too.
+    if kind is SkipKind.NOT_APPLICABLE:
+        return "not applicable", "n", ("NOT APPLICABLE", {"blue": True})
     # Nor is a dry run's skip (--check): "12 checked", not "12 skipped".
     if kind is SkipKind.CHECK:
         return "checked", "c", ("CHECKED", {"cyan": True})

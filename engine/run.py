@@ -2,9 +2,11 @@
 verdict as reports arrive, and who is blocked by whom.
 
 Skips are told apart by `engine.contract.skip_kind`. A team is green when every report of
-every one of its tests passed or was skipped as a waiver, and at least one test was not
-waived; a team whose every test was waived is "waived": nothing of it failed and nothing was
-verified, so it unblocks its dependents like green but is not green. In a dry run
+every one of its tests passed or was skipped as a waiver or as not applicable
+(`contract.not_applicable`: a config choice makes the check irrelevant), and at least one
+test passed; a team whose every test was skipped that way is "waived" ("not applicable" when
+none of them was waived): nothing of it failed and nothing was verified, so it unblocks its
+dependents like green but is not green. In a dry run
 (``--check``) every check is skipped as a check-mode skip: such a skip is not a failure
 either, and a team with at least one of them (and no failure) is "checked", which unblocks
 its dependents like green but is not green. Any other skip, a failure or an error makes it
@@ -26,6 +28,7 @@ from engine.plan import Plan
 from engine.state import RecordedVerdict, TeamGate, Verdict
 
 NOT_VERIFIED_WAIVED = "not verified: every check was waived"
+NOT_VERIFIED_NOT_APPLICABLE = "not verified: every check was not applicable"
 
 
 class ReportLike(Protocol):
@@ -69,6 +72,8 @@ class TeamStatus:
     waivers: list[str] = field(default_factory=list)
     # Tests skipped as waived, by node id (all of them: the team is "waived").
     waived_tests: set[str] = field(default_factory=set)
+    # Tests skipped as not applicable: node id -> reason, in order.
+    not_applicable: dict[str, str] = field(default_factory=dict)
     # Tests skipped in check mode (a dry run): "<test id>: <reason>".
     checked: list[str] = field(default_factory=list)
     # Ops that would change (--check), in order.
@@ -90,14 +95,29 @@ class TeamStatus:
         return max(0.0, self.end - self.start)
 
     @property
+    def unverified(self) -> str | None:
+        """Why a team that did not fail verified nothing (None when it did, or failed)."""
+        if self.verdict is Verdict.NOT_APPLICABLE:
+            return NOT_VERIFIED_NOT_APPLICABLE
+        if self.verdict is Verdict.WAIVED:
+            return NOT_VERIFIED_WAIVED + (" or not applicable" if self.not_applicable else "")
+        return None
+
+    @property
     def issues(self) -> list[str]:
-        """Failures one by one; waivers counted per reason (the full list is in the timeline)."""
+        """Failures one by one; waivers counted per reason (the full list is in the timeline);
+        not-applicable checks per reason with their names (a reason is a config choice,
+        usually of one or two checks, and which checks it turned off is worth reading)."""
         reasons = Counter(entry.split(": ", 1)[1] for entry in self.waivers)
-        unverified = [NOT_VERIFIED_WAIVED] if self.verdict is Verdict.WAIVED else []
+        inapplicable: dict[str, list[str]] = {}
+        for nodeid, reason in self.not_applicable.items():
+            inapplicable.setdefault(reason, []).append(nodeid.split("::", 1)[-1])
+        unverified = self.unverified
         return [
-            *unverified,
+            *([unverified] if unverified else []),
             *self.failures,
             *(f"{count} check(s) {reason}" for reason, count in reasons.items()),
+            *(f"{reason} ({', '.join(names)})" for reason, names in inapplicable.items()),
         ]
 
 
@@ -219,6 +239,8 @@ class TeamRun:
             if kind is SkipKind.WAIVED:
                 status.waivers.append(f"{report.nodeid}: {reason}")
                 status.waived_tests.add(report.nodeid)
+            elif kind is SkipKind.NOT_APPLICABLE:
+                status.not_applicable[report.nodeid] = reason
             elif kind is SkipKind.CHECK:
                 status.checked.append(f"{report.nodeid}: {reason}")
             elif kind is SkipKind.BLOCKED and status.verdict is Verdict.BLOCKED:
@@ -241,8 +263,8 @@ class TeamRun:
             return Verdict.FAILED
         if status.checked or self.check_mode:
             return Verdict.CHECKED
-        if status.waived_tests >= set(status.nodeids):
-            return Verdict.WAIVED
+        if status.waived_tests.union(status.not_applicable) >= set(status.nodeids):
+            return Verdict.WAIVED if status.waived_tests else Verdict.NOT_APPLICABLE
         return Verdict.GREEN
 
     def stop_unfinished(self) -> list[str]:
@@ -261,8 +283,8 @@ class TeamRun:
         return settled
 
     def next_teams(self, team: str) -> list[str]:
-        """Dependents of `team` that can start now that it unblocks them (green, waived or
-        checked)."""
+        """Dependents of `team` that can start now that it unblocks them (green, waived, not
+        applicable or checked)."""
         return [
             dep
             for dep in self.plan.dependents(team)

@@ -1,6 +1,7 @@
 """Completion signals in the plan's format ("Signal Format" in docs/AGENT_TEAMS_PLAN.md):
 
-    ✅ ALPHA COMPLETE     (⚠️ ALPHA WAIVED / ❌ ALPHA FAILED / ⛔ ALPHA BLOCKED / 🔎 ALPHA CHECKED)
+    ✅ ALPHA COMPLETE     (⚠️ ALPHA WAIVED / ⚪ ALPHA NOT APPLICABLE / ❌ ALPHA FAILED /
+                          ⛔ ALPHA BLOCKED / 🔎 ALPHA CHECKED)
     Phase: 1
     Duration: 12.3 s
     Issues: None
@@ -30,6 +31,8 @@ HEADLINES = {
     "green": ("✅", "COMPLETE"),
     # Every check was waived: dependents may start, nothing of the team was verified.
     "waived": ("⚠️", "WAIVED"),
+    # Every check was not applicable (config choices made them irrelevant): likewise.
+    "not applicable": ("⚪", "NOT APPLICABLE"),
     "failed": ("❌", "FAILED"),
     "blocked": ("⛔", "BLOCKED"),
     # A dry run (--check): the team's would-change ops are known, nothing was verified.
@@ -40,7 +43,7 @@ HEADLINES = {
 @dataclass(frozen=True)
 class Signal:
     team: str
-    verdict: str  # "green" | "waived" | "failed" | "blocked" | "checked"
+    verdict: str  # "green" | "waived" | "not applicable" | "failed" | "blocked" | "checked"
     phase: int
     duration: float
     issues: list[str] = field(default_factory=list)

@@ -28,6 +28,11 @@ class Verdict(StrEnum):
     # checks, e.g. Base on a scratch target): nothing failed and nothing was verified. It
     # unblocks its dependents like green, is recorded, and never counts for --resume.
     WAIVED = "waived"
+    # Every test of the team was not applicable (a valid config choice makes what it checks
+    # irrelevant): like WAIVED, nothing failed, nothing was verified, it unblocks its
+    # dependents, is recorded and never counts for --resume. A team with waivers among
+    # them is WAIVED (what the profile cannot provide is the thing to notice).
+    NOT_APPLICABLE = "not applicable"
     # A --check run (dry run): every test skipped in check mode or waived, nothing
     # failed. Not verified: it lets dependents run their own dry run, never counts as
     # green for --resume and is never recorded.
@@ -48,10 +53,15 @@ class Verdict(StrEnum):
         return self in (Verdict.GREEN, Verdict.RECORDED_GREEN)
 
     @property
+    def not_verified(self) -> bool:
+        """Finished with nothing failed and nothing verified: waived or not applicable."""
+        return self in (Verdict.WAIVED, Verdict.NOT_APPLICABLE)
+
+    @property
     def unblocks(self) -> bool:
-        """Whether dependents may run after this team: green, all waived, or checked in a
-        dry run. Only `counts_green` teams were verified."""
-        return self.counts_green or self in (Verdict.WAIVED, Verdict.CHECKED)
+        """Whether dependents may run after this team: green, `not_verified`, or checked in
+        a dry run. Only `counts_green` teams were verified."""
+        return self.counts_green or self.not_verified or self is Verdict.CHECKED
 
     @property
     def settled(self) -> bool:

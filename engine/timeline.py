@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 from engine import background as background_work
 from engine.background import BackgroundSpan
+from engine.outcome import RunOutcome
 from engine.plan import Plan
 from engine.run import TeamRun
 from engine.state import Verdict
@@ -27,7 +28,8 @@ class TeamSpan:
     team: str
     phase: int
     outcome: str
-    # Green in this run (or recorded green with --resume); "waived" and "checked" are not.
+    # Green in this run (or recorded green with --resume); "waived", "not applicable" and
+    # "checked" are not.
     verified: bool
     start: float | None
     end: float | None
@@ -37,6 +39,9 @@ class TeamSpan:
     tests: int
     blocked_by: str | None
     issues: list[str]
+    # Every waived and every not-applicable check: "<test id>: <reason>".
+    waived: list[str]
+    not_applicable: list[str]
 
 
 @dataclass(frozen=True)
@@ -66,9 +71,34 @@ def spans(run: TeamRun) -> list[TeamSpan]:
                 tests=len(status.nodeids),
                 blocked_by=status.blocked_by,
                 issues=status.issues,
+                waived=list(status.waivers),
+                not_applicable=not_applicable(run, name),
             )
         )
     return result
+
+
+def not_applicable(run: TeamRun, team: str) -> list[str]:
+    """The team's not-applicable checks: "<test id>: <reason>"."""
+    return [f"{nodeid}: {reason}" for nodeid, reason in run.teams[team].not_applicable.items()]
+
+
+def skipped_checks(run: TeamRun, bullet: str = "  ") -> list[str]:
+    """Every waived and every not-applicable check by name, each kind under its own heading
+    (the terminal summary; timeline.md with a Markdown `bullet`)."""
+    waived = [entry for status in run.teams.values() for entry in status.waivers]
+    inapplicable = [entry for name in run.teams for entry in not_applicable(run, name)]
+    lines: list[str] = []
+    if waived:
+        lines += ["", f"waived ({len(waived)}; skipped because the target's profile cannot provide them):"]
+        lines += [f"{bullet}WAIVED {entry}" for entry in waived]
+    if inapplicable:
+        lines += [
+            "",
+            f"not applicable ({len(inapplicable)}; skipped because a config choice makes them irrelevant):",
+        ]
+        lines += [f"{bullet}NOT APPLICABLE {entry}" for entry in inapplicable]
+    return lines
 
 
 def compare(plan: Plan, durations: dict[str, float], makespan: float) -> Comparison:
@@ -114,11 +144,12 @@ def origin(run: TeamRun | None, background: Sequence[BackgroundSpan] = ()) -> fl
 
 
 def timeline_document(
-    run: TeamRun, workers: int, background: Sequence[BackgroundSpan] = ()
+    run: TeamRun, outcome: RunOutcome, workers: int, background: Sequence[BackgroundSpan] = ()
 ) -> dict[str, object]:
     team_spans = spans(run)
     starts = [s.start for s in team_spans if s.start is not None]
     return {
+        "outcome": {"status": outcome.status.value, "text": outcome.text},
         "origin": min(starts) if starts else None,
         "workers": workers,
         "teams": [asdict(span) for span in team_spans],
@@ -155,7 +186,13 @@ PLAN_TIME_BOUND_HOURS = 26
 
 # Always counted in the summary line, in this order; other verdicts only when present.
 COUNTED = (Verdict.GREEN, Verdict.WAIVED, Verdict.FAILED, Verdict.BLOCKED, Verdict.NOT_IMPLEMENTED)
-COUNTED_WHEN_PRESENT = (Verdict.CHECKED, Verdict.NOT_RUN, Verdict.RECORDED_GREEN, Verdict.NOT_SELECTED)
+COUNTED_WHEN_PRESENT = (
+    Verdict.NOT_APPLICABLE,
+    Verdict.CHECKED,
+    Verdict.NOT_RUN,
+    Verdict.RECORDED_GREEN,
+    Verdict.NOT_SELECTED,
+)
 
 
 def verdict_counts(run: TeamRun) -> dict[str, int]:
@@ -170,14 +207,15 @@ def summary_line(run: TeamRun) -> str:
     verified), 0 failed, ..."."""
     parts = []
     for verdict, count in verdict_counts(run).items():
-        note = " (not verified)" if verdict == Verdict.WAIVED.value and count else ""
+        note = " (not verified)" if Verdict(verdict).not_verified and count else ""
         parts.append(f"{count} {verdict}{note}")
     return f"teams: {', '.join(parts)}"
 
 
 def outcome_text(verdict: Verdict) -> str:
-    """A verdict as the team table shows it: a waived team says it was not verified."""
-    return "waived (not verified)" if verdict is Verdict.WAIVED else verdict.value
+    """A verdict as the team table shows it: a waived or not applicable team says it was not
+    verified."""
+    return f"{verdict.value} (not verified)" if verdict.not_verified else verdict.value
 
 
 def success_metrics(run: TeamRun) -> list[str]:
@@ -234,13 +272,14 @@ def background_table(run: TeamRun | None, background: Sequence[BackgroundSpan]) 
     ]
 
 
-def timeline_markdown(run: TeamRun, background: Sequence[BackgroundSpan] = ()) -> str:
+def timeline_markdown(run: TeamRun, outcome: RunOutcome, background: Sequence[BackgroundSpan] = ()) -> str:
     work = ["## Background work", "", *background_table(run, background), ""] if background else []
     return "\n".join(
         [
             "# Team timeline",
             "",
             *team_table(run),
+            *skipped_checks(run, bullet="- "),
             "",
             *work,
             "## Timeline Comparison",
@@ -250,6 +289,7 @@ def timeline_markdown(run: TeamRun, background: Sequence[BackgroundSpan] = ()) -
             *success_metrics(run),
             "",
             summary_line(run),
+            outcome.text,
             "",
         ]
     )

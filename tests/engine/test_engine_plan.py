@@ -79,7 +79,8 @@ def test_critical_path_and_phase_barrier() -> None:
         ([{**team("A", 1, []), "hours": [3, 1]}], "hours"),
         ([{**team("A", 1, []), "colour": "red"}], "unknown field"),
         ([{**team("A", 1, []), "module": "alpha.py"}], "module"),
-        ([{**team("A", 1, []), "prepare": "steps.kubernetes"}], "prepare must name a function"),
+        ([{**team("A", 1, []), "prepare": "steps.delta.kubernetes"}], "prepare must name a function"),
+        ([{**team("A", 1, []), "settings": "steps.alpha.settings"}], "settings must name a class"),
     ],
 )
 def test_invalid_plans_name_the_problem(teams: list[dict[str, object]], message: str) -> None:

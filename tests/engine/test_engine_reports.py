@@ -113,6 +113,7 @@ def test_allure_results_carry_plan_labels_and_categories(pytester: pytest.Pytest
     )
     result = run(pytester, "-n", "2", "--alluredir", "allure-results")
     result.assert_outcomes(passed=4, failed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
     results_dir = pytester.path / "allure-results"
     results = [json.loads(p.read_text()) for p in results_dir.glob("*-result.json")]
     by_name = {r["fullName"]: r for r in results}
@@ -121,11 +122,12 @@ def test_allure_results_carry_plan_labels_and_categories(pytester: pytest.Pytest
     labels = {(label["name"], label["value"]) for label in alpha["labels"]}
     assert {("epic", "Phase 1"), ("feature", "Team Alpha"), ("story", "Main task")} <= labels
     summary = by_name["engine.run_summary"]
-    assert summary["status"] == "failed" and "Team Bravo (failed)" in summary["statusDetails"]["message"]
+    assert summary["status"] == "failed"
+    assert summary["statusDetails"]["message"] == "run failed: Team Bravo (failed)"
     attachment = results_dir / summary["attachments"][0]["source"]
     assert "Timeline Comparison" in attachment.read_text()
     categories = {c["name"] for c in json.loads((results_dir / "categories.json").read_text())}
-    assert {"blocked", "waived", "apply failed", "verification failed"} <= categories
+    assert {"blocked", "waived", "not applicable", "apply failed", "verification failed"} <= categories
     environment = (results_dir / "environment.properties").read_text()
     assert "profile=scratch password=" in environment and "hunter2" not in environment
 
@@ -232,10 +234,16 @@ def test_a_team_with_every_check_waived_is_waived_not_green(
         "Alpha": "green",
         "Bravo": "green",
     }
+    # Not a failure (the run exits 0) in any channel, yet visibly not verified: the Allure run
+    # summary is "skipped", as the waived checks are, and says which team.
+    text = "run not verified: Team Base (waived); no team failed"
+    result.stdout.fnmatch_lines([summary[-1], text])
+    assert markdown[-1] == text
+    assert document["outcome"] == {"status": "not verified", "text": text}
     results = [json.loads(p.read_text()) for p in (pytester.path / "allure-results").glob("*-result.json")]
     run_summary = next(r for r in results if r["fullName"] == "engine.run_summary")
-    assert run_summary["status"] == "failed"
-    assert run_summary["statusDetails"]["message"] == "not green: Team Base (waived)"
+    assert run_summary["status"] == "skipped"
+    assert run_summary["statusDetails"]["message"] == text
 
 
 def test_resume_does_not_count_a_recorded_waived_team(pytester: pytest.Pytester) -> None:
@@ -262,6 +270,7 @@ def test_resume_does_not_count_a_recorded_waived_team(pytester: pytest.Pytester)
     ("kind", "reason"),
     [
         (SkipKind.WAIVED, KVM),
+        (SkipKind.NOT_APPLICABLE, contract.not_applicable_reason("alpha.tls.client_auth is off")),
         (SkipKind.BLOCKED, contract.blocked_reason("Team Alpha (test_alpha.py::test_1)")),
         (SkipKind.CHECK, contract.check_reason()),
     ],
@@ -274,6 +283,7 @@ def test_allure_categories_classify_skips_by_the_contract(kind: SkipKind, reason
     ]
     named = {
         SkipKind.WAIVED: "waived",
+        SkipKind.NOT_APPLICABLE: "not applicable",
         SkipKind.BLOCKED: "blocked",
         SkipKind.CHECK: "not verified (check mode)",
     }
