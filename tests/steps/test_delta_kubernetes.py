@@ -1,5 +1,5 @@
 """Team Delta's steps as data: which Kubernetes, what the node gets, what kubeadm is asked to
-do, and what leaves the host for the operator. No SSH (see steps.testing)."""
+do, and what leaves the host for the operator. No SSH (see apply.testing)."""
 
 from __future__ import annotations
 

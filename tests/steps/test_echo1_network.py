@@ -1,6 +1,6 @@
 """Team Echo-1's steps as data: the pod network's config, the policies it renders, the load
 balancer's settings and its address allocator, and the firewall's hold on forwarded ports.
-No SSH (see steps.testing)."""
+No SSH (see apply.testing)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Team Echo-2's steps as data: the settings it accepts, the documents it renders (validated
 offline against Kubernetes' schemas and the suite's snapshot schema), and the commands it
-would run on a host. No SSH (see steps.testing)."""
+would run on a host. No SSH (see apply.testing)."""
 
 from __future__ import annotations
 
