@@ -234,7 +234,7 @@ def compose(plan_file: Path = DEFAULT_PLAN) -> type[RootSettings]:
     fields: dict[str, Any] = {}
     for section in team_settings_classes(plan_file):
         if section.section in fields or section.section in RootSettings.model_fields:
-            raise TypeError(f"{plan_file}: two sections are named [{section.section}]")
+            raise TypeError(f"{plan_file}: the section [{section.section}] of {section.__name__} is taken")
         fields[section.section] = (section, section())
     return create_model("Settings", __base__=RootSettings, __module__=__name__, **fields)
 
