@@ -1,7 +1,7 @@
 """The one shape of a component step: ``@step("title")`` on a function of a :class:`Context`.
 
 A step reads facts, compares them with the desired state and runs ops for what differs
-(``steps.ops``); it returns nothing, since what it changed is what its ops recorded. Called,
+(``apply.ops``); it returns nothing, since what it changed is what its ops recorded. Called,
 a step returns :class:`Applied`: its title and those ops, with ``changed`` derived from them.
 
 A connection that drops while one of the step's ops runs (``ConnectionLost``) does not fail

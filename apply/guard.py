@@ -4,7 +4,7 @@ A guarded change: back up the files it may replace, arm a dead man's switch on t
 systemd timer that restores the backups and reloads, so a controller that loses its
 connection mid-change still gets its access back), apply, then prove that a *new* SSH
 login works. Proven: disarm. Not proven, or the change failed: restore now, prove access
-again, and raise :class:`~steps.runner.ApplyError` naming what happened.
+again, and raise :class:`~apply.runner.ApplyError` naming what happened.
 """
 
 from __future__ import annotations

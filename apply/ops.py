@@ -1,8 +1,8 @@
 """Idempotent operations: read facts, compare with the desired state, emit commands only
 for what differs, and let the runner execute (or, under --check, record) them.
 
-Every op takes the :class:`~steps.runner.Host` first and returns an
-:class:`~steps.runner.OpResult`. In verify mode an op returns at once ("verify-only")
+Every op takes the :class:`~apply.runner.Host` first and returns an
+:class:`~apply.runner.OpResult`. In verify mode an op returns at once ("verify-only")
 without reading anything. Host-wide resources are serialized across xdist workers with
 ``Host.lock``: the package manager ("apt"), systemd's manager state ("systemd"); team
 steps use "firewall" for ruleset loads.

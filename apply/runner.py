@@ -1,6 +1,6 @@
 """The runner: one host, one reused SSH connection, three modes.
 
-Operations (``steps.ops``) read facts, compare them with the desired state and hand the
+Operations (``apply.ops``) read facts, compare them with the desired state and hand the
 runner the commands for what differs. The runner executes them (mode ``apply``), records
 what would run (mode ``check``), or is never asked (mode ``verify``: ops return before
 reading anything). "Changed" is derived here - at least one command ran or would run -
@@ -8,7 +8,7 @@ never set by an op.
 
 Every remote command is an Allure step titled with the command, its exit code, stdout and
 stderr attached; everything logged, attached or raised passes through the host's
-:class:`~steps.redact.Redactor`. ``allure`` without the pytest plugin is inert, so this
+:class:`~apply.redact.Redactor`. ``allure`` without the pytest plugin is inert, so this
 module stays pytest-free.
 """
 
@@ -68,7 +68,7 @@ class ApplyError(Exception):
 class ConnectionLost(ApplyError):
     """The connection dropped while an op's commands ran, so a command may have half-run.
     The host has reconnected; the step that issued the op is run again from its facts
-    (``steps.api.step``), never by repeating the command blindly."""
+    (``apply.api.step``), never by repeating the command blindly."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class OpResult:
 
 
 class Connection(Protocol):
-    """The part of ``fabric.Connection`` the runner uses; ``steps.testing.FakeConnection``
+    """The part of ``fabric.Connection`` the runner uses; ``apply.testing.FakeConnection``
     implements the same."""
 
     def run(self, command: str, **kwargs: Any) -> Any: ...
@@ -435,11 +435,11 @@ class Host:
         """Write a file atomically: a private temp file beside ``path``, owner and mode set,
         ``validate`` (a command with ``{path}``) run against it, then ``mv`` into place.
 
-        A primitive that always writes: idempotent callers use ``steps.ops.file``. Refused
+        A primitive that always writes: idempotent callers use ``apply.ops.file``. Refused
         outside apply mode, since --check and --verify-only promise to change nothing.
         """
         if self.mode != "apply":
-            raise ApplyError(f"[{self.name}] put {path} refused in {self.mode} mode (use steps.ops.file)")
+            raise ApplyError(f"[{self.name}] put {path} refused in {self.mode} mode (use apply.ops.file)")
         # Its mktemp and mv must not be repeated blindly after a drop, like an op's commands.
         self._op_depth += 1
         try:

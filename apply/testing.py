@@ -214,7 +214,7 @@ def fake_context(
     address: str = "192.0.2.10",
     artifacts: ArtifactStore | None = None,
 ) -> Context:
-    """A step context on ``host`` (see steps.api): the embedded default config unless
+    """A step context on ``host`` (see apply.api): the embedded default config unless
     ``settings`` is given, the named profile of it, and a documentation address."""
     if settings is None:
         from settings.loader import load_settings

@@ -66,7 +66,7 @@ def scan_ports(
     via: Any = None,
 ) -> ScanResult:
     """TCP connect scan of ``ports`` on ``address`` only, ``concurrency`` at a time, from the
-    controller, or with ``via`` (a ``steps.runner.Host``) from that host: what a machine that
+    controller, or with ``via`` (a ``apply.runner.Host``) from that host: what a machine that
     is not the controller can reach.
 
     Raises ValueError for an empty or oversized port list and TimeoutError when the whole

@@ -2,7 +2,7 @@
 
 :class:`VolumeChecks` works in one namespace per run with pods of the suite's own image
 (busybox, pushed to the suite's registry for this run): claims are created from the same
-rendered documents the step's tests validate (``steps.storage``), pods write and read a
+rendered documents the step's tests validate (``steps.echo2.storage``), pods write and read a
 nonce on them. When the run's checks are done the namespace goes, and every static PV that
 one of its claims had bound is put back the way the step left it: its directory emptied
 and its claimRef cleared, so it is Available again for the next run.

@@ -427,7 +427,7 @@ class FleetMembers:
         return [self.state.member(target) for target in self.fleet.with_role(str(role))]
 
     def context(self, member: Member, artifacts: ArtifactStore | None = None) -> Context:
-        """The step context for ``member`` (see steps.api)."""
+        """The step context for ``member`` (see apply.api)."""
         return Context(
             host=member.remote,
             settings=self.state.settings,
@@ -475,7 +475,7 @@ def target(primary: Member) -> Target:
 
 @pytest.fixture(scope="session")
 def remote(primary: Member) -> Host:
-    """steps.runner.Host on the primary host over one reused SSH connection per process."""
+    """apply.runner.Host on the primary host over one reused SSH connection per process."""
     return primary.remote
 
 

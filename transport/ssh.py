@@ -5,7 +5,7 @@ runner), testinfra (checks), plain paramiko (reachability, facts) and the outsid
 
 A dropped connection is reconnected here with bounded attempts and backoff, host key checked
 again (:func:`reconnect`); whether the interrupted command may simply run again is for the
-caller to decide (see ``steps.runner.Host``).
+caller to decide (see ``apply.runner.Host``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ in its own file under /etc/nftables.d and never flushes the whole ruleset, so fa
 the container runtime's and Kubernetes' tables survive a reload.
 
 A new ruleset is validated with ``nft -c -f`` before it is installed, loaded atomically,
-and kept only if a new SSH login works afterwards (``steps.guard``); otherwise the previous
+and kept only if a new SSH login works afterwards (``apply.guard``); otherwise the previous
 table is restored.
 """
 

@@ -11,7 +11,7 @@ with ``sshd -t`` together with exactly what sshd will read after the swap (the o
 it will be, the other drop-ins as they are), so a syntax error is never installed and a
 broken live file never blocks its own repair. The effective values are confirmed with
 ``sshd -T``, sshd reloads only on change, and a *new* key login is proven under a dead man's
-switch (``steps.guard``) that rolls both files back if it is not.
+switch (``apply.guard``) that rolls both files back if it is not.
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def main_config(host: Host) -> MainConfig:
         known = " and ".join(d.name for d in DISTRIBUTIONS.values())
         raise ApplyError(
             f"[{host.name}] {found}: the suite renders {SSHD_CONFIG} for {known} only; add this "
-            "distribution's openssh-server defaults to steps.sshd.DISTRIBUTIONS"
+            "distribution's openssh-server defaults to steps.alpha.sshd.DISTRIBUTIONS"
         )
     return MainConfig(distribution, host.fact(SSHSession()).port, host.fact(SftpServer()) or "internal-sftp")
 

@@ -1,6 +1,6 @@
 """Base: CPU virtualization and /dev/kvm, the hypervisor binaries (firecracker,
 cloud-hypervisor, flintlockd) and a test kernel + rootfs at pinned versions from checked
-artifacts (``steps.artifacts``)."""
+artifacts (``apply.artifacts``)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Where Kubernetes comes from is a :class:`Distribution`, chosen by ``delta.source``:
 
-- ``recipe``: 1.20.2 built by the suite (``steps.kubernetes_recipe``), the only route where
+- ``recipe``: 1.20.2 built by the suite (``recipes.kubernetes``), the only route where
   no upstream artifact is reachable. Binaries and image archives come from the recipe's cache
   entry, each checked against the sha256 recorded when it was built; images are imported
   into containerd's ``k8s.io`` namespace because no registry serves them.

@@ -38,7 +38,7 @@ NO_PROVISIONER = "kubernetes.io/no-provisioner"
 SNAPSHOT_API = "snapshot.storage.k8s.io/v1"
 SCHEMA_FILE = Path(__file__).parent / "schemas" / "snapshot.storage.k8s.io-v1.json"
 FSTAB = "/etc/fstab"
-# The manifests' names under steps.kubectl.MANIFEST_DIR.
+# The manifests' names under steps.delta.kubectl.MANIFEST_DIR.
 STORAGE_MANIFEST = "echo2-storage"
 SNAPSHOT_MANIFEST = "echo2-snapshot-classes"
 
