@@ -34,7 +34,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 def team_packages() -> list[str]:
-    """The packages of the plan's teams ("steps.alpha", ...), in plan order."""
+    """The packages of the plan's teams ("steps.<team>"), in plan order."""
     return [section.__module__.rpartition(".")[0] for section in team_settings_classes()]
 
 

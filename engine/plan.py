@@ -210,12 +210,12 @@ def plan_from_data(data: Mapping[str, object], directory: Path, source: Path | N
         prepare = raw.get("prepare")
         if prepare is not None and not (isinstance(prepare, str) and re.fullmatch(r"[\w.]+:\w+", prepare)):
             raise PlanError(
-                f"plan: team {name!r}: prepare must name a function like 'steps.delta.kubernetes:prepare'"
+                f"plan: team {name!r}: prepare must name a function like 'steps.<team>.<module>:prepare'"
             )
         settings = raw.get("settings")
         if settings is not None and not (isinstance(settings, str) and re.fullmatch(r"[\w.]+:\w+", settings)):
             raise PlanError(
-                f"plan: team {name!r}: settings must name a class like 'steps.alpha.settings:AlphaSettings'"
+                f"plan: team {name!r}: settings must name a class like 'steps.<team>.settings:<Team>Settings'"
             )
         teams.append(
             Team(
