@@ -92,9 +92,10 @@ def controller_address(host) -> str:
 
 @task("Firewall")
 def test_port_scan_shows_exactly_the_allowed_ports(
-    host, settings: Settings, target, controller_address
+    host, ctx: Context, settings: Settings, target, controller_address
 ) -> None:
-    allowed = firewall.allowed_ports(settings, settings.firewall.admin_sources, controller_address)
+    admins = settings.firewall.admin_sources
+    allowed = firewall.allowed_ports(settings, admins, controller_address, peers=ctx.peers)
     before = hardening.public_tcp_ports(probes.read_fact(host, hardening.Listeners()))
     plan = probes.scan_plan(rule.port for rule in settings.ports)
     scan = probes.scan_ports(target.address, plan, timeout=1.0, concurrency=128)
@@ -128,12 +129,12 @@ def admin_only_port(host, settings: Settings) -> Iterator[int]:
 
 @task("Firewall")
 def test_a_host_that_is_no_admin_reaches_only_world_ports(
-    host, probe, settings: Settings, target, admin_only_port: int
+    host, probe, ctx: Context, settings: Settings, target, admin_only_port: int
 ) -> None:
     # The same scan from the probe host, which is outside firewall.admin_sources: admin-only
     # ports (metrics, the registry, flintlock's API) must be as closed to it as to anyone.
     address = probes.read_fact(probe.host, firewall.SourceAddress(target.address))
-    allowed = firewall.allowed_ports(settings, settings.firewall.admin_sources, address)
+    allowed = firewall.allowed_ports(settings, settings.firewall.admin_sources, address, peers=ctx.peers)
     world = {rule.port for rule in settings.ports if "world" in rule.sources and rule.proto == "tcp"}
     assert allowed == world, f"{address} is inside firewall.admin_sources: this proves nothing"
     # The controller (an admin) reaches the admin-only port: it answers, so a miss is the firewall.

@@ -107,6 +107,24 @@ class ArtifactPin(Strict):
         return value.lower() if isinstance(value, str) else value
 
 
+ROLE_SOURCE = "role:"
+
+
+def parse_source(value: str) -> str:
+    """Who may reach a declared port or protocol: "world", "admin" (firewall.admin_sources),
+    "role:<role>" (the inventory's hosts holding that role, resolved when the firewall is
+    applied), or a CIDR."""
+    if value in ("world", "admin"):
+        return value
+    if value.startswith(ROLE_SOURCE):
+        role = value.removeprefix(ROLE_SOURCE)
+        if role not in {r.value for r in Role}:
+            known = ", ".join(ROLE_SOURCE + r.value for r in Role)
+            raise ValueError(f"{value!r} names no role (use one of: {known})")
+        return value
+    return parse_cidr(value)
+
+
 class PortRule(Strict):
     """One port a team opens. The firewall is derived from these declarations only."""
 
@@ -114,13 +132,36 @@ class PortRule(Strict):
     team: str
     port: int = Field(ge=1, le=65535)
     proto: Literal["tcp", "udp"] = "tcp"
-    # "world", "admin" (firewall.admin_sources) or CIDRs; [] is no one outside the host.
+    # "world", "admin", "role:<role>" or CIDRs (see parse_source); [] is no one outside the host.
     sources: list[str] = ["admin"]
 
     @field_validator("sources")
     @classmethod
     def _sources(cls, values: list[str]) -> list[str]:
-        return [v if v in ("world", "admin") else parse_cidr(v) for v in values]
+        return [parse_source(v) for v in values]
+
+
+class ProtocolRule(Strict):
+    """An IP protocol other than TCP and UDP that a team's hosts accept (VRRP between the
+    hosts holding a virtual address, say). The firewall is derived from these too."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    team: str
+    # A protocol name nftables knows (/etc/protocols): vrrp, esp, gre, ...
+    protocol: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
+    sources: list[str] = Field(min_length=1)
+
+    @field_validator("protocol")
+    @classmethod
+    def _not_a_port_protocol(cls, value: str) -> str:
+        if value in ("tcp", "udp"):
+            raise ValueError(f"{value} is declared by port in [[ports]]")
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, values: list[str]) -> list[str]:
+        return [parse_source(v) for v in values]
 
 
 class TeamSettings(Strict):

@@ -179,18 +179,17 @@ def _artifact_url(data: Mapping[str, Any], loc: tuple[int | str, ...]) -> str:
 
 
 def _check_teams(label: str, data: Mapping[str, Any], plan_file: Path) -> list[str]:
-    ports = data.get("ports")
-    if not isinstance(ports, list):
-        return []
     teams = plan_team_names(plan_file)
     problems = []
-    for index, rule in enumerate(ports):
-        team = rule.get("team") if isinstance(rule, Mapping) else None
-        if isinstance(team, str) and team not in teams:
-            problems.append(
-                f"{label}: ports[{index}].team: unknown team {team!r} (port {rule.get('name')!r}). "
-                f"Fix: use a team from {plan_file.name}: {', '.join(teams)}"
-            )
+    for key in ("ports", "protocols"):
+        rules = data.get(key)
+        for index, rule in enumerate(rules if isinstance(rules, list) else []):
+            team = rule.get("team") if isinstance(rule, Mapping) else None
+            if isinstance(team, str) and team not in teams:
+                problems.append(
+                    f"{label}: {key}[{index}].team: unknown team {team!r} ({rule.get('name')!r}). "
+                    f"Fix: use a team from {plan_file.name}: {', '.join(teams)}"
+                )
     return problems
 
 

@@ -23,6 +23,7 @@ from settings.base import (
     EffectiveProfile,
     PortRule,
     Profile,
+    ProtocolRule,
     Role,
     Strict,
     TeamSettings,
@@ -125,6 +126,8 @@ class RootSettings(Strict):
     artifacts: dict[str, ArtifactPin] = {}
     # Every port a team opens, with who may reach it; the firewall is derived from these.
     ports: list[PortRule] = []
+    # IP protocols other than TCP and UDP a team's hosts accept, with who may send them.
+    protocols: list[ProtocolRule] = []
     firewall: FirewallSettings = FirewallSettings()
     signals: SignalSettings = SignalSettings()
 
@@ -172,8 +175,9 @@ class RootSettings(Strict):
         if self.target.profile is not None and self.target.profile not in self.profiles:
             known = ", ".join(sorted(self.profiles))
             raise ValueError(f"target.profile {self.target.profile!r} is not defined; use one of: {known}")
-        if any("admin" in rule.sources for rule in self.ports) and not self.firewall.admin_sources:
-            admin = ", ".join(rule.name for rule in self.ports if "admin" in rule.sources)
+        declared = [*self.ports, *self.protocols]
+        if any("admin" in rule.sources for rule in declared) and not self.firewall.admin_sources:
+            admin = ", ".join(rule.name for rule in declared if "admin" in rule.sources)
             raise ValueError(
                 f"firewall.admin_sources is empty, but ports {admin} are admin-only: set it to the "
                 'operator\'s CIDRs, for example admin_sources = ["203.0.113.0/24"]'

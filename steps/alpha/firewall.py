@@ -1,8 +1,10 @@
-"""nftables firewall derived only from the declared ports (``settings.ports``).
+"""nftables firewall derived only from the declared ports and protocols (``settings.ports``,
+``settings.protocols``).
 
 Default deny incoming; established/related, loopback and the ICMP a host needs are
-allowed; each declared port is opened to its sources ("world", "admin" =
-``firewall.admin_sources``, or CIDRs). The suite owns one table (``inet hvsuite_filter``)
+allowed; each declared port or protocol is opened to its sources ("world", "admin" =
+``firewall.admin_sources``, "role:<role>" = the inventory's hosts holding the role, or
+CIDRs). The suite owns one table (``inet hvsuite_filter``)
 in its own file under /etc/nftables.d and never flushes the whole ruleset, so fail2ban's,
 the container runtime's and Kubernetes' tables survive a reload.
 
@@ -17,6 +19,7 @@ import hashlib
 import ipaddress
 import re
 import shlex
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +28,7 @@ from apply.api import Context, step
 from apply.facts import Fact, SSHSession
 from apply.guard import Guard, guarded_change
 from apply.runner import ApplyError, Command, Put
-from settings.base import PortRule
+from settings.base import ROLE_SOURCE, PortRule, ProtocolRule
 from settings.model import Settings
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -38,8 +41,11 @@ MAIN_CONFIG = "/etc/nftables.conf"
 _DIGEST = re.compile(r'comment "hvsuite ([0-9a-f]{16})"')
 
 
-def rule_sources(rule: PortRule, admins: list[str]) -> list[str] | None:
-    """The CIDRs a port is open to; None means everyone ("world")."""
+Peers = Mapping[str, Sequence[str]]
+
+
+def rule_sources(rule: PortRule | ProtocolRule, admins: list[str], peers: Peers) -> list[str] | None:
+    """The CIDRs a declared port or protocol is open to; None means everyone ("world")."""
     if "world" in rule.sources:
         return None
     cidrs: list[str] = []
@@ -47,45 +53,62 @@ def rule_sources(rule: PortRule, admins: list[str]) -> list[str] | None:
         if source == "admin":
             if not admins:
                 raise ApplyError(
-                    f"port {rule.name!r} ({rule.team}, {rule.port}/{rule.proto}) is open to 'admin' but "
-                    "firewall.admin_sources is empty: set it to the operator's CIDRs "
-                    '(for example admin_sources = ["203.0.113.0/24"])'
+                    f"{rule.name!r} ({rule.team}) is open to 'admin' but firewall.admin_sources is "
+                    'empty: set it to the operator\'s CIDRs (for example admin_sources = ["203.0.113.0/24"])'
                 )
             cidrs.extend(admins)
+        elif source.startswith(ROLE_SOURCE):
+            # The inventory's hosts holding the role (none: the rule admits nobody yet).
+            cidrs.extend(
+                str(ipaddress.ip_network(a)) for a in peers.get(source.removeprefix(ROLE_SOURCE), ())
+            )
         else:
             cidrs.append(source)
     return sorted(set(cidrs), key=lambda c: (ipaddress.ip_network(c).version, c))
 
 
-def port_rules(settings: Settings, admins: list[str]) -> list[str]:
-    """One nft rule line per declared port and address family."""
-    lines: list[str] = []
-    for rule in sorted(settings.ports, key=lambda r: (r.port, r.proto, r.name)):
-        note = f'comment "{rule.name} ({rule.team})"'
-        sources = rule_sources(rule, admins)
-        if sources is None:
-            lines.append(f"{rule.proto} dport {rule.port} accept {note}")
-            continue
-        v4 = [c for c in sources if ipaddress.ip_network(c).version == 4]
-        v6 = [c for c in sources if ipaddress.ip_network(c).version == 6]
-        if v4:
-            lines.append(f"ip saddr {{ {', '.join(v4)} }} {rule.proto} dport {rule.port} accept {note}")
-        if v6:
-            lines.append(f"ip6 saddr {{ {', '.join(v6)} }} {rule.proto} dport {rule.port} accept {note}")
+def _accept(match: str, sources: list[str] | None, note: str) -> list[str]:
+    """``match`` accepted from ``sources``: one nft rule line per address family."""
+    if sources is None:
+        return [f"{match} accept {note}"]
+    lines = []
+    for family, version in (("ip", 4), ("ip6", 6)):
+        cidrs = [c for c in sources if ipaddress.ip_network(c).version == version]
+        if cidrs:
+            lines.append(f"{family} saddr {{ {', '.join(cidrs)} }} {match} accept {note}")
     return lines
 
 
-def render(settings: Settings, admins: list[str]) -> str:
+def port_rules(settings: Settings, admins: list[str], peers: Peers | None = None) -> list[str]:
+    """One nft rule line per declared port and address family."""
+    lines: list[str] = []
+    for rule in sorted(settings.ports, key=lambda r: (r.port, r.proto, r.name)):
+        sources = rule_sources(rule, admins, peers or {})
+        lines += _accept(f"{rule.proto} dport {rule.port}", sources, f'comment "{rule.name} ({rule.team})"')
+    return lines
+
+
+def protocol_rules(settings: Settings, admins: list[str], peers: Peers | None = None) -> list[str]:
+    """One nft rule line per declared protocol and address family."""
+    lines: list[str] = []
+    for rule in sorted(settings.protocols, key=lambda r: (r.protocol, r.name)):
+        sources = rule_sources(rule, admins, peers or {})
+        lines += _accept(f"meta l4proto {rule.protocol}", sources, f'comment "{rule.name} ({rule.team})"')
+    return lines
+
+
+def render(settings: Settings, admins: list[str], peers: Peers | None = None) -> str:
     """The rules file; its table carries a digest of its own rules so the live table can be
     compared with the file without parsing nft's listing."""
-    rules = port_rules(settings, admins)
-    body = ops.render(
-        TEMPLATES / "nftables-hvsuite.nft.j2", {"table": TABLE, "rules": rules, "digest_comment": "hvsuite"}
-    )
+    context = {
+        "table": TABLE,
+        "rules": port_rules(settings, admins, peers),
+        "protocol_rules": protocol_rules(settings, admins, peers),
+    }
+    body = ops.render(TEMPLATES / "nftables-hvsuite.nft.j2", {**context, "digest_comment": "hvsuite"})
     digest = hashlib.sha256(body.encode()).hexdigest()[:16]
     return ops.render(
-        TEMPLATES / "nftables-hvsuite.nft.j2",
-        {"table": TABLE, "rules": rules, "digest_comment": f"hvsuite {digest}"},
+        TEMPLATES / "nftables-hvsuite.nft.j2", {**context, "digest_comment": f"hvsuite {digest}"}
     )
 
 
@@ -98,17 +121,18 @@ def digest_of(text: str) -> str | None:
     return match.group(1) if match else None
 
 
-def allowed_ports(settings: Settings, admins: list[str], address: str, proto: str = "tcp") -> set[int]:
+def allowed_ports(
+    settings: Settings, admins: list[str], address: str, proto: str = "tcp", peers: Peers | None = None
+) -> set[int]:
     """Ports of ``proto`` the firewall lets ``address`` reach."""
     ip = ipaddress.ip_address(address)
     allowed = set()
     for rule in settings.ports:
         if rule.proto != proto:
             continue
-        for source in rule.sources:
-            cidrs = admins if source == "admin" else [source]
-            if source == "world" or any(ip in ipaddress.ip_network(cidr) for cidr in cidrs):
-                allowed.add(rule.port)
+        sources = rule_sources(rule, admins, peers or {}) if admins or "admin" not in rule.sources else []
+        if sources is None or any(ip in ipaddress.ip_network(cidr) for cidr in sources):
+            allowed.add(rule.port)
     return allowed
 
 
@@ -147,7 +171,7 @@ def apply(ctx: Context) -> None:
     """Install nftables, load the derived ruleset under a lock-out guard, enable at boot."""
     host, settings = ctx.host, ctx.settings
     admins = list(settings.firewall.admin_sources)
-    rules_text = render(settings, admins)
+    rules_text = render(settings, admins, ctx.peers)
     ops.packages(host, ["nftables"])
     op = f"firewall {RULES_FILE}"
     if host.mode == "verify":
@@ -156,7 +180,7 @@ def apply(ctx: Context) -> None:
     session = host.fact(SSHSession())
     # The port this very session came in on: the one a new login must still reach.
     controller, ssh_port = session.client, session.port
-    if ssh_port not in allowed_ports(settings, admins, controller):
+    if ssh_port not in allowed_ports(settings, admins, controller, peers=ctx.peers):
         raise ApplyError(
             f"[{host.name}] the declared ports would not let the controller ({controller}) reach SSH port "
             f"{ssh_port}: declare it in [[ports]] open to 'world', 'admin' or a CIDR holding {controller}"

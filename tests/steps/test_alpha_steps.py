@@ -21,7 +21,7 @@ from apply.poll import eventually
 from apply.runner import ApplyError, ConnectionLost, Host, Mode
 from apply.testing import FakeConnection, fake_context, fake_host
 from checks import probes
-from settings.base import PortRule
+from settings.base import PortRule, ProtocolRule
 from settings.loader import load_settings
 from settings.model import Settings
 from steps.alpha import fail2ban, firewall, hardening, sshd, tls
@@ -81,6 +81,62 @@ def test_rendered_ruleset_passes_nft_check(tmp_path: Path) -> None:
     path.write_text(firewall.render(_settings(), ["10.231.0.0/24", "2001:db8::/32"]))
     result = subprocess.run(["nft", "-c", "-f", str(path)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def _with_vrrp() -> Settings:
+    # What a later team declares: etcd's peer port and VRRP between the control-plane hosts.
+    return _settings(
+        ports=[
+            *_settings().ports,
+            PortRule(name="etcd-peer", team="Delta", port=2380, sources=["role:control-plane"]),
+        ],
+        protocols=[ProtocolRule(name="vrrp", team="Delta", protocol="vrrp", sources=["role:control-plane"])],
+    )
+
+
+def test_role_sources_are_the_addresses_of_the_hosts_holding_the_role() -> None:
+    peers = {"control-plane": ("10.231.0.11", "10.231.0.12"), "primary": ("10.231.0.2",)}
+    settings = _with_vrrp()
+    assert (
+        'ip saddr { 10.231.0.11/32, 10.231.0.12/32 } tcp dport 2380 accept comment "etcd-peer (Delta)"'
+        in (firewall.port_rules(settings, ["10.231.0.0/24"], peers))
+    )
+    assert firewall.protocol_rules(settings, [], peers) == [
+        'ip saddr { 10.231.0.11/32, 10.231.0.12/32 } meta l4proto vrrp accept comment "vrrp (Delta)"'
+    ]
+    assert 2380 in firewall.allowed_ports(settings, ["10.231.0.0/24"], "10.231.0.12", peers=peers)
+    assert 2380 not in firewall.allowed_ports(settings, ["10.231.0.0/24"], "10.231.0.2", peers=peers)
+    # No host holds the role yet: the rule admits nobody.
+    assert firewall.protocol_rules(settings, [], {}) == []
+
+
+@pytest.mark.parametrize(
+    ("rule", "problem"),
+    [
+        ({"sources": ["role:nobody"]}, "names no role"),
+        ({"protocol": "tcp"}, "declared by port"),
+        ({"sources": []}, "at least 1"),
+    ],
+)
+def test_a_declared_protocol_is_checked_when_the_config_loads(rule: dict, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        ProtocolRule(**{"name": "vrrp", "team": "Delta", "protocol": "vrrp", "sources": ["admin"], **rule})
+
+
+def test_no_declared_protocol_leaves_the_ruleset_as_it_was() -> None:
+    text = firewall.render(_settings(), ["10.231.0.0/24"])
+    assert "Declared protocols" not in text
+    assert not re.search(r"l4proto \w+ accept", text)
+
+
+@pytest.mark.skipif(not Path("/usr/sbin/nft").exists(), reason="nft is not installed on this controller")
+def test_a_ruleset_with_protocols_and_role_sources_passes_nft_check(tmp_path: Path) -> None:
+    path = tmp_path / "rules.nft"
+    peers = {"control-plane": ("10.231.0.11", "2001:db8::11")}
+    path.write_text(firewall.render(_with_vrrp(), ["10.231.0.0/24"], peers))
+    result = subprocess.run(["nft", "-c", "-f", str(path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "ip6 saddr { 2001:db8::11/128 } meta l4proto vrrp accept" in path.read_text()
 
 
 def _converged_firewall(rules_mode: str = "644") -> tuple[list, FakeConnection]:
