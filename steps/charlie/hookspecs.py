@@ -15,3 +15,14 @@ def prometheus_scrape_jobs(ctx: Context) -> list[dict[str, Any]]:
     appears once its target and credentials exist, and Charlie's own runs render the same
     config as the contributing team's. A team that changes what its job reads calls
     `steps.charlie.prometheus.reconfigure`."""
+
+
+@hookspec
+def prometheus_rule_files(ctx: Context) -> list[str]:
+    """Paths of rule files on ``ctx.host`` (recording and alerting rules) Prometheus loads;
+    the contributing team installs them (promtool checks the config that names them)."""
+
+
+@hookspec
+def prometheus_alertmanagers(ctx: Context) -> list[dict[str, Any]]:
+    """Entries of ``alerting.alertmanagers``: where Prometheus sends its alerts."""

@@ -12,6 +12,7 @@ reloads Prometheus, a flag change restarts it.
 from __future__ import annotations
 
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +41,40 @@ def dropin_path(unit: str) -> str:
     return f"/etc/systemd/system/{unit}.service.d/hvsuite.conf"
 
 
+@dataclass(frozen=True)
+class Contributions:
+    """What later teams add to the config (`steps.charlie.hookspecs`)."""
+
+    scrape_jobs: tuple[dict[str, Any], ...] = ()
+    rule_files: tuple[str, ...] = ()
+    alertmanagers: tuple[dict[str, Any], ...] = ()
+
+    @classmethod
+    def collect(cls, ctx: Context) -> Contributions:
+        def flat(results: list[list[Any]]) -> tuple[Any, ...]:
+            return tuple(item for result in results for item in result)
+
+        return cls(
+            scrape_jobs=flat(hooks().prometheus_scrape_jobs(ctx=ctx)),
+            rule_files=flat(hooks().prometheus_rule_files(ctx=ctx)),
+            alertmanagers=flat(hooks().prometheus_alertmanagers(ctx=ctx)),
+        )
+
+
+def _yaml(items: list[Any]) -> str:
+    """``items`` as a YAML list indented under a top-level key ("" for none)."""
+    return textwrap.indent(yaml.safe_dump(items, sort_keys=False), "  ") if items else ""
+
+
 def render_config(
     charlie: CharlieSettings,
     *,
     prometheus_port: int,
     node_exporter_port: int,
     hostname: str,
-    extra_jobs: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    contributed: Contributions | None = None,
 ) -> str:
-    jobs = sorted(extra_jobs, key=lambda job: job["job_name"])
+    contributed = contributed or Contributions()
     return ops.render(
         TEMPLATES / "prometheus.yml.j2",
         {
@@ -58,17 +84,18 @@ def render_config(
             "prometheus_port": prometheus_port,
             "node_exporter_port": node_exporter_port,
             "hostname": hostname,
-            "extra_jobs": textwrap.indent(yaml.safe_dump(jobs, sort_keys=False), "  ") if jobs else "",
+            "extra_jobs": _yaml(sorted(contributed.scrape_jobs, key=lambda job: job["job_name"])),
+            "rule_files": _yaml(sorted(contributed.rule_files)),
+            "alertmanagers": _yaml(list(contributed.alertmanagers)),
         },
     )
 
 
 def scrape_config(ctx: Context) -> OpResult:
-    """The scrape config from the settings, the host's hostname and the jobs later teams
-    contribute (`steps.charlie.hookspecs`), checked by promtool."""
+    """The config from the settings, the host's hostname and what later teams contribute
+    (scrape jobs, rule files, Alertmanagers), checked by promtool."""
     host, settings = ctx.host, ctx.settings
     hostname = host.run("hostname").stdout.strip()
-    contributed = [job for jobs in hooks().prometheus_scrape_jobs(ctx=ctx) for job in jobs]
     return ops.file(
         host,
         CONFIG_PATH,
@@ -77,14 +104,14 @@ def scrape_config(ctx: Context) -> OpResult:
             prometheus_port=settings.port("Charlie", "prometheus"),
             node_exporter_port=settings.port("Charlie", "node-exporter"),
             hostname=hostname,
-            extra_jobs=contributed,
+            contributed=Contributions.collect(ctx),
         ),
         validate=VALIDATE,
     )
 
 
 def reconfigure(ctx: Context) -> None:
-    """Re-render the scrape config after a contributing team changed what its job reads, and
+    """Re-render the config after a contributing team changed what its contribution reads, and
     reload Prometheus if the config changed (a no-op where Prometheus is not installed)."""
     if ctx.host.fact(ServiceState(PROMETHEUS)).exists:
         config = scrape_config(ctx)

@@ -8,8 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from apply import ops
+from apply.extensions import hookimpl, plugin_manager
 from apply.facts import AptListsAge, DebPackages, FileInfo, ServiceState
 from apply.runner import Host
 from apply.testing import FakeConnection, fake_context, fake_host
@@ -222,3 +224,35 @@ def test_grafana_admin_password_is_generated_again_when_missing_or_not_a_generat
     assert path.read_bytes() != content
     if content is None:
         assert path.stat().st_mode & 0o777 == 0o600, "a new password file is created private"
+
+
+class _RulesAndAlerts:
+    """A later team's contributions, as a hooks module would make them."""
+
+    @hookimpl
+    def prometheus_rule_files(self, ctx: object) -> list[str]:
+        return ["/etc/prometheus/rules/hvsuite-alerts.yml"]
+
+    @hookimpl
+    def prometheus_alertmanagers(self, ctx: object) -> list[dict]:
+        return [{"static_configs": [{"targets": ["127.0.0.1:9093"]}]}]
+
+
+def test_later_teams_add_rule_files_and_alertmanagers_without_editing_charlie() -> None:
+    settings = load_settings()
+    ports = {"prometheus_port": 9095, "node_exporter_port": 9100, "hostname": "hv"}
+    plain = prometheus.render_config(settings.charlie, **ports)
+    assert "rule_files" not in plain and "alerting" not in plain
+    conn = FakeConnection()
+    conn.set_fact(FileInfo("/etc/prometheus/kubernetes/token"), "")
+    ctx = fake_context(fake_host(conn), settings)
+    contribution = _RulesAndAlerts()
+    plugin_manager().register(contribution)
+    try:
+        contributed = prometheus.Contributions.collect(ctx)
+    finally:
+        plugin_manager().unregister(contribution)
+    config = yaml.safe_load(prometheus.render_config(settings.charlie, contributed=contributed, **ports))
+    assert config["rule_files"] == ["/etc/prometheus/rules/hvsuite-alerts.yml"]
+    assert config["alerting"] == {"alertmanagers": [{"static_configs": [{"targets": ["127.0.0.1:9093"]}]}]}
+    assert [job["job_name"] for job in config["scrape_configs"]] == ["prometheus", "node"]

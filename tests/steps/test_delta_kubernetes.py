@@ -118,7 +118,7 @@ def test_prometheus_scrapes_the_api_server_once_delta_gave_it_credentials() -> N
         prometheus_port=9095,
         node_exporter_port=9100,
         hostname="hv",
-        extra_jobs=api_metrics.contributed_jobs(ctx),
+        contributed=prometheus.Contributions.collect(ctx),
     )
     job = next(j for j in yaml.safe_load(text)["scrape_configs"] if j["job_name"] == "kubernetes-apiserver")
     assert job["scheme"] == "https"
