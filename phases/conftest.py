@@ -3,10 +3,13 @@ come from the targets plugin: targets/plugin.py)."""
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Iterator
+
 import pytest
 
 from apply.api import Context
-from checks.kube import Cluster
+from checks.kube import CheckNamespace, Cluster
 from settings.model import Settings
 from steps.alpha import tls
 from steps.delta import control_plane
@@ -16,6 +19,16 @@ from steps.delta import control_plane
 def certs(settings: Settings) -> tls.Paths:
     """Where Alpha's certificates and keys are on the primary host."""
     return tls.Paths(settings.alpha.tls.cert_dir)
+
+
+@pytest.fixture(scope="module")
+def check_namespace(cluster: Cluster, settings: Settings, target) -> Iterator[CheckNamespace]:
+    """A namespace for one team's traffic checks, with pods from an image built and pushed for
+    this run (its marker carries a fresh nonce); deleted at the end of the module."""
+    with CheckNamespace.create(
+        cluster, settings, registry_host=target.address, nonce=secrets.token_hex(8)
+    ) as namespace:
+        yield namespace
 
 
 @pytest.fixture(scope="module")

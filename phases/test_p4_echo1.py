@@ -12,8 +12,6 @@ answering the controller with this run's marker.
 from __future__ import annotations
 
 import json
-import secrets
-from collections.abc import Iterator
 
 import allure
 import pytest
@@ -40,16 +38,8 @@ def applied(ctx: Context) -> Applied:
 
 
 @pytest.fixture(scope="module")
-def checks(cluster: Cluster, settings: Settings, target) -> Iterator[CheckNamespace]:
-    with CheckNamespace.create(
-        cluster, settings, registry_host=target.address, nonce=secrets.token_hex(8)
-    ) as ns:
-        yield ns
-
-
-@pytest.fixture(scope="module")
-def web(checks: CheckNamespace):
-    return checks.serve_marker("web", labels={"app": "web"})
+def web(check_namespace: CheckNamespace):
+    return check_namespace.serve_marker("web", labels={"app": "web"})
 
 
 @pytest.mark.task("CNI plugin setup")
@@ -65,51 +55,55 @@ def test_the_pod_network_is_echo1s_chain_on_the_nodes_pod_cidr(
 
 
 @pytest.mark.task("CNI plugin setup")
-def test_pod_to_pod(checks: CheckNamespace, web) -> None:
-    assert checks.fetch("to-pod", web.status.pod_ip) == checks.marker
+def test_pod_to_pod(check_namespace: CheckNamespace, web) -> None:
+    assert check_namespace.fetch("to-pod", web.status.pod_ip) == check_namespace.marker
 
 
 @pytest.mark.task("CNI plugin setup")
-def test_pod_to_service(checks: CheckNamespace, web, host) -> None:
-    service = checks.service("web", {"app": "web"}, port=80)
+def test_pod_to_service(check_namespace: CheckNamespace, web, host) -> None:
+    service = check_namespace.service("web", {"app": "web"}, port=80)
     assert probes.service_programmed(host, service.spec.cluster_ip), (
         "kube-proxy has not programmed the Service"
     )
-    assert checks.fetch("to-service", service.spec.cluster_ip, 80) == checks.marker
+    assert check_namespace.fetch("to-service", service.spec.cluster_ip, 80) == check_namespace.marker
 
 
 @pytest.mark.task("CNI plugin setup")
-def test_pod_to_a_host_outside_the_cluster(checks: CheckNamespace, probe) -> None:
-    directory = f"/run/hvsuite-check-{checks.name}"
-    probe.host.run_expect([0], f"mkdir -p {directory} && printf %s {checks.marker!r} > {directory}/marker")
+def test_pod_to_a_host_outside_the_cluster(check_namespace: CheckNamespace, probe) -> None:
+    directory = f"/run/hvsuite-check-{check_namespace.name}"
+    probe.host.run_expect(
+        [0], f"mkdir -p {directory} && printf %s {check_namespace.marker!r} > {directory}/marker"
+    )
     try:
         with probes.temporary_listener(
             probe.host, 8089, unit="hvsuite-pod-egress-check", directory=directory
         ):
-            assert checks.fetch("to-probe", probe.target.address, 8089) == checks.marker
+            assert check_namespace.fetch("to-probe", probe.target.address, 8089) == check_namespace.marker
     finally:
         probe.host.run(f"rm -rf {directory}")
 
 
 @pytest.mark.task("CNI plugin setup")
 def test_a_host_port_answers_the_controller_and_not_the_probe(
-    checks: CheckNamespace, settings: Settings, target, probe
+    check_namespace: CheckNamespace, settings: Settings, target, probe
 ) -> None:
     port = settings.port("Echo-1", "hostport-check")
-    checks.serve_marker("host-port", host_port=port)
+    check_namespace.serve_marker("host-port", host_port=port)
     url = f"http://{target.address}:{port}/marker"
     answer = eventually(lambda: _get(url), lambda text: text is not None, timeout=30)
-    assert answer == checks.marker
+    assert answer == check_namespace.marker
     # Declared admin-only: the firewall holds it although the connection is forwarded to a pod.
     assert probes.scan_ports(target.address, [port], timeout=2.0, via=probe.remote).open == set()
 
 
 @pytest.mark.task("CNI plugin setup")
-def test_a_bandwidth_annotation_caps_a_transfer(checks: CheckNamespace, settings: Settings, host) -> None:
+def test_a_bandwidth_annotation_caps_a_transfer(
+    check_namespace: CheckNamespace, settings: Settings, host
+) -> None:
     cap = settings.echo1.check_bandwidth
     declared = int(cap[:-1]) * {"K": 1e3, "M": 1e6, "G": 1e9}[cap[-1]]
-    capped = checks.sink("capped", 9000, annotations={"kubernetes.io/ingress-bandwidth": cap})
-    uncapped = checks.sink("uncapped", 9000)
+    capped = check_namespace.sink("capped", 9000, annotations={"kubernetes.io/ingress-bandwidth": cap})
+    uncapped = check_namespace.sink("uncapped", 9000)
     # The token bucket on the pod's veth starts full (kubelet asks for the largest burst):
     # what the veth delivers is measured once that much has passed.
     bucket = pod_network.token_bucket(probes.read_fact(host, pod_network.TokenBuckets()), declared)
@@ -143,7 +137,7 @@ def test_default_deny_and_allows_are_in_the_api(cluster: Cluster, settings: Sett
 @pytest.mark.task("Network policies")
 @pytest.mark.requires("netpol-enforcement")
 def test_a_denied_connection_times_out_and_an_allowed_one_answers(
-    checks: CheckNamespace, settings: Settings
+    check_namespace: CheckNamespace, settings: Settings
 ) -> None:
     allowed = next(
         rule
@@ -151,25 +145,27 @@ def test_a_denied_connection_times_out_and_an_allowed_one_answers(
         if rule.direction == "ingress" and rule.pods and {"world", "cluster"} & set(rule.peers)
     )
     namespace = allowed.namespace
-    open_pod = checks.serve_marker("allowed", namespace=namespace, labels=dict(allowed.pods))
-    closed_pod = checks.serve_marker("denied", namespace=namespace, labels={"hvsuite.io/check": "denied"})
+    open_pod = check_namespace.serve_marker("allowed", namespace=namespace, labels=dict(allowed.pods))
+    closed_pod = check_namespace.serve_marker(
+        "denied", namespace=namespace, labels={"hvsuite.io/check": "denied"}
+    )
     try:
-        assert checks.fetch("to-allowed", open_pod.status.pod_ip) == checks.marker
-        assert checks.fetch("to-denied", closed_pod.status.pod_ip) is None
+        assert check_namespace.fetch("to-allowed", open_pod.status.pod_ip) == check_namespace.marker
+        assert check_namespace.fetch("to-denied", closed_pod.status.pod_ip) is None
     finally:
         for pod in ("allowed", "denied"):
-            checks.cluster.core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
+            check_namespace.cluster.core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
 
 
 @pytest.mark.task("Load balancer")
 def test_a_load_balancer_service_answers_on_a_pool_address(
-    checks: CheckNamespace, settings: Settings, web, probe, host
+    check_namespace: CheckNamespace, settings: Settings, web, probe, host
 ) -> None:
     balancer = settings.echo1.load_balancer
     port = settings.port("Echo-1", balancer.ports[0])
-    checks.service("web-public", {"app": "web"}, port=port, kind="LoadBalancer")
+    check_namespace.service("web-public", {"app": "web"}, port=port, kind="LoadBalancer")
     service = eventually(
-        lambda: checks.cluster.core.read_namespaced_service("web-public", checks.name),
+        lambda: check_namespace.cluster.core.read_namespaced_service("web-public", check_namespace.name),
         lambda svc: bool(svc.status.load_balancer.ingress),
         timeout=60,
     )
@@ -179,7 +175,7 @@ def test_a_load_balancer_service_answers_on_a_pool_address(
     answer = eventually(
         lambda: _get(f"http://{address}:{port}/marker"), lambda text: text is not None, timeout=30
     )
-    assert answer == checks.marker
+    assert answer == check_namespace.marker
     # Declared admin-only: the probe host gets nothing from it.
     assert probes.scan_ports(address, [port], timeout=2.0, via=probe.remote).open == set()
     # Its NodePort is held on loopback only: no listener the firewall's declarations do not name.
