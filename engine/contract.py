@@ -16,7 +16,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 
 import pytest
 
-# The runner's modes (steps/ stays free of pytest, so the literal lives there).
+# The runner's modes (apply/ stays free of pytest, so the literal lives there).
 from apply.runner import MODES, Mode
 
 F = TypeVar("F", bound=Callable[..., Any])

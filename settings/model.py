@@ -19,6 +19,7 @@ from pydantic import Field, create_model, field_validator, model_validator
 
 from settings.base import (
     CIDR,
+    ROLE_SOURCE,
     ArtifactPin,
     EffectiveProfile,
     PortRule,
@@ -186,6 +187,15 @@ class RootSettings(Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def source_roles(self) -> set[str]:
+        """The roles the declared ports and protocols name as sources ("role:<role>")."""
+        return {
+            source.removeprefix(ROLE_SOURCE)
+            for rule in [*self.ports, *self.protocols]
+            for source in rule.sources
+            if source.startswith(ROLE_SOURCE)
+        }
 
     def team_sections(self) -> list[TeamSettings]:
         """The teams' own sections of this config, in plan order."""

@@ -1,3 +1,4 @@
-"""Apply logic, pytest-free: facts (read-only queries), ops (idempotent changes), the runner
-(one host, one SSH connection, apply/check/verify modes), artifacts and redaction. Team
-modules here compose them; the phases/ test modules call the teams' apply functions."""
+"""The teams' own places: one package per team of the plan (``steps/<team>/``) holding its
+config section (``settings.py``), its component steps, its templates, and the extension
+points it offers later teams (``hookspecs.py``) or contributes to (``hooks.py``). Steps are
+pytest-free, built on `apply`; the phases/ modules apply them and prove the outcome."""

@@ -244,7 +244,9 @@ def _resolve_for_teams(config: pytest.Config, state: TargetsState) -> None:
     problems = missing_roles(state.planned, team_roles, state.source)
     if problems:
         raise TargetError("the inventory lacks hosts this run needs:\n  " + "\n  ".join(problems))
-    roles = {role for roles in team_roles.values() for role in roles}
+    # The roles the firewall's declarations name as sources too: their holders' addresses are
+    # in every run's ruleset, whichever teams it selects.
+    roles = {role for roles in team_roles.values() for role in roles} | state.settings.source_roles()
     if state.mode != "verify":
         _start_preparations(config, state)
     _resolve(config, state, roles)

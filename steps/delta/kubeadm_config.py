@@ -1,7 +1,7 @@
 """Team Delta: kubeadm's configuration file for a single-node control plane, in the kubeadm
 config API of the Kubernetes version in use. Pure functions: no I/O, no host.
 
-Two routes use it (docs/kubernetes.md):
+Two routes use it (docs/teams/delta.md):
 - recipe: Kubernetes 1.20.2 built from Debian bookworm's source, API ``kubeadm.k8s.io/v1beta2``,
   images from a local repository, Debian's etcd-server as external etcd over TLS;
 - release: a pinned upstream release (>= 1.31), API ``kubeadm.k8s.io/v1beta4``, stacked etcd.
@@ -12,7 +12,7 @@ The file has four documents: InitConfiguration, ClusterConfiguration, KubeletCon
 
 What differs between the kubeadm API versions this module renders, from the Go types
 (kubernetes/kubernetes ``cmd/kubeadm/app/apis/kubeadm/<version>/types.go``; v1beta2 as of
-v1.20.2, v1beta4 as of a release >= 1.31; sources in docs/kubernetes.md):
+v1.20.2, v1beta4 as of a release >= 1.31; sources in docs/teams/delta.md):
 
     field                              v1beta2 (1.15-1.21)           v1beta4 (>= 1.31)
     *.extraArgs, kubeletExtraArgs      map flag -> value             list of {name, value}

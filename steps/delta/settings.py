@@ -11,7 +11,7 @@ from settings.base import CIDR, EffectiveProfile, Strict, TeamSettings, Waiver
 
 class KubernetesRelease(Strict):
     """An upstream Kubernetes release: binaries from dl.k8s.io, images from registry.k8s.io.
-    The sha256 pins are the official ones (see docs/kubernetes.md for where each came from)."""
+    The sha256 pins are the official ones (see docs/teams/delta.md for where each came from)."""
 
     version: str = Field(pattern=r"^\d+\.\d+\.\d+$")
     # Keys into [artifacts] for the binaries installed on every node.
@@ -37,7 +37,7 @@ class DeltaSettings(TeamSettings):
     # release below. "auto": recipe where the profile waives upstream-artifacts.
     source: Literal["auto", "recipe", "release"] = "auto"
     # The current release the suite pins (binaries' sha256 in [artifacts], see
-    # settings/hetzner.example.toml and docs/kubernetes.md).
+    # settings/hetzner.example.toml and docs/teams/delta.md).
     release: KubernetesRelease = KubernetesRelease(version="1.35.1")
     # "external": Debian's etcd-server on the host, TLS between it and the API server;
     # "stacked": kubeadm's static etcd pod. "auto": external with the recipe (no etcd image

@@ -249,3 +249,27 @@ def test_check_mode_reports_would_change_ops_by_host_with_redacted_diffs(pyteste
     ((op, diff),) = setup[2]
     assert op == "[hv1] => file /etc/demo.conf"
     assert "+token ***" in diff and "s3cret" not in diff
+
+
+def test_a_run_reaches_the_roles_the_firewall_names_whatever_teams_it_selects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import engine
+    from engine.plan import Team
+    from settings.loader import load_settings
+
+    settings = load_settings(
+        overrides={
+            "protocols": [{"name": "vrrp", "team": "Alpha", "protocol": "vrrp", "sources": ["role:probe"]}]
+        }
+    )
+    assert settings.source_roles() == {"probe"}
+    alpha_only = Team("Alpha", 1, (), (0, 0), "test_p1_alpha.py", roles=("primary",))
+    monkeypatch.setattr(engine, "teams_to_run", lambda config: [alpha_only])
+    reached: list[set[str]] = []
+    monkeypatch.setattr(plugin, "_resolve", lambda config, state, roles: reached.append(set(roles)))
+    state = SimpleNamespace(
+        settings=settings, planned=plugin.plan_hosts(settings, None), source="scratch.toml", mode="verify"
+    )
+    plugin._resolve_for_teams(None, state)  # type: ignore[arg-type]
+    assert reached == [{"primary", "probe"}]
