@@ -1,14 +1,13 @@
-"""flintlockd as a systemd service serving gRPC with TLS, and a firecracker boot test.
+"""Team Base: flintlockd as a systemd service serving gRPC with TLS, and a firecracker boot test.
 
 Plan order, because flintlockd needs containerd (its socket and the devmapper snapshotter):
 Base (phase 0) installs the binaries, the bridge and the unit, and neither enables nor starts
-flintlockd; Alpha (phase 1) issues the certificates and proves, from the unit as systemd loaded
-it, that flintlockd would serve them and never ``--insecure``; Bravo (phase 2), once containerd
-(and, where the kernel has device-mapper, its thin pool and snapshotter) is up, enables and
-starts flintlockd (restarting it when the certificate on disk is newer than the running
-process, its unit changed or containerd changed) and waits for its gRPC port. The unit has
-``ConditionPathExists`` on the certificate and key, so it never starts without TLS. Base and
-Bravo render the same unit from settings, so they never undo each other.
+flintlockd. The unit serves the TLS files the team issuing certificates contributes
+(`steps.base.hookspecs`: Alpha, which also proves from the unit as systemd loaded it that
+flintlockd would serve them and never ``--insecure``). Bravo enables and starts flintlockd
+once containerd is up (`steps.bravo.flintlock_runtime`). The unit has ``ConditionPathExists``
+on the certificate and key, so it never starts without TLS. Base and Bravo render the same
+unit from settings, so they never undo each other.
 """
 
 from __future__ import annotations

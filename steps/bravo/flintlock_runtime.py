@@ -17,8 +17,7 @@ from apply.api import Context, step
 from apply.facts import CommandSucceeds
 from apply.runner import ApplyError
 from settings.model import Settings
-from steps.alpha.tls import Paths
-from steps.base.flintlock import UNIT, install_units
+from steps.base.flintlock import UNIT, install_units, tls_files
 from steps.bravo import containerd
 
 # How long Bravo waits for the gRPC port to listen after starting flintlockd.
@@ -28,7 +27,7 @@ LISTEN_TIMEOUT = 30
 def certificate_newer(settings: Settings) -> CommandSucceeds:
     """Succeeds when the server certificate on disk is newer than flintlockd's last start
     (false while flintlockd is not running: it has no start time)."""
-    cert = shlex.quote(Paths(settings.alpha.tls.cert_dir).cert("server"))
+    cert = shlex.quote(tls_files(settings).server_cert)
     return CommandSucceeds(
         f"started=$(systemctl show -p ActiveEnterTimestamp --timestamp=unix {UNIT} | sed 's/.*=@//'); "
         f'[ -n "$started" ] && [ "$(stat -c %Y {cert})" -gt "$started" ]'
