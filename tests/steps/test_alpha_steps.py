@@ -88,9 +88,11 @@ def _with_vrrp() -> Settings:
     return _settings(
         ports=[
             *_settings().ports,
-            PortRule(name="etcd-peer", team="Delta", port=2380, sources=["role:control-plane"]),
+            PortRule(name="etcd-peer", team="Foxtrot", port=2380, sources=["role:control-plane"]),
         ],
-        protocols=[ProtocolRule(name="vrrp", team="Delta", protocol="vrrp", sources=["role:control-plane"])],
+        protocols=[
+            ProtocolRule(name="vrrp", team="Foxtrot", protocol="vrrp", sources=["role:control-plane"])
+        ],
     )
 
 
@@ -98,11 +100,11 @@ def test_role_sources_are_the_addresses_of_the_hosts_holding_the_role() -> None:
     peers = {"control-plane": ("10.231.0.11", "10.231.0.12"), "primary": ("10.231.0.2",)}
     settings = _with_vrrp()
     assert (
-        'ip saddr { 10.231.0.11/32, 10.231.0.12/32 } tcp dport 2380 accept comment "etcd-peer (Delta)"'
+        'ip saddr { 10.231.0.11/32, 10.231.0.12/32 } tcp dport 2380 accept comment "etcd-peer (Foxtrot)"'
         in (firewall.port_rules(settings, ["10.231.0.0/24"], peers))
     )
     assert firewall.protocol_rules(settings, [], peers) == [
-        'ip saddr { 10.231.0.11/32, 10.231.0.12/32 } meta l4proto vrrp accept comment "vrrp (Delta)"'
+        'ip saddr { 10.231.0.11/32, 10.231.0.12/32 } meta l4proto vrrp accept comment "vrrp (Foxtrot)"'
     ]
     assert 2380 in firewall.allowed_ports(settings, ["10.231.0.0/24"], "10.231.0.12", peers=peers)
     assert 2380 not in firewall.allowed_ports(settings, ["10.231.0.0/24"], "10.231.0.2", peers=peers)
@@ -120,7 +122,7 @@ def test_role_sources_are_the_addresses_of_the_hosts_holding_the_role() -> None:
 )
 def test_a_declared_protocol_is_checked_when_the_config_loads(rule: dict, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
-        ProtocolRule(**{"name": "vrrp", "team": "Delta", "protocol": "vrrp", "sources": ["admin"], **rule})
+        ProtocolRule(**{"name": "vrrp", "team": "Foxtrot", "protocol": "vrrp", "sources": ["admin"], **rule})
 
 
 def test_no_declared_protocol_leaves_the_ruleset_as_it_was() -> None:
