@@ -51,17 +51,11 @@ def rule_sources(rule: PortRule | ProtocolRule, admins: list[str], peers: Peers)
     cidrs: list[str] = []
     for source in rule.sources:
         if source == "admin":
-            if not admins:
-                raise ApplyError(
-                    f"{rule.name!r} ({rule.team}) is open to 'admin' but firewall.admin_sources is "
-                    'empty: set it to the operator\'s CIDRs (for example admin_sources = ["203.0.113.0/24"])'
-                )
             cidrs.extend(admins)
         elif source.startswith(ROLE_SOURCE):
             # The inventory's hosts holding the role (none: the rule admits nobody yet).
-            cidrs.extend(
-                str(ipaddress.ip_network(a)) for a in peers.get(source.removeprefix(ROLE_SOURCE), ())
-            )
+            holders = peers.get(source.removeprefix(ROLE_SOURCE), ())
+            cidrs.extend(str(ipaddress.ip_network(address)) for address in holders)
         else:
             cidrs.append(source)
     return sorted(set(cidrs), key=lambda c: (ipaddress.ip_network(c).version, c))
@@ -79,22 +73,33 @@ def _accept(match: str, sources: list[str] | None, note: str) -> list[str]:
     return lines
 
 
+def _nft_rules(
+    declared: Sequence[PortRule | ProtocolRule], match: str, admins: list[str], peers: Peers | None
+) -> list[str]:
+    """One nft rule line per declared rule and address family; ``match`` is formatted with
+    the rule's fields. A rule open to 'admin' needs admin_sources: refused before any change."""
+    lines: list[str] = []
+    for rule in declared:
+        if "admin" in rule.sources and not admins:
+            raise ApplyError(
+                f"{rule.name!r} ({rule.team}) is open to 'admin' but firewall.admin_sources is "
+                'empty: set it to the operator\'s CIDRs (for example admin_sources = ["203.0.113.0/24"])'
+            )
+        note = f'comment "{rule.name} ({rule.team})"'
+        lines += _accept(match.format_map(dict(rule)), rule_sources(rule, admins, peers or {}), note)
+    return lines
+
+
 def port_rules(settings: Settings, admins: list[str], peers: Peers | None = None) -> list[str]:
     """One nft rule line per declared port and address family."""
-    lines: list[str] = []
-    for rule in sorted(settings.ports, key=lambda r: (r.port, r.proto, r.name)):
-        sources = rule_sources(rule, admins, peers or {})
-        lines += _accept(f"{rule.proto} dport {rule.port}", sources, f'comment "{rule.name} ({rule.team})"')
-    return lines
+    ports = sorted(settings.ports, key=lambda r: (r.port, r.proto, r.name))
+    return _nft_rules(ports, "{proto} dport {port}", admins, peers)
 
 
 def protocol_rules(settings: Settings, admins: list[str], peers: Peers | None = None) -> list[str]:
     """One nft rule line per declared protocol and address family."""
-    lines: list[str] = []
-    for rule in sorted(settings.protocols, key=lambda r: (r.protocol, r.name)):
-        sources = rule_sources(rule, admins, peers or {})
-        lines += _accept(f"meta l4proto {rule.protocol}", sources, f'comment "{rule.name} ({rule.team})"')
-    return lines
+    protocols = sorted(settings.protocols, key=lambda r: (r.protocol, r.name))
+    return _nft_rules(protocols, "meta l4proto {protocol}", admins, peers)
 
 
 def render(settings: Settings, admins: list[str], peers: Peers | None = None) -> str:
@@ -130,7 +135,7 @@ def allowed_ports(
     for rule in settings.ports:
         if rule.proto != proto:
             continue
-        sources = rule_sources(rule, admins, peers or {}) if admins or "admin" not in rule.sources else []
+        sources = rule_sources(rule, admins, peers or {})
         if sources is None or any(ip in ipaddress.ip_network(cidr) for cidr in sources):
             allowed.add(rule.port)
     return allowed
