@@ -95,6 +95,11 @@ class TeamStatus:
         return max(0.0, self.end - self.start)
 
     @property
+    def not_applicable_entries(self) -> list[str]:
+        """The not-applicable checks as "<test id>: <reason>" (the form of `waivers`)."""
+        return [f"{nodeid}: {reason}" for nodeid, reason in self.not_applicable.items()]
+
+    @property
     def unverified(self) -> str | None:
         """Why a team that did not fail verified nothing (None when it did, or failed)."""
         if self.verdict is Verdict.NOT_APPLICABLE:

@@ -72,22 +72,17 @@ def spans(run: TeamRun) -> list[TeamSpan]:
                 blocked_by=status.blocked_by,
                 issues=status.issues,
                 waived=list(status.waivers),
-                not_applicable=not_applicable(run, name),
+                not_applicable=status.not_applicable_entries,
             )
         )
     return result
-
-
-def not_applicable(run: TeamRun, team: str) -> list[str]:
-    """The team's not-applicable checks: "<test id>: <reason>"."""
-    return [f"{nodeid}: {reason}" for nodeid, reason in run.teams[team].not_applicable.items()]
 
 
 def skipped_checks(run: TeamRun, bullet: str = "  ") -> list[str]:
     """Every waived and every not-applicable check by name, each kind under its own heading
     (the terminal summary; timeline.md with a Markdown `bullet`)."""
     waived = [entry for status in run.teams.values() for entry in status.waivers]
-    inapplicable = [entry for name in run.teams for entry in not_applicable(run, name)]
+    inapplicable = [entry for status in run.teams.values() for entry in status.not_applicable_entries]
     lines: list[str] = []
     if waived:
         lines += ["", f"waived ({len(waived)}; skipped because the target's profile cannot provide them):"]
