@@ -26,7 +26,7 @@ from typing import Any
 
 import pluggy
 
-from settings.model import team_settings_classes
+from settings.model import Settings
 
 PROJECT = "hvsuite"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -35,7 +35,8 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 def team_packages() -> list[str]:
     """The packages of the plan's teams ("steps.<team>"), in plan order."""
-    return [section.__module__.rpartition(".")[0] for section in team_settings_classes()]
+    # The config was composed from the plan's sections: no second read of the plan.
+    return [section.__module__.rpartition(".")[0] for section in Settings.team_section_classes()]
 
 
 def _optional_module(name: str) -> Any | None:

@@ -201,6 +201,15 @@ class RootSettings(Strict):
         """The teams' own sections of this config, in plan order."""
         return [value for value in dict(self).values() if isinstance(value, TeamSettings)]
 
+    @classmethod
+    def team_section_classes(cls) -> list[type[TeamSettings]]:
+        """The classes of the teams' sections this model was composed of, in plan order."""
+        return [
+            field.annotation
+            for field in cls.model_fields.values()
+            if isinstance(field.annotation, type) and issubclass(field.annotation, TeamSettings)
+        ]
+
     def effective_profile(self, name: str) -> EffectiveProfile:
         """The named profile as the one object a run passes around."""
         profile = self.profiles[name]
