@@ -7,8 +7,8 @@ rendered config, Prometheus' access to the API server. Then prove it from the co
 through the API with the operator's kubeconfig: the API server is ready over TLS with the
 cluster CA, every node is Ready, a pod from an image built and pushed for this run prints
 this run's nonce, a Service answers from a pod and from the node, an unprivileged
-ServiceAccount cannot read Secrets, Prometheus scrapes the API server, and kubelet left the
-controller's kernel alone.
+ServiceAccount cannot read Secrets, Prometheus scrapes the API server, kubelet runs with swap
+off (or configured for it), and kubelet left the controller's kernel alone.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from apply.api import Applied, Context
 from apply.facts import Sysctl
@@ -29,7 +30,7 @@ from checks.prometheus import PrometheusAPI
 from engine import apply_fixture
 from settings.base import EffectiveProfile
 from settings.model import Settings
-from steps.delta import control_plane, etcd, kubectl, kubernetes
+from steps.delta import control_plane, etcd, kubectl, kubernetes, preflight
 
 pytestmark = pytest.mark.usefixtures("applied")
 
@@ -80,6 +81,22 @@ def test_every_node_is_ready(cluster: Cluster) -> None:
 @pytest.mark.task("Deploy K8s control plane")
 def test_the_node_is_untainted(cluster: Cluster) -> None:
     assert cluster.taints() == {name: [] for name in cluster.node_conditions()}
+
+
+@pytest.mark.task("Deploy K8s control plane")
+def test_kubelet_runs_with_swap_off_or_configured_for_it(
+    host, settings: Settings, profile: EffectiveProfile
+) -> None:
+    assert host.service("kubelet").is_running
+    kubelet = yaml.safe_load(host.file("/var/lib/kubelet/config.yaml").content_string)
+    if settings.delta.swap == "allow":
+        assert kubelet.get("failSwapOn") is False, kubelet
+        return
+    # kubelet's default: it refuses to run with swap on, and none is on or set up for boot.
+    assert kubelet.get("failSwapOn", True) is True, kubelet
+    assert probes.read_fact(host, preflight.ActiveSwaps()) == []
+    if not profile.namespaced_sysctls_only:
+        assert probes.read_fact(host, preflight.FstabSwaps()) == []
 
 
 @pytest.mark.task("Deploy K8s control plane")

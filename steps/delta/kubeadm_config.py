@@ -92,9 +92,13 @@ class ClusterSpec:
     # A stable address for the control plane (a virtual IP, later); kubeadm adds it to the API
     # server's certificate, and joining nodes reach the cluster through it.
     control_plane_endpoint: str | None = None
-    # How long "kubeadm init" waits for the API server to become healthy, in seconds
-    # (DeltaSettings.ready_timeout); None: kubeadm's default (4 minutes).
+    # How long "kubeadm init" waits for the control plane, in seconds (DeltaSettings.ready_timeout):
+    # v1beta2 (1.20) bounds the API server's health, v1beta4 each control-plane component's
+    # (API server, controller manager, scheduler). None: kubeadm's default (4 minutes).
     control_plane_timeout: float | None = None
+    # False: kubelet runs with swap on (delta.swap = "allow"); True: kubelet's default, it
+    # refuses to start while swap is on (Delta turns swap off first).
+    fail_swap_on: bool = True
 
 
 class SkippedPhase(NamedTuple):
@@ -198,7 +202,61 @@ def render(spec: ClusterSpec) -> str:
     """kubeadm's config file for ``kubeadm init --config``: InitConfiguration,
     ClusterConfiguration, KubeletConfiguration and KubeProxyConfiguration, as YAML."""
     api = _api(spec.version)
-    return _dump([_init(spec, api), _cluster(spec, api), _kubelet(), _kube_proxy(spec)])
+    return _dump([_init(spec, api), _cluster(spec, api), _kubelet(spec, api), _kube_proxy(spec)])
+
+
+@dataclass(frozen=True)
+class JoinSpec:
+    """A node joining a cluster through its control-plane endpoint: ``kubeadm join``'s
+    JoinConfiguration. ``control_plane`` makes it a further control plane (the cluster's
+    certificate authorities must be on the node already)."""
+
+    version: str
+    node_name: str
+    advertise_address: str
+    endpoint: str
+    token: str
+    ca_cert_hash: str
+    control_plane: bool
+    bind_port: int
+    has_crictl: bool
+
+
+def join_skip_phases(spec: JoinSpec) -> tuple[str, ...]:
+    """The "kubeadm join" phases this node cannot run (its preflight, as for init)."""
+    needs_crictl = _minor(spec.version) <= _LAST_MINOR_NEEDING_CRICTL
+    return (PHASE_PREFLIGHT,) if needs_crictl and not spec.has_crictl else ()
+
+
+def render_join(spec: JoinSpec) -> str:
+    """kubeadm's config file for ``kubeadm join --config``. It holds a bootstrap token: the
+    file is written with mode 0600 and the token registered as a secret."""
+    api = _api(spec.version)
+    node: dict[str, Any] = {
+        "name": spec.node_name,
+        "criSocket": CRI_SOCKET,
+        "kubeletExtraArgs": _args(api, {"node-ip": spec.advertise_address}),
+    }
+    doc: dict[str, Any] = {
+        "apiVersion": api.group_version,
+        "kind": "JoinConfiguration",
+        "nodeRegistration": node,
+        "discovery": {
+            "bootstrapToken": {
+                "apiServerEndpoint": spec.endpoint,
+                "token": spec.token,
+                "caCertHashes": [spec.ca_cert_hash],
+            }
+        },
+    }
+    skipped = join_skip_phases(spec)
+    if skipped and api.skip_phases_field:
+        doc["skipPhases"] = list(skipped)
+    if spec.control_plane:
+        doc["controlPlane"] = {
+            "localAPIEndpoint": {"advertiseAddress": spec.advertise_address, "bindPort": spec.bind_port}
+        }
+    return _dump([doc])
 
 
 def _args(api: _Api, args: Mapping[str, str]) -> dict[str, str] | list[dict[str, str]]:
@@ -271,8 +329,8 @@ def _cluster(spec: ClusterSpec, api: _Api) -> dict[str, Any]:
     return doc
 
 
-def _kubelet() -> dict[str, Any]:
-    return {
+def _kubelet(spec: ClusterSpec, api: _Api) -> dict[str, Any]:
+    doc: dict[str, Any] = {
         "apiVersion": KUBELET_API,
         "kind": "KubeletConfiguration",
         # Matches runc's cgroup driver in Bravo's containerd (BravoSettings.systemd_cgroup).
@@ -281,6 +339,19 @@ def _kubelet() -> dict[str, Any]:
         # where they differ; a container-based server has them set by the host beforehand.
         "protectKernelDefaults": False,
     }
+    doc.update(_swap(spec, api))
+    return doc
+
+
+def _swap(spec: ClusterSpec, api: _Api) -> dict[str, Any]:
+    """kubelet's swap settings where swap stays on (delta.swap = "allow"): failSwapOn (1.20
+    and current alike); from 1.22 memorySwap too, whose NoSwap keeps every pod off swap (the
+    v1beta4 releases; 1.20 has no such field and gives pods no swap control)."""
+    if spec.fail_swap_on:
+        return {}
+    if api.timeouts_struct:
+        return {"failSwapOn": False, "memorySwap": {"swapBehavior": "NoSwap"}}
+    return {"failSwapOn": False}
 
 
 def _kube_proxy(spec: ClusterSpec) -> dict[str, Any]:
@@ -291,10 +362,12 @@ def _kube_proxy(spec: ClusterSpec) -> dict[str, Any]:
         # Its health endpoint (0.0.0.0 by default) serves the node itself only; metrics are
         # on loopback by default. Nothing of kube-proxy listens where the firewall decides.
         "healthzBindAddress": "127.0.0.1:10256",
-        # NodePorts on loopback only: kube-proxy holds each one open as a listening socket on
-        # these addresses, and from outside only declared ports pass the firewall anyway.
-        # Services are published through the load balancer (Team Echo-1), which forwards to
-        # their ClusterIPs.
+        # NodePorts answer on loopback only; Services are published through the load balancer
+        # (Team Echo-1), which forwards to their ClusterIPs. 1.20 also holds each NodePort
+        # open as a listening socket on these addresses; since kubernetes/kubernetes#108496
+        # (merged for 1.24) kube-proxy opens no such socket and the CIDRs only restrict
+        # where its rules accept NodePort traffic. Either way from outside only
+        # declared ports pass the firewall.
         "nodePortAddresses": ["127.0.0.0/8"],
     }
     if spec.namespaced_sysctls_only:

@@ -10,6 +10,8 @@ Where Kubernetes comes from is a :class:`Distribution`, chosen by ``delta.source
   and crictl from ``[artifacts]`` with their official sha256; kubeadm pulls the images from
   ``registry.k8s.io``.
 
+Before anything is installed, `steps.delta.preflight` checks containerd's (and, on the release
+route, external etcd's) version against this Kubernetes and turns swap off (``delta.swap``).
 kubelet runs as a systemd unit shaped like upstream's packages (kubeadm writes its config and
 flags). On a host that shares its kernel with others (``profile.namespaced_sysctls_only``:
 a privileged scratch server shares the controller's), kubelet's start-up kernel tunables
@@ -29,11 +31,12 @@ from typing import Literal
 
 from apply import artifacts, ops
 from apply.api import Context, step
+from apply.extensions import hooks
 from recipes import Entry, RecipeCache
 from recipes import kubernetes as kubernetes_recipe
 from settings.base import EffectiveProfile
 from settings.model import Settings
-from steps.delta import kubeadm_config
+from steps.delta import kubeadm_config, preflight
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -75,7 +78,16 @@ class Distribution:
 
 # kubeadm's constants.PauseVersion per minor version of a release (the sandbox image kubeadm
 # tells kubelet to use; containerd's sandbox_image must name the same).
-PAUSE_VERSIONS = {(1, 31): "3.10", (1, 32): "3.10", (1, 33): "3.10", (1, 34): "3.10.1", (1, 35): "3.10.1"}
+# 1.36: kubespray's pod_infra_supported_versions (roles/kubespray_defaults/vars/main/main.yml
+# at kubernetes-sigs/kubespray 46dbdd3994b32640bcd806b0097f50e8fdf1d514).
+PAUSE_VERSIONS = {
+    (1, 31): "3.10",
+    (1, 32): "3.10",
+    (1, 33): "3.10",
+    (1, 34): "3.10.1",
+    (1, 35): "3.10.1",
+    (1, 36): "3.10.2",
+}
 
 
 def distribution(settings: Settings, profile: EffectiveProfile) -> Distribution:
@@ -177,11 +189,14 @@ def apply(ctx: Context) -> None:
     the recipe's images imported into containerd; kubelet's unit installed and enabled (it
     starts for real once ``kubeadm init`` or ``join`` has written its config)."""
     host, profile = ctx.host, ctx.profile
+    dist = distribution(ctx.settings, profile)
+    # containerd's and external etcd's versions, and swap: refused or fixed before anything else.
+    preflight.node(ctx, source=dist.source, version=dist.version)
     ops.packages(host, NODE_PACKAGES)
     ops.directory(host, CONFIG_DIR)
     # Pods' traffic is routed through the host (namespaced: the host's own network stack).
     ops.sysctls(host, {"net.ipv4.ip_forward": "1"}, persist_file="/etc/sysctl.d/90-hvsuite-kubernetes.conf")
-    if distribution(ctx.settings, profile).source == "recipe":
+    if dist.source == "recipe":
         _install_recipe(ctx)
     else:
         release, store = ctx.settings.delta.release, ctx.require_artifacts()
@@ -240,12 +255,20 @@ def cluster_spec(ctx: Context) -> kubeadm_config.ClusterSpec:
         service_subnet=delta.service_subnet,
         image_repository=dist.image_repository,
         etcd=delta.resolved_etcd(ctx.profile),
-        cert_sans=(ctx.address,),
+        cert_sans=(ctx.address, *endpoint_hosts(settings)),
         namespaced_sysctls_only=ctx.profile.namespaced_sysctls_only,
         has_crictl=dist.has_crictl,
         has_coredns_image=dist.has_coredns_image,
         control_plane_timeout=delta.ready_timeout,
+        fail_swap_on=delta.swap == "off",
     )
+
+
+def endpoint_hosts(settings: Settings) -> tuple[str, ...]:
+    """The host of the declared control-plane endpoint (a later team's virtual IP), which the
+    API server's certificate names from the start."""
+    endpoint = hooks().control_plane_endpoint(settings=settings)
+    return (endpoint.rsplit(":", 1)[0],) if endpoint else ()
 
 
 def _import(archive: str) -> str:

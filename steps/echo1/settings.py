@@ -9,6 +9,30 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from settings.base import CIDR, EffectiveProfile, Strict, TeamSettings, Waiver, parse_cidr
+from steps.delta.settings import Listener, configured_profile, pinned, undeclared_listeners, unversioned_pins
+
+# Where Calico's install-cni init container writes its plugins (calico.yaml's hostPath volume
+# "cni-bin-dir", v3.30 and v3.31 alike): the container runtime must look there.
+CALICO_CNI_BIN_DIR = "/opt/cni/bin"
+# Where Debian's and Ubuntu's containernetworking-plugins put the plugins the bridge chain uses.
+DISTRIBUTION_CNI_BIN_DIR = "/usr/lib/cni"
+# calico-node runs on the host's network: BIRD speaks BGP on every address (felix's health
+# port stays on localhost).
+CALICO_LISTENERS = (Listener("calico-bgp", 179, "tcp", "Calico's BIRD (BGP)"),)
+
+
+def metallb_listeners(version: str) -> tuple[Listener, ...]:
+    """What MetalLB's speaker (host network) opens beyond loopback, by release: memberlist on
+    7946 tcp and udp, and its metrics port, 7472 up to v0.15 and 9120 from v0.16
+    (config/manifests/metallb-native.yaml at each tag; its health port 17472 is on 127.0.0.1)."""
+    major, minor = (int(part) for part in version.removeprefix("v").split(".")[:2])
+    metrics = 9120 if (major, minor) >= (0, 16) else 7472
+    return (
+        Listener("metallb-memberlist", 7946, "tcp", "MetalLB's speaker (memberlist)"),
+        Listener("metallb-memberlist-udp", 7946, "udp", "MetalLB's speaker (memberlist)"),
+        Listener("metallb-metrics", metrics, "tcp", f"MetalLB {version}'s speaker (metrics)"),
+    )
+
 
 LabelMap = dict[
     Annotated[str, Field(pattern=r"^[A-Za-z0-9./_-]{1,253}$")], Annotated[str, Field(max_length=63)]
@@ -72,8 +96,9 @@ class PodNetworkSettings(Strict):
     plugin: Literal["auto", "bridge", "calico"] = "auto"
     # The Linux bridge of the "bridge" plugin, the pods' gateway on the node.
     bridge: str = Field("cni0", pattern=r"^[A-Za-z0-9_.-]{1,15}$")
-    # Key into [artifacts] of Calico's manifest (calico.yaml; a member of the release's
-    # source archive is fine: see settings/hetzner.example.toml).
+    # Key into [artifacts] of Calico's manifest: manifests/calico.yaml fetched at the release
+    # tag (settings/hetzner.example.toml). Its install-cni writes to /opt/cni/bin, which
+    # bravo.cni_bin_dir must then name (checked when the config loads).
     calico_manifest: str = "calico-manifest"
 
     def resolved_plugin(self, profile: EffectiveProfile) -> Literal["bridge", "calico"]:
@@ -124,6 +149,41 @@ class Echo1Settings(TeamSettings):
     check_bandwidth: str = Field("8M", pattern=r"^[1-9][0-9]*[KMG]$")
 
     def problems_with(self, config: Any) -> list[str]:
+        return self._pool_problems(config) + self._pinned_component_problems(config)
+
+    def _pinned_component_problems(self, config: Any) -> list[str]:
+        """The bridge chain where this config runs it; Calico and MetalLB where it runs them
+        (resolved for its profile, and pinned: without a pin a run stops at the fetch, naming
+        it)."""
+        profile = configured_profile(config)
+        problems: list[str] = []
+        plugin = self.pod_network.resolved_plugin(profile)
+        if plugin == "bridge" and config.bravo.cni_bin_dir != DISTRIBUTION_CNI_BIN_DIR:
+            problems.append(
+                f"bravo.cni_bin_dir is {config.bravo.cni_bin_dir}, but the bridge chain's plugins are "
+                f"the OS package's, in {DISTRIBUTION_CNI_BIN_DIR}: no pod would start. "
+                f'Fix: set bravo.cni_bin_dir = "{DISTRIBUTION_CNI_BIN_DIR}"'
+            )
+        calico = self.pod_network.calico_manifest
+        if plugin == "calico" and pinned(config, [calico]):
+            problems += unversioned_pins(config, [calico])
+            if config.bravo.cni_bin_dir != CALICO_CNI_BIN_DIR:
+                problems.append(
+                    f"bravo.cni_bin_dir is {config.bravo.cni_bin_dir}, but Calico's install-cni writes "
+                    f"its plugins to {CALICO_CNI_BIN_DIR}: containerd would find no calico plugin and "
+                    "no pod off the host network would start. "
+                    f'Fix: set bravo.cni_bin_dir = "{CALICO_CNI_BIN_DIR}"'
+                )
+            problems += undeclared_listeners(config, "Echo-1", CALICO_LISTENERS)
+        metallb = self.load_balancer.metallb_manifest
+        if self.load_balancer.resolved_implementation(profile) == "metallb" and pinned(config, [metallb]):
+            problems += unversioned_pins(config, [metallb])
+            problems += undeclared_listeners(
+                config, "Echo-1", metallb_listeners(config.artifacts[metallb].version)
+            )
+        return problems
+
+    def _pool_problems(self, config: Any) -> list[str]:
         # Scratch servers take addresses from scratch.subnet; the pool must be kept from them.
         subnet = ipaddress.ip_network(config.scratch.subnet)
         kept = [ipaddress.ip_network(net) for net in config.scratch.keep_free]

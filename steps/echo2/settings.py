@@ -4,11 +4,15 @@ StorageClass, PersistentVolumes, snapshots."""
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from settings.base import EffectiveProfile, Strict, TeamSettings, Waiver
+from steps.delta.settings import configured_profile, pinned, unversioned_pins
+
+# The repository whose CRDs, controller and csi-snapshotter RBAC must come from one release.
+EXTERNAL_SNAPSHOTTER = "/kubernetes-csi/external-snapshotter/"
 
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
@@ -133,6 +137,26 @@ class Echo2Settings(TeamSettings):
                 'echo2.layout = "lvm" needs echo2.devices (the block devices of the volume group)'
             )
         return self
+
+    def problems_with(self, config: Any) -> list[str]:
+        # The snapshot stack where this config runs it (csi-snapshots not waived, pinned).
+        keys = [*self.snapshot_crds, *self.snapshot_components]
+        if configured_profile(config).waives(Waiver.CSI_SNAPSHOTS) or not pinned(config, keys):
+            return []
+        problems = unversioned_pins(config, keys)
+        snapshotter = {
+            key: config.artifacts[key].version
+            for key in keys
+            if EXTERNAL_SNAPSHOTTER in config.artifacts[key].url
+        }
+        if len(set(snapshotter.values())) > 1:
+            listed = ", ".join(f"{key} {version}" for key, version in snapshotter.items())
+            problems.append(
+                f"artifacts: the external-snapshotter files are of different releases ({listed}): the "
+                "CRDs, the controller and the csi-snapshotter RBAC must come from one. Fix: pin them all "
+                "at one tag (the csi-snapshotter image the driver manifest runs, docs/production.md)"
+            )
+        return problems
 
     def resolved_layout(self, profile: EffectiveProfile) -> Literal["directories", "lvm"]:
         if self.layout == "auto":

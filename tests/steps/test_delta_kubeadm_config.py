@@ -830,6 +830,6 @@ def test_the_example_pins_the_release_kubeadm_renders_for(tmp_path: Path) -> Non
 
 def test_the_default_release_is_the_pinned_current_one() -> None:
     release = load_settings().delta.release
-    assert release.version == "1.35.1"
+    assert release.version == "1.36.4"
     assert kubeadm_api_version(release.version) == "kubeadm.k8s.io/v1beta4"
     assert release.image_repository == "registry.k8s.io"

@@ -196,3 +196,8 @@ def test_kubeadm_init_runs_only_where_no_cluster_exists(monkeypatch: pytest.Monk
     assert "command kubeadm init" not in would
     # A healthy cluster is still compared: here it has no pod network, so Delta's bootstrap.
     assert f"file {SETTINGS.bravo.cni_conf_dir}/{pod_network.BOOTSTRAP}" in would
+
+
+def test_the_pinned_release_names_kubeadms_pause_image_for_its_minor() -> None:
+    dist = kubernetes.distribution(_with_release("1.36.4"), PRODUCTION)
+    assert (dist.version, dist.pause_image) == ("1.36.4", "registry.k8s.io/pause:3.10.2")
