@@ -26,6 +26,9 @@ class Waiver(StrEnum):
     NETPOL_ENFORCEMENT = "netpol-enforcement"
     # CSI volume snapshots (the snapshot controller and a snapshot-capable CSI driver).
     CSI_SNAPSHOTS = "csi-snapshots"
+    # Host-wide kernel settings of its own (vm.*, kernel.*, host-wide net.* sysctls, kernel
+    # modules); a container shares its host's kernel.
+    HOST_KERNEL = "host-kernel"
 
 
 class Role(StrEnum):

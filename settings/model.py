@@ -115,6 +115,7 @@ class RootSettings(Strict):
                     Waiver.UPSTREAM_ARTIFACTS,
                     Waiver.NETPOL_ENFORCEMENT,
                     Waiver.CSI_SNAPSHOTS,
+                    Waiver.HOST_KERNEL,
                 }
             ),
             namespaced_sysctls_only=True,

@@ -26,3 +26,11 @@ def prometheus_rule_files(ctx: Context) -> list[str]:
 @hookspec
 def prometheus_alertmanagers(ctx: Context) -> list[dict[str, Any]]:
     """Entries of ``alerting.alertmanagers``: where Prometheus sends its alerts."""
+
+
+@hookspec
+def prometheus_admin_api(settings: object) -> bool:
+    """Whether Prometheus serves its admin API (``--web.enable-admin-api``: TSDB snapshots,
+    series deletion), which a later team needs, e.g. for backups. Off unless some team answers
+    True. Its port stays admin-only, as every metrics port. A team that turns it on for a host
+    where Prometheus already runs calls `steps.charlie.prometheus.refresh_flags`."""

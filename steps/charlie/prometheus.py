@@ -6,7 +6,8 @@ package is installed, so the package's own first start already uses them. They a
 at the suite's config file and make its existence a start condition, so Prometheus never runs
 on the package's default config (which scrapes a second "node" target). The scrape config
 is checked with ``promtool check config`` before it replaces the live one; a config change
-reloads Prometheus, a flag change restarts it.
+reloads Prometheus, a flag change restarts it. The admin API (``--web.enable-admin-api``) is
+on only when a later team asks for it (`steps.charlie.hookspecs.prometheus_admin_api`).
 """
 
 from __future__ import annotations
@@ -109,6 +110,47 @@ def scrape_config(ctx: Context) -> OpResult:
     )
 
 
+def admin_api_enabled(settings: object) -> bool:
+    """Whether some team asked for the admin API (`prometheus_admin_api`)."""
+    return any(hooks().prometheus_admin_api(settings=settings))
+
+
+def render_service_dropin(charlie: CharlieSettings, *, prometheus_port: int, admin_api: bool) -> str:
+    """Prometheus' systemd drop-in: the suite's config, its port, storage and flags."""
+    return ops.render(
+        TEMPLATES / "prometheus.service.conf.j2",
+        {
+            "config_path": CONFIG_PATH,
+            "listen": f"0.0.0.0:{prometheus_port}",
+            "storage_path": STORAGE_PATH,
+            "retention": charlie.retention,
+            "admin_api": admin_api,
+        },
+    )
+
+
+def service_dropin(ctx: Context) -> OpResult:
+    settings = ctx.settings
+    return ops.file(
+        ctx.host,
+        dropin_path(PROMETHEUS),
+        render_service_dropin(
+            settings.charlie,
+            prometheus_port=settings.port("Charlie", "prometheus"),
+            admin_api=admin_api_enabled(settings),
+        ),
+    )
+
+
+def refresh_flags(ctx: Context) -> None:
+    """Re-render Prometheus' drop-in after a contributing team changed what its flags depend
+    on (the admin API), and restart Prometheus if it changed. For a host where Charlie
+    installed Prometheus: the caller checks that first."""
+    dropin = service_dropin(ctx)
+    ops.daemon_reload(ctx.host, force=dropin.changed)
+    ops.service(ctx.host, PROMETHEUS, enabled=True, running=True, restart=dropin.changed)
+
+
 def reconfigure(ctx: Context) -> None:
     """Re-render the config after a contributing team changed what its contribution reads, and
     reload Prometheus if the config changed. For a host where Charlie installed Prometheus:
@@ -122,23 +164,12 @@ def apply(ctx: Context) -> None:
     """Prometheus and node_exporter installed, configured and serving."""
     host, settings = ctx.host, ctx.settings
     charlie = settings.charlie
-    prometheus_port = settings.port("Charlie", "prometheus")
     node_exporter_port = settings.port("Charlie", "node-exporter")
     with host.step("Prometheus and node_exporter"):
         with host.step("systemd drop-ins before the packages' first start") as flags:
             for unit in (PROMETHEUS, NODE_EXPORTER):
                 ops.directory(host, f"/etc/systemd/system/{unit}.service.d")
-            ops.template(
-                host,
-                dropin_path(PROMETHEUS),
-                TEMPLATES / "prometheus.service.conf.j2",
-                {
-                    "config_path": CONFIG_PATH,
-                    "listen": f"0.0.0.0:{prometheus_port}",
-                    "storage_path": STORAGE_PATH,
-                    "retention": charlie.retention,
-                },
-            )
+            service_dropin(ctx)
             ops.template(
                 host,
                 dropin_path(NODE_EXPORTER),

@@ -127,14 +127,8 @@ def test_listeners_and_scrape_targets_follow_the_declared_ports(tmp_path: Path) 
 
 def _converged(tmp_path: Path, settings: Settings, config: str) -> tuple[Host, FakeConnection]:
     dropins = {
-        prometheus.dropin_path(prometheus.PROMETHEUS): ops.render(
-            prometheus.TEMPLATES / "prometheus.service.conf.j2",
-            {
-                "config_path": prometheus.CONFIG_PATH,
-                "listen": "0.0.0.0:9095",
-                "storage_path": prometheus.STORAGE_PATH,
-                "retention": settings.charlie.retention,
-            },
+        prometheus.dropin_path(prometheus.PROMETHEUS): prometheus.render_service_dropin(
+            settings.charlie, prometheus_port=9095, admin_api=prometheus.admin_api_enabled(settings)
         ),
         prometheus.dropin_path(prometheus.NODE_EXPORTER): ops.render(
             prometheus.TEMPLATES / "node-exporter.service.conf.j2", {"listen": "0.0.0.0:9100"}
@@ -256,3 +250,58 @@ def test_later_teams_add_rule_files_and_alertmanagers_without_editing_charlie() 
     assert config["rule_files"] == ["/etc/prometheus/rules/hvsuite-alerts.yml"]
     assert config["alerting"] == {"alertmanagers": [{"static_configs": [{"targets": ["127.0.0.1:9093"]}]}]}
     assert [job["job_name"] for job in config["scrape_configs"]] == ["prometheus", "node"]
+
+
+class _AdminApi:
+    """A later team asking for Prometheus' admin API, as a hooks module would."""
+
+    def __init__(self, wanted: bool) -> None:
+        self.wanted = wanted
+
+    @hookimpl
+    def prometheus_admin_api(self, settings: object) -> bool:
+        return self.wanted
+
+
+def _exec_start(dropin: str) -> str:
+    return next(line for line in dropin.splitlines() if line.startswith("ExecStart=/"))
+
+
+def test_the_admin_api_is_off_unless_a_later_team_asks_for_it() -> None:
+    charlie = load_settings().charlie
+    off = prometheus.render_service_dropin(charlie, prometheus_port=9095, admin_api=False)
+    on = prometheus.render_service_dropin(charlie, prometheus_port=9095, admin_api=True)
+    assert "--web.enable-admin-api" not in _exec_start(off)
+    assert _exec_start(on) == _exec_start(off) + " --web.enable-admin-api"
+
+
+def test_a_later_team_turns_the_admin_api_on_through_its_hook() -> None:
+    settings = load_settings()
+    contribution = _AdminApi(True)
+    plugin_manager().register(contribution)
+    try:
+        assert prometheus.admin_api_enabled(settings) is True
+    finally:
+        plugin_manager().unregister(contribution)
+
+
+def test_refresh_flags_restarts_prometheus_only_when_its_drop_in_changed(tmp_path: Path) -> None:
+    settings = load_settings()
+    host, conn = _converged(tmp_path, settings, _config(settings))
+    ctx = fake_context(host, settings)
+    prometheus.refresh_flags(ctx)
+    assert host.changes == []
+    path = prometheus.dropin_path(prometheus.PROMETHEUS)
+    stale = prometheus.render_service_dropin(settings.charlie, prometheus_port=9095, admin_api=False)
+    wanted = conn.files[path].decode()
+    if stale == wanted:  # no team asks for the admin API in this plan: drift the other way
+        stale = prometheus.render_service_dropin(settings.charlie, prometheus_port=9095, admin_api=True)
+    conn.files[path] = stale.encode()
+    conn.set_fact(FileInfo(path), f"regular file|root|root|644|{len(stale)}\n")
+    host, conn = fake_host(conn, lock_dir=tmp_path), conn
+    prometheus.refresh_flags(fake_context(host, settings))
+    commands = [command for result in host.changes for command in result.commands]
+    assert any(command.startswith(f"put {path}") for command in commands)
+    assert "systemctl daemon-reload" in commands
+    assert f"systemctl restart -- {prometheus.PROMETHEUS}" in commands
+    assert conn.files[path].decode() == wanted
