@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -34,7 +35,7 @@ CONTROL_PLANE_TAINTS = ("node-role.kubernetes.io/master", "node-role.kubernetes.
 @step("Kubernetes control plane (kubeadm)")
 def apply(ctx: Context) -> None:
     host, delta = ctx.host, ctx.settings.delta
-    spec = kubernetes.cluster_spec(ctx)
+    spec = replace(kubernetes.cluster_spec(ctx), control_plane_endpoint=applied_endpoint(host))
     config = ops.file(host, CONFIG, kubeadm_config.render(spec), mode="0600")
     skipped = ",".join(phase.phase for phase in kubeadm_config.skip_phases(spec))
     initialized = host.fact(FileInfo(ADMIN_CONF)) is not None
@@ -76,6 +77,21 @@ def apply(ctx: Context) -> None:
     _untaint(host, node)
     pod_network.bootstrap(ctx, node)
     api_metrics.apply(ctx)
+
+
+def applied_endpoint(host: Host) -> str | None:
+    """The control-plane endpoint the cluster was moved to, as the applied config records it.
+
+    A new cluster starts on the node's own address: ``kubeadm init`` waits for the API server
+    through the endpoint, and a virtual IP is brought up by a later team (Foxtrot), which
+    moves the cluster onto it and records it here. Delta keeps what is recorded."""
+    text = host.read(CONFIG)
+    if text is None:
+        return None
+    for document in yaml.safe_load_all(text):
+        if isinstance(document, dict) and document.get("kind") == "ClusterConfiguration":
+            return document.get("controlPlaneEndpoint")
+    return None
 
 
 def _untaint(host: Host, node: str) -> None:

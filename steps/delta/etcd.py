@@ -19,6 +19,7 @@ from pathlib import Path
 
 from apply import ops
 from apply.api import Context, step
+from apply.extensions import hooks
 from steps.delta import kubeadm_config, kubernetes
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -36,8 +37,10 @@ CLIENT_KEY = f"{PKI}/apiserver-etcd-client.key"
 ENV_FILE = "/etc/etcd/hvsuite.env"
 DATA_DIR = "/var/lib/etcd/hvsuite"
 DROPIN = f"/etc/systemd/system/{SERVICE}.service.d/hvsuite.conf"
-CLIENT_URL = "https://127.0.0.1:2379"
-PEER_URL = "https://127.0.0.1:2380"
+CLIENT_PORT = 2379
+PEER_PORT = 2380
+CLIENT_URL = f"https://127.0.0.1:{CLIENT_PORT}"
+PEER_URL = f"https://127.0.0.1:{PEER_PORT}"
 # kubeadm's certificate phases for etcd and the file each one writes.
 CERT_PHASES = {
     "etcd-ca": CA,
@@ -48,16 +51,30 @@ CERT_PHASES = {
 CERTS_CONFIG = "/etc/kubernetes/hvsuite-etcd-certs.yaml"
 
 
-def environment(member: str) -> dict[str, str]:
-    """etcd's settings (its ETCD_* environment) for a one-member cluster on loopback."""
+def peer_url(address: str) -> str:
+    return f"https://{address}:{PEER_PORT}"
+
+
+def client_url(address: str) -> str:
+    return f"https://{address}:{CLIENT_PORT}"
+
+
+def environment(member: str, address: str | None = None) -> dict[str, str]:
+    """etcd's settings (its ETCD_* environment): a one-member cluster on loopback, or, with
+    ``address``, a member that serves peers on the host's address and clients there and on
+    loopback (the API server keeps using loopback). The initial cluster is this member
+    alone: a member that joins an existing cluster is told so by the team that adds it (etcd
+    reads the initial-cluster settings only when its data directory is new)."""
+    peer = peer_url(address) if address else PEER_URL
+    clients = f"{CLIENT_URL},{client_url(address)}" if address else CLIENT_URL
     return {
         "ETCD_NAME": member,
         "ETCD_DATA_DIR": DATA_DIR,
-        "ETCD_LISTEN_CLIENT_URLS": CLIENT_URL,
-        "ETCD_ADVERTISE_CLIENT_URLS": CLIENT_URL,
-        "ETCD_LISTEN_PEER_URLS": PEER_URL,
-        "ETCD_INITIAL_ADVERTISE_PEER_URLS": PEER_URL,
-        "ETCD_INITIAL_CLUSTER": f"{member}={PEER_URL}",
+        "ETCD_LISTEN_CLIENT_URLS": clients,
+        "ETCD_ADVERTISE_CLIENT_URLS": client_url(address) if address else CLIENT_URL,
+        "ETCD_LISTEN_PEER_URLS": peer,
+        "ETCD_INITIAL_ADVERTISE_PEER_URLS": peer,
+        "ETCD_INITIAL_CLUSTER": f"{member}={peer}",
         "ETCD_INITIAL_CLUSTER_STATE": "new",
         "ETCD_CERT_FILE": SERVER_CERT,
         "ETCD_KEY_FILE": SERVER_KEY,
@@ -101,7 +118,10 @@ def apply(ctx: Context) -> None:
     for key in (SERVER_KEY, PEER_KEY):
         ops.metadata(host, key, group="etcd", mode="0640")
     ops.directory(host, "/etc/etcd")
+    address = ctx.address if hooks().etcd_clustered(settings=ctx.settings) else None
     env = ops.file(
-        host, ENV_FILE, "".join(f"{key}={value}\n" for key, value in environment(spec.node_name).items())
+        host,
+        ENV_FILE,
+        "".join(f"{key}={value}\n" for key, value in environment(spec.node_name, address).items()),
     )
     ops.service(host, SERVICE, enabled=True, running=True, restart=env.changed or dropin.changed)

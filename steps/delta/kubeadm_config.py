@@ -201,6 +201,60 @@ def render(spec: ClusterSpec) -> str:
     return _dump([_init(spec, api), _cluster(spec, api), _kubelet(), _kube_proxy(spec)])
 
 
+@dataclass(frozen=True)
+class JoinSpec:
+    """A node joining a cluster through its control-plane endpoint: ``kubeadm join``'s
+    JoinConfiguration. ``control_plane`` makes it a further control plane (the cluster's
+    certificate authorities must be on the node already)."""
+
+    version: str
+    node_name: str
+    advertise_address: str
+    endpoint: str
+    token: str
+    ca_cert_hash: str
+    control_plane: bool
+    bind_port: int
+    has_crictl: bool
+
+
+def join_skip_phases(spec: JoinSpec) -> tuple[str, ...]:
+    """The "kubeadm join" phases this node cannot run (its preflight, as for init)."""
+    needs_crictl = _minor(spec.version) <= _LAST_MINOR_NEEDING_CRICTL
+    return (PHASE_PREFLIGHT,) if needs_crictl and not spec.has_crictl else ()
+
+
+def render_join(spec: JoinSpec) -> str:
+    """kubeadm's config file for ``kubeadm join --config``. It holds a bootstrap token: the
+    file is written with mode 0600 and the token registered as a secret."""
+    api = _api(spec.version)
+    node: dict[str, Any] = {
+        "name": spec.node_name,
+        "criSocket": CRI_SOCKET,
+        "kubeletExtraArgs": _args(api, {"node-ip": spec.advertise_address}),
+    }
+    doc: dict[str, Any] = {
+        "apiVersion": api.group_version,
+        "kind": "JoinConfiguration",
+        "nodeRegistration": node,
+        "discovery": {
+            "bootstrapToken": {
+                "apiServerEndpoint": spec.endpoint,
+                "token": spec.token,
+                "caCertHashes": [spec.ca_cert_hash],
+            }
+        },
+    }
+    skipped = join_skip_phases(spec)
+    if skipped and api.skip_phases_field:
+        doc["skipPhases"] = list(skipped)
+    if spec.control_plane:
+        doc["controlPlane"] = {
+            "localAPIEndpoint": {"advertiseAddress": spec.advertise_address, "bindPort": spec.bind_port}
+        }
+    return _dump([doc])
+
+
 def _args(api: _Api, args: Mapping[str, str]) -> dict[str, str] | list[dict[str, str]]:
     if api.args_as_list:
         return [{"name": name, "value": value} for name, value in args.items()]

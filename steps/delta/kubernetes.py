@@ -29,6 +29,7 @@ from typing import Literal
 
 from apply import artifacts, ops
 from apply.api import Context, step
+from apply.extensions import hooks
 from recipes import Entry, RecipeCache
 from recipes import kubernetes as kubernetes_recipe
 from settings.base import EffectiveProfile
@@ -240,12 +241,19 @@ def cluster_spec(ctx: Context) -> kubeadm_config.ClusterSpec:
         service_subnet=delta.service_subnet,
         image_repository=dist.image_repository,
         etcd=delta.resolved_etcd(ctx.profile),
-        cert_sans=(ctx.address,),
+        cert_sans=(ctx.address, *endpoint_hosts(settings)),
         namespaced_sysctls_only=ctx.profile.namespaced_sysctls_only,
         has_crictl=dist.has_crictl,
         has_coredns_image=dist.has_coredns_image,
         control_plane_timeout=delta.ready_timeout,
     )
+
+
+def endpoint_hosts(settings: Settings) -> tuple[str, ...]:
+    """The host of the declared control-plane endpoint (a later team's virtual IP), which the
+    API server's certificate names from the start."""
+    endpoint = hooks().control_plane_endpoint(settings=settings)
+    return (endpoint.rsplit(":", 1)[0],) if endpoint else ()
 
 
 def _import(archive: str) -> str:
