@@ -15,17 +15,20 @@ answering, and the host comes back as a healthy member by itself.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import NamedTuple
+
 import allure
 import pytest
 
-from apply.api import Context, Step
+from apply.api import Context
 from checks import failover
 from checks.kube import CheckNamespace, Cluster
 from engine import apply_fixture, not_applicable
 from settings.base import Role
 from settings.model import Settings
 from steps.delta import control_plane, etcd, kubectl, kubernetes
-from steps.foxtrot import endpoint, nodes, vip
+from steps.foxtrot import endpoint, ha_cluster, nodes, vip
 from targets import scratch
 
 pytestmark = pytest.mark.usefixtures("applied")
@@ -44,22 +47,8 @@ def workers(fleet, artifacts) -> list[Context]:
 
 
 @apply_fixture
-def applied(ctx: Context, settings: Settings, control_planes, workers) -> None:
-    for node in [*control_planes, *workers]:
-        nodes.prepare(node)
-    # The control-plane hosts first: the address starts on one of them, not on the primary.
-    for control_plane_host in [*control_planes, ctx]:
-        vip.apply(control_plane_host)
-    endpoint.apply(ctx)
-    external = settings.delta.resolved_etcd(ctx.profile) == "external"
-    if external:
-        nodes.primary_member(ctx)
-    members = [(kubernetes.node_name(ctx), ctx.address)]
-    for node in control_planes:
-        members.append((kubernetes.node_name(node), node.address))
-        Step("Join as a control plane", lambda n: nodes.join_control_plane(ctx, n, members, external))(node)
-    for node in workers:
-        Step("Join as a worker", lambda n: nodes.join_worker(ctx, n))(node)
+def applied(ctx: Context, control_planes, workers) -> None:
+    ha_cluster.apply(ctx, control_planes, workers)
 
 
 @pytest.fixture(scope="module")
@@ -147,18 +136,33 @@ def drill_nodes(fleet) -> list[failover.Node]:
     ]
 
 
+class WorkerMarker(NamedTuple):
+    address: str  # the worker's
+    port: int  # the pod's hostPort there
+    pod_ip: str
+
+
 @pytest.fixture(scope="module")
-def worker_marker(check_namespace: CheckNamespace, workers, target, settings: Settings) -> tuple[str, int]:
-    """A pod on a worker serving the run's marker on a hostPort: (address, port)."""
+def worker_marker(
+    check_namespace: CheckNamespace, workers, target, settings: Settings
+) -> Iterator[WorkerMarker]:
+    """A pod on a worker serving the run's marker, also on a hostPort of the worker."""
     worker = workers[0]
     # The worker pulls the run's image from the suite's registry on the primary.
     remote = check_namespace.image.replace("127.0.0.1:", f"{target.address}:", 1)
     worker.host.run(f"ctr -n k8s.io images pull --plain-http {remote} >/dev/null")
     worker.host.run(f"ctr -n k8s.io images tag --force {remote} {check_namespace.image}")
     port = settings.port("Foxtrot", settings.foxtrot.marker_port)
-    check_namespace.serve_marker("failover-marker", host_port=port, node=kubernetes.node_name(worker))
-    yield worker.address, port
+    pod = check_namespace.serve_marker("failover-marker", host_port=port, node=kubernetes.node_name(worker))
+    yield WorkerMarker(worker.address, port, pod.status.pod_ip)
     worker.host.run(f"ctr -n k8s.io images rm {remote} {check_namespace.image} >/dev/null", check=False)
+
+
+@pytest.mark.task("Multi-node setup")
+def test_a_pod_on_the_primary_reaches_a_pod_on_the_worker(
+    check_namespace: CheckNamespace, worker_marker
+) -> None:
+    assert check_namespace.fetch("across-nodes", worker_marker.pod_ip) == check_namespace.marker
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +183,7 @@ def drills(
         hard_bound=foxtrot.hard_gap_seconds,
         rejoin_timeout=foxtrot.rejoin_timeout,
     )
-    address, port = worker_marker
+    address, port, _ = worker_marker
     marker = check_namespace.marker
     results = drills.run(
         lambda: (failover.http_body(address, port, "/marker") or "").strip() == marker, foxtrot.poll_seconds

@@ -56,7 +56,7 @@ class FoxtrotSettings(TeamSettings):
     def require_virtual_ip(self) -> str:
         if self.virtual_ip is None:
             raise ValueError(
-                'foxtrot.virtual_ip is not set: name a free address on the hosts\' network, e.g. '
+                "foxtrot.virtual_ip is not set: name a free address on the hosts' network, e.g. "
                 '[foxtrot] virtual_ip = "203.0.113.20"'
             )
         return self.virtual_ip

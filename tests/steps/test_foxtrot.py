@@ -194,3 +194,33 @@ def test_the_drills_never_fault_the_primary() -> None:
         drills.holder(None)
     # Without power over the hosts only the two service drills run.
     assert [d.name for d in drills.drills()] == ["api-server stopped", "keepalived stopped"]
+
+
+# -- pod routes ----------------------------------------------------------------------------
+
+
+def test_each_node_routes_every_other_nodes_pod_subnet_via_that_node() -> None:
+    from apply import ops
+    from steps.foxtrot import pod_routes
+
+    table = [
+        pod_routes.NodeRoute("host1", "10.244.0.0/24", "10.231.0.2"),
+        pod_routes.NodeRoute("host2", "10.244.2.0/24", "10.231.0.3"),
+        pod_routes.NodeRoute("worker1", "10.244.1.0/24", "10.231.0.5"),
+    ]
+    wanted = pod_routes.routes_for("10.231.0.3", table)
+    assert [(r.pod_cidr, r.address) for r in wanted] == [
+        ("10.244.0.0/24", "10.231.0.2"),
+        ("10.244.1.0/24", "10.231.0.5"),
+    ]
+    unit = ops.render(pod_routes.TEMPLATES / "pod-routes.service.j2", {"routes": wanted})
+    assert re.findall(r"ExecStart=(.*)", unit) == [
+        "/sbin/ip route replace 10.244.0.0/24 via 10.231.0.2",
+        "/sbin/ip route replace 10.244.1.0/24 via 10.231.0.5",
+    ]
+    live = pod_routes.LiveRoutes().parse(
+        "default via 10.231.0.1 dev eth0\n"
+        "10.244.0.0/24 via 10.231.0.2 dev eth0\n"
+        "10.244.2.0/24 dev cni0 proto kernel\n"
+    )
+    assert live == {("default", "10.231.0.1"), ("10.244.0.0/24", "10.231.0.2")}
