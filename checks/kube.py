@@ -30,7 +30,12 @@ RBAC = "rbac.authorization.k8s.io"
 
 
 class Cluster:
-    def __init__(self, kubeconfig: Path) -> None:
+    """The API through ``kubeconfig``. Pods the checks start run on ``home_node`` unless they
+    name their own node: the node pulls the run's image from the suite's registry on the
+    primary host's loopback, which only the primary's node reaches."""
+
+    def __init__(self, kubeconfig: Path, home_node: str | None = None) -> None:
+        self.home_node = home_node
         self.api = config.new_client_from_config(config_file=str(kubeconfig))
         self.core = client.CoreV1Api(self.api)
         self.apps = client.AppsV1Api(self.api)
@@ -81,11 +86,17 @@ class Cluster:
             timeout=timeout,
         )
 
+    def create_pod(self, namespace: str, pod: client.V1Pod) -> client.V1Pod:
+        """``pod`` created, on the home node unless it selects its own."""
+        if self.home_node and not pod.spec.node_selector:
+            pod.spec.node_selector = {"kubernetes.io/hostname": self.home_node}
+        return self.core.create_namespaced_pod(namespace, pod)
+
     def run_pod(self, namespace: str, pod: client.V1Pod, timeout: float) -> str:
         """``pod`` (restart Never) run to completion; its log. A pod that did not succeed
         fails the caller's check with its phase and log."""
         name = pod.metadata.name
-        self.core.create_namespaced_pod(namespace, pod)
+        self.create_pod(namespace, pod)
         done = self.wait_for_pod(namespace, name, {"Succeeded", "Failed"}, timeout)
         log = self.core.read_namespaced_pod_log(name, namespace)
         assert done.status.phase == "Succeeded", f"pod {name}: {done.status.phase}: {log}"
@@ -146,7 +157,7 @@ class MarkerWorkload:
         ) as checks:
             namespace, image, marker, core = checks.name, checks.image, checks.marker, cluster.core
             labels = {"app": "marker", "run": nonce[:8]}
-            core.create_namespaced_pod(namespace, pod(
+            cluster.create_pod(namespace, pod(
                 "marker-server", image, labels,
                 # The log shows the marker; then busybox httpd serves / (so GET /marker).
                 ["/bin/busybox", "sh", "-c", f"/bin/busybox cat {MARKER_PATH}; exec {HTTPD}"],
@@ -306,11 +317,15 @@ class CheckNamespace:
         labels: dict[str, str] | None = None,
         annotations: dict[str, str] | None = None,
         host_port: int | None = None,
+        node: str | None = None,
     ) -> client.V1Pod:
-        """A pod answering ``GET /marker`` on port 8080 (and ``host_port`` on the node); Running."""
+        """A pod answering ``GET /marker`` on port 8080 (and ``host_port`` on the node), on
+        ``node`` if given (which must hold the run's image); Running."""
         server = pod(
             name, self.image, labels or {"app": name}, ["/bin/busybox", "sh", "-c", f"exec {HTTPD}"], "Always"
         )
+        if node:
+            server.spec.node_selector = {"kubernetes.io/hostname": node}
         server.spec.containers[0].ports = [
             client.V1ContainerPort(container_port=HTTP_PORT, host_port=host_port)
         ]
@@ -326,7 +341,7 @@ class CheckNamespace:
 
     def _start(self, started: client.V1Pod, namespace: str | None) -> client.V1Pod:
         namespace = namespace or self.name
-        self.cluster.core.create_namespaced_pod(namespace, started)
+        self.cluster.create_pod(namespace, started)
         return self.cluster.wait_for_pod(namespace, started.metadata.name, {"Running"}, self.timeout)
 
     def service(

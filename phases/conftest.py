@@ -13,6 +13,7 @@ from checks.kube import CheckNamespace, Cluster
 from settings.model import Settings
 from steps.alpha import tls
 from steps.delta import control_plane
+from steps.delta.kubernetes import node_name
 
 
 @pytest.fixture(scope="module")
@@ -35,4 +36,4 @@ def check_namespace(cluster: Cluster, settings: Settings, target) -> Iterator[Ch
 def cluster(ctx: Context) -> Cluster:
     """The Kubernetes API through the operator's kubeconfig, copied from the primary host
     (module-scoped: requested after a team's apply, it sees that team's cluster)."""
-    return Cluster(control_plane.fetch_kubeconfig(ctx))
+    return Cluster(control_plane.fetch_kubeconfig(ctx), home_node=node_name(ctx))

@@ -80,7 +80,8 @@ def test_every_node_is_ready(cluster: Cluster) -> None:
 
 @pytest.mark.task("Deploy K8s control plane")
 def test_the_node_is_untainted(cluster: Cluster) -> None:
-    assert cluster.taints() == {name: [] for name in cluster.node_conditions()}
+    # The primary's node takes pods; further control planes (Team Foxtrot) keep kubeadm's taint.
+    assert cluster.taints()[cluster.home_node] == []
 
 
 @pytest.mark.task("Deploy K8s control plane")

@@ -50,7 +50,7 @@ def test_the_pod_network_is_echo1s_chain_on_the_nodes_pod_cidr(
     assert probes.read_fact(host, bootstrap_network.CniConfigs(directory)) == [pod_network.CHAIN]
     config = json.loads(host.file(f"{directory}/{pod_network.CHAIN}").content_string)
     assert [plugin["type"] for plugin in config["plugins"]] == ["bridge", "portmap", "bandwidth", "loopback"]
-    (node,) = cluster.core.list_node().items
+    node = cluster.core.read_node(cluster.home_node)
     assert config["plugins"][0]["ipam"]["ranges"] == [[{"subnet": node.spec.pod_cidr}]]
 
 

@@ -755,3 +755,25 @@ def _mentions(rule: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network)
         except (ValueError, TypeError):
             continue
     return False
+
+
+# -- power, for failure drills -------------------------------------------------------------
+
+
+def stop(name: str, *, grace: int = 10) -> None:
+    """The server shut down as a machine is: its init is told to stop, given ``grace`` s."""
+    podman("stop", "-t", str(grace), name, timeout=grace + 60)
+
+
+def kill(name: str) -> None:
+    """The server dead at once (SIGKILL to every process): a power cut."""
+    podman("kill", "-s", "KILL", name, timeout=60)
+
+
+def start(name: str) -> None:
+    """A stopped server started again, at the address it keeps for its life."""
+    data = inspect("container", name)
+    if data is None:
+        raise TargetError(f"scratch server {name} does not exist")
+    network = _network_of(data)
+    _start(name, _recorded_address(data, network), network)

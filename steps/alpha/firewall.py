@@ -177,7 +177,8 @@ def apply(ctx: Context) -> None:
     host, settings = ctx.host, ctx.settings
     admins = list(settings.firewall.admin_sources)
     rules_text = render(settings, admins, ctx.peers)
-    ops.packages(host, ["nftables"])
+    # netbase: /etc/protocols, where nft resolves the names of declared IP protocols (vrrp, ...).
+    ops.packages(host, ["nftables", "netbase"])
     op = f"firewall {RULES_FILE}"
     if host.mode == "verify":
         host.unchanged(op, "verify-only")

@@ -84,11 +84,11 @@ def test_rendered_ruleset_passes_nft_check(tmp_path: Path) -> None:
 
 
 def _with_vrrp() -> Settings:
-    # What a later team declares: etcd's peer port and VRRP between the control-plane hosts.
+    # A port open to one role only, and VRRP between the control-plane hosts.
     return _settings(
         ports=[
             *_settings().ports,
-            PortRule(name="etcd-peer", team="Foxtrot", port=2380, sources=["role:control-plane"]),
+            PortRule(name="example-peer", team="Foxtrot", port=7946, sources=["role:control-plane"]),
         ],
         protocols=[
             ProtocolRule(name="vrrp", team="Foxtrot", protocol="vrrp", sources=["role:control-plane"])
@@ -100,14 +100,14 @@ def test_role_sources_are_the_addresses_of_the_hosts_holding_the_role() -> None:
     peers = {"control-plane": ("10.231.0.11", "10.231.0.12"), "primary": ("10.231.0.2",)}
     settings = _with_vrrp()
     assert (
-        'ip saddr { 10.231.0.11/32, 10.231.0.12/32 } tcp dport 2380 accept comment "etcd-peer (Foxtrot)"'
+        'ip saddr { 10.231.0.11/32, 10.231.0.12/32 } tcp dport 7946 accept comment "example-peer (Foxtrot)"'
         in (firewall.port_rules(settings, ["10.231.0.0/24"], peers))
     )
     assert firewall.protocol_rules(settings, [], peers) == [
         'ip saddr { 10.231.0.11/32, 10.231.0.12/32 } meta l4proto vrrp accept comment "vrrp (Foxtrot)"'
     ]
-    assert 2380 in firewall.allowed_ports(settings, ["10.231.0.0/24"], "10.231.0.12", peers=peers)
-    assert 2380 not in firewall.allowed_ports(settings, ["10.231.0.0/24"], "10.231.0.2", peers=peers)
+    assert 7946 in firewall.allowed_ports(settings, ["10.231.0.0/24"], "10.231.0.12", peers=peers)
+    assert 7946 not in firewall.allowed_ports(settings, ["10.231.0.0/24"], "10.231.0.2", peers=peers)
     # No host holds the role yet: the rule admits nobody.
     assert firewall.protocol_rules(settings, [], {}) == []
 
@@ -154,7 +154,7 @@ def _converged_firewall(rules_mode: str = "644") -> tuple[list, FakeConnection]:
                 f'table inet hvsuite_filter {{\n\tcomment "hvsuite {firewall.digest_of(rules)}"\n',
                 "",
             ),
-            re.compile(r".*dpkg-query.*"): (0, "nftables\t1.0.6\tii \n", ""),
+            re.compile(r".*dpkg-query.*"): (0, "nftables\t1.0.6\tii \nnetbase\t6.4\tii \n", ""),
             re.compile(r"systemctl show .*nftables.*"): (
                 0,
                 "LoadState=loaded\nActiveState=active\nUnitFileState=enabled\nNeedDaemonReload=no\n",
@@ -187,7 +187,7 @@ def test_firewall_refuses_rules_that_would_lock_out_the_controller() -> None:
     conn = FakeConnection(
         {
             SSHSession().command: (0, "10.231.0.1 50000 10.231.0.5 22\n", ""),
-            re.compile(r".*dpkg-query.*"): (0, "nftables\t1.0.6\tii \n", ""),
+            re.compile(r".*dpkg-query.*"): (0, "nftables\t1.0.6\tii \nnetbase\t6.4\tii \n", ""),
         }
     )
     with pytest.raises(ApplyError, match="would not let the controller"):
@@ -199,7 +199,7 @@ def test_a_changed_ruleset_is_validated_loaded_under_guard_and_proven() -> None:
     conn = FakeConnection(
         {
             SSHSession().command: (0, "10.231.0.1 50000 10.231.0.5 22\n", ""),
-            re.compile(r".*dpkg-query.*"): (0, "nftables\t1.0.6\tii \n", ""),
+            re.compile(r".*dpkg-query.*"): (0, "nftables\t1.0.6\tii \nnetbase\t6.4\tii \n", ""),
             re.compile(r"systemctl show .*nftables.*"): (
                 0,
                 "LoadState=loaded\nActiveState=active\nUnitFileState=enabled\nNeedDaemonReload=no\n",

@@ -24,12 +24,17 @@ def problems(path: Path) -> list[str]:
     return info.value.problems
 
 
-def test_default_is_a_scratch_fleet_of_a_primary_and_a_probe() -> None:
+def test_default_is_a_scratch_fleet_of_a_host_per_role() -> None:
     settings = load_settings()
     hosts = plan_hosts(settings, None)
     assert [(h.name, h.roles) for h in hosts] == [
         ("hvs-scratch-host1", ("primary",)),
-        ("hvs-scratch-probe", ("probe",)),
+        ("hvs-scratch-probe", ("probe", "bench-peer")),
+        ("hvs-scratch-host2", ("control-plane",)),
+        ("hvs-scratch-host3", ("control-plane",)),
+        ("hvs-scratch-worker1", ("worker",)),
+        ("hvs-scratch-backup", ("backup",)),
+        ("hvs-scratch-restore", ("restore",)),
     ]
     assert all(isinstance(h.spec, ScratchSpec) for h in hosts)
     profile = effective_profile(settings, hosts)
@@ -40,6 +45,7 @@ def test_default_is_a_scratch_fleet_of_a_primary_and_a_probe() -> None:
         Waiver.UPSTREAM_ARTIFACTS,
         Waiver.NETPOL_ENFORCEMENT,
         Waiver.CSI_SNAPSHOTS,
+        Waiver.HOST_KERNEL,
     }
     assert load_settings(DEFAULT_CONFIG) == settings
 
@@ -148,7 +154,15 @@ def test_hetzner_example_without_artifacts_is_a_valid_production_inventory(tmp_p
     text = (REPO / "settings" / "hetzner.example.toml").read_text().split("[artifacts.")[0]
     settings = load_settings(write(tmp_path, text))
     hosts = plan_hosts(settings, None)
-    assert [(h.name, h.roles) for h in hosts] == [("hetzner1", ("primary",)), ("probe1", ("probe",))]
+    assert [(h.name, h.roles) for h in hosts] == [
+        ("hetzner1", ("primary",)),
+        ("probe1", ("probe", "bench-peer")),
+        ("hetzner2", ("control-plane",)),
+        ("hetzner3", ("control-plane",)),
+        ("worker1", ("worker",)),
+        ("storagebox", ("backup",)),
+        ("restore1", ("restore",)),
+    ]
     assert all(isinstance(h.spec, SSHSpec) for h in hosts)
     assert effective_profile(settings, hosts).waivers == frozenset()
 
@@ -166,13 +180,17 @@ def test_profile_follows_the_primary_host_unless_the_config_names_one() -> None:
 
 
 def test_a_real_primary_with_local_scratch_peers_is_refused() -> None:
-    with pytest.raises(TargetError, match=r"hvs-scratch-probe would be local scratch servers.*\[\[hosts\]\]"):
+    with pytest.raises(
+        TargetError,
+        match=r"hvs-scratch-probe, .*hvs-scratch-restore would be local scratch servers.*\[\[hosts\]\]",
+    ):
         plan_hosts(load_settings(), "ssh://root@198.51.100.9")
 
 
 def test_target_scratch_fleet_renames_every_scratch_server() -> None:
     hosts = plan_hosts(load_settings(), "scratch:lab")
-    assert [h.name for h in hosts] == ["lab-host1", "lab-probe"]
+    assert [h.name for h in hosts][:2] == ["lab-host1", "lab-probe"]
+    assert all(h.name.startswith("lab-") for h in hosts)
 
 
 def test_hetzner_example_is_valid_once_its_checksums_are_filled_in(tmp_path: Path) -> None:
