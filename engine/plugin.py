@@ -28,6 +28,8 @@ only its dependents.
 from __future__ import annotations
 
 import json
+import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -131,6 +133,22 @@ def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, tuple
 def _resolve(config: pytest.Config, value: str) -> Path:
     path = Path(value)
     return path if path.is_absolute() else config.rootpath / path
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: at least as many workers as the plan has teams in one phase. Teams wait on
+    their hosts, not on the controller's CPUs, so on a 2-core controller the three teams of
+    phase 5 still run side by side. PYTEST_XDIST_AUTO_NUM_WORKERS still decides when set."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    plan_path = _resolve(config, config.getoption("engine_plan") or config.getini("plan_file"))
+    try:
+        plan = load_plan(plan_path)
+    except PlanError:
+        return None  # xdist's own count; the plan's error is reported at configure
+    widest = max(Counter(team.phase for team in plan).values(), default=1)
+    return max(len(os.sched_getaffinity(0)), widest)
 
 
 @pytest.hookimpl(tryfirst=True)

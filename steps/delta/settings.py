@@ -93,12 +93,14 @@ def unversioned_pins(config: Any, keys: Iterable[str]) -> list[str]:
 
 
 # Stacked etcd (kubeadm's static pod) serves clients and peers on the advertise address
-# (metrics stay on 127.0.0.1:2381); kubelet's API is the API server's way in. kube-proxy's
-# health and metrics, the scheduler's and the controller manager's ports are on loopback.
+# (metrics stay on 127.0.0.1:2381), and so does external etcd once members on other hosts
+# join it (the etcd_clustered extension point); kubelet's API is the API server's way in.
+# kube-proxy's health and metrics, the scheduler's and the controller manager's ports are on
+# loopback.
 RELEASE_LISTENERS = (Listener("kubelet", 10250, "tcp", "kubelet's API"),)
-STACKED_ETCD_LISTENERS = (
-    Listener("etcd-client", 2379, "tcp", "stacked etcd (clients)"),
-    Listener("etcd-peer", 2380, "tcp", "stacked etcd (peers)"),
+ETCD_LISTENERS = (
+    Listener("etcd-client", 2379, "tcp", "etcd (clients)"),
+    Listener("etcd-peer", 2380, "tcp", "etcd (peers)"),
 )
 
 
@@ -163,6 +165,9 @@ class DeltaSettings(TeamSettings):
             if config.artifacts[key].version != self.release.version
         ]
         listeners = list(RELEASE_LISTENERS)
-        if self.resolved_etcd(profile) == "stacked":
-            listeners += STACKED_ETCD_LISTENERS
+        # Imported here: the extension registry is built from the composed config's sections.
+        from apply.extensions import hooks
+
+        if self.resolved_etcd(profile) == "stacked" or hooks().etcd_clustered(settings=config):
+            listeners += ETCD_LISTENERS
         return problems + undeclared_listeners(config, "Delta", listeners)

@@ -37,6 +37,12 @@ class BackupServerSettings(Strict):
     @field_validator("host_keys")
     @classmethod
     def _host_keys(cls, keys: list[str]) -> list[str]:
+        if any(key.startswith("FILL-IN") for key in keys):
+            raise ValueError(
+                "golf1.backup_server.host_keys still holds the example's placeholder. Fix: fill in the "
+                "Storage Box's host key (ssh-keyscan -p 23 <storage box>), checked against the "
+                "fingerprints Hetzner publishes; never guess"
+            )
         bad = [
             key
             for key in keys

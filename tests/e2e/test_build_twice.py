@@ -1,5 +1,6 @@
-"""The main job end to end, as an operator runs it, on a fresh local scratch fleet (the
-primary host and the probe): `pytest -n auto phases/` twice (Molecule's idempotence gate).
+"""The main job end to end, as an operator runs it, on a fresh local scratch fleet (a server
+per host of the embedded inventory): `pytest -n auto phases/` twice (Molecule's idempotence
+gate).
 
 The first run must build and verify every implemented team (only declared waivers skipped)
 although the controller's SSH connections to the primary are killed twice while it runs,
@@ -18,22 +19,25 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from engine.plan import load_plan
+from tests.e2e.fleet import (
+    FIRST_CONNECTION_TIMEOUT,
+    PYTEST,
+    ROOT,
+    RUN_TIMEOUT,
+    address,
+    build,
+    config,
+    destroy,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-PYTEST = ROOT / ".venv" / "bin" / "pytest"
-# A first build on a machine without the Kubernetes recipe's cache entry builds it (about 13
-# minutes on 2 cores, overlapping the first teams).
-RUN_TIMEOUT = 2700
 PLAN = load_plan(ROOT / "phases" / "plan.toml")
 # The teams with a module: a new team is covered as soon as it exists.
 IMPLEMENTED = {team.name for team in PLAN if (PLAN.directory / team.module).exists()}
@@ -42,63 +46,14 @@ OUTCOMES = dict.fromkeys(IMPLEMENTED, "green") | {"Base": "waived"}
 # Seconds after the teams' first SSH connection to the primary at which every connection from
 # the controller to it is killed (`ss -K`): during Alpha, and during Bravo and Charlie.
 DROPS = (5.0, 60.0)
-# The scratch image may be built first (about 2 minutes on a machine without it).
-FIRST_CONNECTION_TIMEOUT = 900.0
-
 pytestmark = pytest.mark.skipif(os.environ.get("HVSUITE_E2E") == "0", reason="HVSUITE_E2E=0")
-
-
-def build(
-    fleet: str, reports: Path, *extra: str, during: Callable[[], None] | None = None
-) -> dict[str, dict]:
-    command = [
-        str(PYTEST), "-p", "no:cacheprovider", "-n", "auto", "phases/", "--target", f"scratch:{fleet}",
-        "--config", str(_config(reports)),
-        "--reports-dir", str(reports), "--alluredir", str(reports / "allure-results"), *extra,
-    ]  # fmt: skip
-    with subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    ) as run:
-        if during is not None:
-            threading.Thread(target=during, daemon=True).start()
-        output, _ = run.communicate(timeout=RUN_TIMEOUT)
-    (reports / "pytest.log").write_text(output)
-    assert run.returncode == 0, output[-10000:]
-    assert " failed" not in output.splitlines()[-1], output.splitlines()[-1]
-    timeline = json.loads((reports / "timeline.json").read_text())
-    return {team["team"]: team for team in timeline["teams"]}
-
-
-def _config(reports: Path) -> Path:
-    """The embedded config with a load balancer pool and VRRP router of this fleet's own, so
-    that it shares the podman network with a developer's fleet without a clash."""
-    text = (ROOT / "settings" / "scratch.toml").read_text()
-    pool = 'pool = ["10.231.0.240/29"]'
-    assert pool in text, "scratch.toml's load balancer pool changed: update this test"
-    path = reports / "e2e.toml"
-    path.write_text(text.replace(pool, 'pool = ["10.231.0.248/29"]\nvrrp_router_id = 52'))
-    return path
 
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[str]:
     name = f"hvs-e2e-{uuid.uuid4().hex[:8]}"
     yield name
-    # The servers the default inventory names: "<fleet>-host1" (primary), "<fleet>-probe".
-    for each in (f"{name}-host1", f"{name}-probe"):
-        subprocess.run([sys.executable, "-m", "targets", "destroy", each], cwd=ROOT, timeout=120, check=False)
-
-
-def _address(server: str) -> str:
-    for _ in range(int(FIRST_CONNECTION_TIMEOUT * 10)):
-        found = subprocess.run(
-            ["podman", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", server],
-            capture_output=True, text=True, check=False,
-        ).stdout.strip()  # fmt: skip
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"{server} got no address")
+    destroy(name)
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +68,8 @@ def first(fleet: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, d
         return [line for line in out.splitlines()[1:] if "ESTAB" in line]
 
     def drop_connections() -> None:
-        address = _address(f"{fleet}-host1")
-        to_primary = ("-t", "-n", "dst", address, "dport", "=", ":22")
+        primary = address(f"{fleet}-host1")
+        to_primary = ("-t", "-n", "dst", primary, "dport", "=", ":22")
         # The teams are at work once the controller holds an SSH connection to the primary.
         deadline = time.monotonic() + FIRST_CONNECTION_TIMEOUT
         while not ss(*to_primary) and time.monotonic() < deadline:
@@ -166,6 +121,15 @@ def test_echo1_and_echo2_ran_side_by_side(first: tuple[Path, dict[str, dict], li
     assert min(echo1["start"], echo2["start"]) >= teams["Delta"]["end"] - 0.5
 
 
+def test_the_phase_5_teams_ran_side_by_side(first: tuple[Path, dict[str, dict], list[str]]) -> None:
+    _, teams, _ = first
+    trio = [teams[name] for name in ("Foxtrot", "Golf-1", "Golf-2")]
+    assert len({team["worker"] for team in trio}) == 3
+    # All three at once for a while, started once both Echo teams had ended.
+    assert min(team["end"] for team in trio) > max(team["start"] for team in trio), trio
+    assert min(team["start"] for team in trio) >= max(teams["Echo-1"]["end"], teams["Echo-2"]["end"]) - 0.5
+
+
 def test_bravo_and_charlie_ran_side_by_side(first: tuple[Path, dict[str, dict], list[str]]) -> None:
     _, teams, _ = first
     bravo, charlie = teams["Bravo"], teams["Charlie"]
@@ -212,7 +176,7 @@ def test_check_run_on_the_built_server_would_change_nothing(
     reports = tmp_path_factory.mktemp("check")
     command = [
         str(PYTEST), "-p", "no:cacheprovider", "-n", "auto", "phases/", "--target", f"scratch:{fleet}",
-        "--config", str(_config(reports)), "--check", "--reports-dir", str(reports),
+        "--config", str(config(reports)), "--check", "--reports-dir", str(reports),
         "--alluredir", str(reports / "allure-results"),
     ]  # fmt: skip
     result = subprocess.run(

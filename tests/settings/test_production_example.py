@@ -13,18 +13,17 @@ from typing import Any
 import pytest
 
 from settings.loader import ConfigError, load_settings
+from tests.support.example import filled_text
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "settings" / "hetzner.example.toml"
 TEXT = EXAMPLE.read_text()
-PLACEHOLDER = re.compile(r'"FILL-IN-[^"]*"')
-DUMMY = '"' + "0" * 64 + '"'
 
 
 @pytest.fixture(scope="module")
 def filled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("production") / "hetzner.toml"
-    path.write_text(PLACEHOLDER.sub(DUMMY, TEXT))
+    path.write_text(filled_text(TEXT))
     return path
 
 
@@ -120,8 +119,8 @@ def test_the_bridge_chain_with_containerd_looking_elsewhere_is_refused(filled: P
 @pytest.mark.parametrize(
     ("port", "proto", "team", "what"),
     [
-        (2379, "tcp", "Delta", "stacked etcd (clients)"),
-        (2380, "tcp", "Delta", "stacked etcd (peers)"),
+        (2379, "tcp", "Delta", "etcd (clients)"),
+        (2380, "tcp", "Delta", "etcd (peers)"),
         (10250, "tcp", "Delta", "kubelet's API"),
         (179, "tcp", "Echo-1", "Calico's BIRD"),
         (7946, "tcp", "Echo-1", "MetalLB's speaker (memberlist)"),
@@ -135,10 +134,19 @@ def test_an_undeclared_listener_is_refused(filled: Path, port: int, proto: str, 
     assert f'team = "{team}", port = {port}, proto = "{proto}"' in found
 
 
-def test_external_etcd_listens_on_loopback_and_needs_no_declaration(filled: Path) -> None:
-    rules = [rule for rule in tomllib.loads(TEXT)["ports"] if rule["port"] not in (2379, 2380)]
-    settings = load_settings(filled, {"delta.etcd": "external", "ports": rules})
+def test_external_etcd_of_one_node_listens_on_loopback_and_needs_no_declaration(filled: Path) -> None:
+    data = tomllib.loads(TEXT)
+    rules = [rule for rule in data["ports"] if rule["port"] not in (2379, 2380)]
+    single = [host for host in data["hosts"] if "control-plane" not in host["roles"]]
+    settings = load_settings(filled, {"delta.etcd": "external", "ports": rules, "hosts": single})
     assert settings.delta.etcd == "external"
+
+
+def test_external_etcd_with_members_on_other_hosts_must_declare_its_ports(filled: Path) -> None:
+    rules = [rule for rule in tomllib.loads(TEXT)["ports"] if rule["port"] not in (2379, 2380)]
+    found = problems(filled, {"delta.etcd": "external", "ports": rules})
+    assert any("etcd (clients) listens on 2379/tcp" in line for line in found), found
+    assert any("etcd (peers) listens on 2380/tcp" in line for line in found), found
 
 
 def test_metallb_before_0_16_has_its_metrics_on_7472(filled: Path) -> None:

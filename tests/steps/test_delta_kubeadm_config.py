@@ -24,6 +24,7 @@ from steps.delta.kubeadm_config import (
     render,
     skip_phases,
 )
+from tests.support.example import filled_text
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -805,7 +806,7 @@ def test_v1beta2_shapes_and_bad_values_are_refused_in_v1beta4(
 def test_the_example_pins_the_release_kubeadm_renders_for(tmp_path: Path) -> None:
     text = (REPO / "settings" / "hetzner.example.toml").read_text()
     filled = tmp_path / "hetzner.toml"
-    filled.write_text(re.sub(r'"FILL-IN-[^"]*"', '"' + "0" * 64 + '"', text))
+    filled.write_text(filled_text(text))
     settings = load_settings(filled)
     release = settings.delta.release
     assert kubeadm_api_version(release.version) == "kubeadm.k8s.io/v1beta4"

@@ -1,4 +1,3 @@
-import re
 from pathlib import Path
 
 import pytest
@@ -8,6 +7,7 @@ from settings.loader import DEFAULT_CONFIG, ConfigError, load_settings
 from targets import TargetError
 from targets.inventory import effective_profile, plan_hosts
 from targets.spec import ScratchSpec, SSHSpec
+from tests.support.example import filled_text
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -146,8 +146,12 @@ def test_hetzner_example_names_every_checksum_to_fill_in() -> None:
     found = problems(example)
     assert found, "placeholders must be rejected"
     for message in found:
-        assert ".sha256:" in message and "Fix: fill in the sha256 of https://" in message
-        assert "never guess" in message
+        checksum = ".sha256:" in message and "Fix: fill in the sha256 of https://" in message
+        host_key = (
+            "golf1.backup_server.host_keys" in message
+            and "Fix: fill in the Storage Box's host key" in message
+        )
+        assert (checksum or host_key) and "never guess" in message, message
 
 
 def test_hetzner_example_without_artifacts_is_a_valid_production_inventory(tmp_path: Path) -> None:
@@ -196,7 +200,7 @@ def test_target_scratch_fleet_renames_every_scratch_server() -> None:
 def test_hetzner_example_is_valid_once_its_checksums_are_filled_in(tmp_path: Path) -> None:
     text = (REPO / "settings" / "hetzner.example.toml").read_text()
     filled = tmp_path / "hetzner.toml"
-    filled.write_text(re.sub(r'"FILL-IN-[^"]*"', '"' + "0" * 64 + '"', text))
+    filled.write_text(filled_text(text))
     settings = load_settings(filled)
     pins = ("firecracker", "cloud-hypervisor", "flintlockd", "microvm-kernel", "microvm-rootfs", "grafana")
     for name in pins:

@@ -1,0 +1,104 @@
+"""What the end-to-end tests share: a build of a scratch fleet as an operator runs it (a
+`pytest -n auto phases/` subprocess, its reports in a directory of the test's), the embedded
+config with the fleet's own load balancer pool, virtual IP and VRRP routers, and the servers'
+addresses and removal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from settings.loader import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTEST = ROOT / ".venv" / "bin" / "pytest"
+# A first build on a machine without the Kubernetes recipe's cache entry builds it (about 13
+# minutes on 2 cores, overlapping the first teams).
+RUN_TIMEOUT = 2700
+# The scratch image may be built first (about 2 minutes on a machine without it).
+FIRST_CONNECTION_TIMEOUT = 900.0
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """A fleet's own addresses on the shared podman network (scratch.keep_free holds them),
+    so that it runs beside a developer's fleet (pool .240/29, virtual IP .250, router ids 51
+    and 52) without a clash."""
+
+    pool: str
+    virtual_ip: str
+    load_balancer_router: int
+    virtual_ip_router: int
+
+
+E2E = Addresses("10.231.0.252/30", "10.231.0.249", 53, 54)
+NUCLEAR = Addresses("10.231.0.244/30", "10.231.0.248", 55, 56)
+
+
+def config(reports: Path, addresses: Addresses = E2E) -> Path:
+    """The embedded config with ``addresses``."""
+    text = (ROOT / "settings" / "scratch.toml").read_text()
+    pool = f'pool = ["{addresses.pool}"]\nvrrp_router_id = {addresses.load_balancer_router}'
+    virtual_ip = f'virtual_ip = "{addresses.virtual_ip}"\nvrrp_router_id = {addresses.virtual_ip_router}'
+    changes = {'pool = ["10.231.0.240/29"]': pool, 'virtual_ip = "10.231.0.250"': virtual_ip}
+    for old, new in changes.items():
+        assert old in text, f"scratch.toml no longer has {old}: update tests/e2e/fleet.py"
+        text = text.replace(old, new)
+    path = reports / "e2e.toml"
+    path.write_text(text)
+    return path
+
+
+def build(
+    fleet: str,
+    reports: Path,
+    *extra: str,
+    during: Callable[[], None] | None = None,
+    addresses: Addresses = E2E,
+) -> dict[str, dict]:
+    """A run of the phases on ``fleet``; the teams of its timeline by name. It must pass."""
+    command = [
+        str(PYTEST), "-p", "no:cacheprovider", "-n", "auto", "phases/", "--target", f"scratch:{fleet}",
+        "--config", str(config(reports, addresses)),
+        "--reports-dir", str(reports), "--alluredir", str(reports / "allure-results"), *extra,
+    ]  # fmt: skip
+    with subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as run:
+        if during is not None:
+            threading.Thread(target=during, daemon=True).start()
+        output, _ = run.communicate(timeout=RUN_TIMEOUT)
+    (reports / "pytest.log").write_text(output)
+    assert run.returncode == 0, output[-10000:]
+    assert " failed" not in output.splitlines()[-1], output.splitlines()[-1]
+    timeline = json.loads((reports / "timeline.json").read_text())
+    return {team["team"]: team for team in timeline["teams"]}
+
+
+def address(server: str) -> str:
+    for _ in range(int(FIRST_CONNECTION_TIMEOUT * 10)):
+        found = subprocess.run(
+            ["podman", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", server],
+            capture_output=True, text=True, check=False,
+        ).stdout.strip()  # fmt: skip
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"{server} got no address")
+
+
+def destroy(fleet: str) -> None:
+    """Every server the embedded inventory names for ``fleet`` ("<fleet>-<host>")."""
+    for host in load_settings().hosts:
+        subprocess.run(
+            [sys.executable, "-m", "targets", "destroy", f"{fleet}-{host.name}"],
+            cwd=ROOT,
+            timeout=120,
+            check=False,
+        )
