@@ -86,6 +86,28 @@ def apply_thinpool(host: Host, bravo: BravoSettings) -> None:
         ops.service(host, THINPOOL_UNIT, enabled=True, running=True)
 
 
+# Where the OS's containernetworking-plugins install (Debian's and Ubuntu's).
+PACKAGE_CNI_DIR = "/usr/lib/cni"
+# The plugins of the package the suite's own pod networks use (Delta's bootstrap bridge,
+# Echo-1's chain).
+PACKAGE_PLUGINS = ("bridge", "host-local", "loopback", "portmap", "bandwidth")
+
+
+def package_plugins(host: Host, cni_bin_dir: str) -> None:
+    """Where containerd looks elsewhere (Calico's /opt/cni/bin), the package's plugins are
+    there too. ``creates``: a plugin a pod network later replaces with its own is kept."""
+    if cni_bin_dir == PACKAGE_CNI_DIR:
+        return
+    ops.directory(host, cni_bin_dir)
+    for plugin in PACKAGE_PLUGINS:
+        ops.command(
+            host,
+            f"install -m 0755 {PACKAGE_CNI_DIR}/{plugin} {cni_bin_dir}/{plugin}",
+            creates=f"{cni_bin_dir}/{plugin}",
+            name=f"CNI plugin {plugin} in {cni_bin_dir}",
+        )
+
+
 @step("containerd")
 def apply(ctx: Context) -> None:
     """containerd installed, configured and running.
@@ -99,6 +121,7 @@ def apply(ctx: Context) -> None:
     if devmapper:
         apply_thinpool(host, bravo)
     ops.directory(host, bravo.cni_conf_dir)
+    package_plugins(host, bravo.cni_bin_dir)
     config = ops.file(
         host,
         bravo.config_path,

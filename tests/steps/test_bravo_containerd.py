@@ -349,3 +349,16 @@ def test_check_mode_reports_the_start_and_neither_starts_nor_waits(tmp_path: Pat
 def test_listen_wait_is_bounded_and_names_the_port() -> None:
     command = flintlock_runtime.listen_command(9090, timeout=30)
     assert "-lt 60 ]" in command and "sport = :9090" in command and "sleep 0.5" in command
+
+
+def test_the_package_plugins_are_copied_where_containerd_looks_elsewhere() -> None:
+    from steps.bravo.containerd import PACKAGE_PLUGINS, package_plugins
+
+    host = fake_host(FakeConnection())
+    package_plugins(host, "/usr/lib/cni")
+    assert host.results == []  # the package's own directory: nothing to do
+    conn = FakeConnection(responses={re.compile(r".*"): (0, "", "")})
+    host = fake_host(conn)
+    package_plugins(host, "/opt/cni/bin")
+    installs = [c for c in conn.commands if c.startswith("install -m 0755 /usr/lib/cni/")]
+    assert [c.split()[-1] for c in installs] == [f"/opt/cni/bin/{p}" for p in PACKAGE_PLUGINS]
