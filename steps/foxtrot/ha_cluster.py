@@ -5,6 +5,7 @@ over the hosts (the primary's context, the further control planes', the workers'
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from apply.api import Context, Step
 from steps.delta import kubernetes
@@ -13,8 +14,11 @@ from steps.foxtrot import endpoint, nodes, pod_routes, vip
 
 def apply(primary: Context, control_planes: Sequence[Context], workers: Sequence[Context]) -> None:
     primary.settings.foxtrot.require_virtual_ip()  # before any change
-    for node in [*control_planes, *workers]:
-        nodes.prepare(node)
+    # The new nodes' software, side by side: each host has its own connection and locks.
+    new_nodes = [*control_planes, *workers]
+    with ThreadPoolExecutor(max_workers=max(1, len(new_nodes))) as pool:
+        for prepared in [pool.submit(nodes.prepare, node) for node in new_nodes]:
+            prepared.result()
     # The control-plane hosts first: the address starts on one of them, not on the primary.
     for host in [*control_planes, primary]:
         vip.apply(host)
