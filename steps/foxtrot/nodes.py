@@ -74,11 +74,6 @@ def initial_cluster(members: Sequence[tuple[str, str]]) -> str:
     return ",".join(f"{name}={etcd.peer_url(address)}" for name, address in members)
 
 
-def control_plane_order(ctx: Context) -> list[str]:
-    """Members in the order they join: the primary, then the control-plane hosts."""
-    return [*ctx.peers.get("primary", ()), *ctx.peers.get("control-plane", ())]
-
-
 @step("etcd: the primary's member on its address")
 def primary_member(primary: Context) -> None:
     """The primary's member advertises its peer URL on the host's address (a cluster built
@@ -87,7 +82,7 @@ def primary_member(primary: Context) -> None:
     host = primary.host
     etcd.apply(primary)
     if host.mode != "apply" and not host.read(etcd.ENV_FILE):
-        return
+        return  # a dry run on a host where etcd does not run yet: no member to compare
     own = etcd.peer_url(primary.address)
     members = etcd_members(host)
     me = next(m for m in members if m["name"] == kubernetes.node_name(primary))
