@@ -13,6 +13,7 @@ address is free. The roles it was created for are recorded in a label too.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import ipaddress
 import json
@@ -131,6 +132,47 @@ def _record_forwarding() -> None:
     except OSError:
         return
     state.write_text(json.dumps({"ip_forward": forwarding}))
+
+
+# Every server's systemd, and each node's kubelet and containerd, hold inotify instances of
+# root on the machine's kernel: at its default of 128 a fleet of Kubernetes nodes uses them
+# up, and the next server's systemd waits forever for sshd. These are kind's documented values.
+INOTIFY_MINIMUM = {"max_user_instances": 1024, "max_user_watches": 524288}
+INOTIFY_STATE = "inotify-state.json"
+INOTIFY_DIR = Path("/proc/sys/fs/inotify")
+
+
+def _inotify_headroom() -> None:
+    """Raise the machine's inotify limits to INOTIFY_MINIMUM where lower (the first raise
+    records the originals, which destroy-all puts back)."""
+    with cache.lock("inotify", timeout=60):
+        state = cache.cache_dir() / INOTIFY_STATE
+        recorded = json.loads(state.read_text()) if state.exists() else {}
+        for name, minimum in INOTIFY_MINIMUM.items():
+            path = INOTIFY_DIR / name
+            current = int(path.read_text())
+            if current >= minimum:
+                continue
+            try:
+                path.write_text(f"{minimum}\n")
+            except OSError as exc:
+                raise TargetError(
+                    f"fs.inotify.{name} is {current}, too few for a fleet of scratch servers, and it "
+                    f"cannot be raised here ({exc}). Fix: as root, sysctl -w fs.inotify.{name}={minimum}"
+                ) from exc
+            recorded.setdefault(name, current)
+        if recorded:
+            state.write_text(json.dumps(recorded))
+
+
+def _restore_inotify() -> None:
+    state = cache.cache_dir() / INOTIFY_STATE
+    if not state.exists():
+        return
+    for name, original in json.loads(state.read_text()).items():
+        with contextlib.suppress(OSError):
+            (INOTIFY_DIR / name).write_text(f"{original}\n")
+    state.unlink()
 
 
 def _nofile_limit() -> int:
@@ -413,6 +455,7 @@ def create_fleet(
     if not wanted:
         return {}
     build = ensure_image(recipe_for(settings))
+    _inotify_headroom()
     cache.scratch_keypair()
     remove_old_flag_servers()
     pool = _AddressPool(settings)
@@ -745,6 +788,8 @@ def _clean_network_leftovers(network_name: str, subnet: str, bridge: str) -> Non
             with open("/proc/sys/net/ipv4/ip_forward", "w") as handle:
                 handle.write("0\n")
         state.unlink()
+    if not podman("ps", "-q", check=False, timeout=30).stdout.strip():
+        _restore_inotify()
 
 
 def _mentions(rule: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:

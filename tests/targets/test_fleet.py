@@ -301,3 +301,18 @@ def test_fleet_survives_losing_members(caplog: pytest.LogCaptureFixture) -> None
             assert not exists("container", name)
             assert not exists("volume", scratch.volume_name(name))
         lap("cleaned up")
+
+
+def test_inotify_limits_are_raised_once_and_put_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HVSUITE_CACHE_DIR", str(tmp_path / "cache"))
+    proc = tmp_path / "inotify"
+    proc.mkdir()
+    (proc / "max_user_instances").write_text("128\n")
+    (proc / "max_user_watches").write_text("1048576\n")  # already above the minimum: kept
+    monkeypatch.setattr(scratch, "INOTIFY_DIR", proc)
+    scratch._inotify_headroom()
+    scratch._inotify_headroom()  # the original is recorded once, not the raised value
+    assert (proc / "max_user_instances").read_text() == "1024\n"
+    assert (proc / "max_user_watches").read_text() == "1048576\n"
+    scratch._restore_inotify()
+    assert (proc / "max_user_instances").read_text() == "128\n"
