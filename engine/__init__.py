@@ -23,6 +23,8 @@ fixtures, change counts) is `engine.contract`; the engine owns ``--check`` and
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from engine import contract
@@ -62,10 +64,22 @@ def teams_to_run(config: pytest.Config) -> list[Team]:
     return settings.teams_to_run() if settings is not None else []
 
 
+def reports_dir(config: pytest.Config) -> Path:
+    """Where this run's reports go (--reports-dir, else the ini option reports_dir): a team
+    writes its own there (a table, a chart, a runbook) beside the signals and the timeline."""
+    from engine.plugin import SETTINGS_KEY
+
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if settings is None:
+        raise RuntimeError("the engine plugin is not configured: no reports directory")
+    return settings.reports_dir
+
+
 __all__ = [
     "add_environment",
     "apply_fixture",
     "not_applicable",
+    "reports_dir",
     "set_signal_webhook",
     "set_target_name",
     "start_background",

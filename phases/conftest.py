@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+import engine
 from apply.api import Context
 from checks.kube import CheckNamespace, Cluster
 from settings.model import Settings
@@ -37,3 +39,11 @@ def cluster(ctx: Context) -> Cluster:
     """The Kubernetes API through the operator's kubeconfig, copied from the primary host
     (module-scoped: requested after a team's apply, it sees that team's cluster)."""
     return Cluster(control_plane.fetch_kubeconfig(ctx), home_node=node_name(ctx))
+
+
+@pytest.fixture(scope="module")
+def reports_dir(request: pytest.FixtureRequest) -> Path:
+    """The run's reports directory (it exists), where a team writes the reports it makes."""
+    path = engine.reports_dir(request.config)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -20,282 +20,63 @@ from __future__ import annotations
 import json
 import secrets
 import shlex
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import allure
 import pytest
-import requests
 
-from apply.api import Context, step
-from apply.poll import eventually
-from apply.runner import ApplyError, Host
+from apply.api import Context
+from apply.runner import Host
 from checks import backup as backup_checks
+from checks.backup import BackupRun, Drill
 from engine import apply_fixture, not_applicable
 from settings.model import Settings
 from steps.delta import etcd
-from steps.golf1 import backup_server, restic, restore, runbook
+from steps.golf1 import backup, restic, restore, runbook
 
 pytestmark = pytest.mark.usefixtures("applied")
 
-SERVE_TIMEOUT = 90.0
-# The window of samples compared between the primary's Prometheus and the restored one.
-SAMPLE_WINDOW = "2m"
-PROBE_SERIES = 'node_load1{job="node"}'
 
-
-@dataclass
-class Hosts:
-    backup_address: str
-    restore: Any  # targets.plugin.Member
-    public_keys: dict[str, str] = field(default_factory=dict)
-
-
-def _read_text(host: Host, path: str) -> str | None:
-    data = host.read(path)
-    return data.decode() if data is not None else None
+@pytest.fixture(scope="module")
+def restore_host(fleet):  # targets.plugin.Member
+    return fleet.one("restore")
 
 
 @apply_fixture
-def applied(ctx: Context, fleet, remote: Host, settings: Settings) -> Hosts:
-    golf1 = settings.golf1
-    paths = restic.files(settings)
-    restore_member = fleet.one("restore")
-    restore_ctx = fleet.context(restore_member)
-    # The backup host's address only: an SFTP-only server is never logged into as a host.
-    hosts = Hosts(ctx.peers["backup"][0], restore_member)
-
-    restic.client(ctx)
-    restic.password(ctx)
-    step("restore host: restic, etcd, Prometheus and its SSH key")(restore.prepare)(restore_ctx)
-    password = _read_text(remote, paths.password)
-    if password is None and ctx.mode == "apply":
-        raise ApplyError(f"[{remote.name}] {paths.password} is missing after the password step")
-    password = password or ""
-    if password.strip():
-        for member in (remote, restore_member.remote):
-            member.redactor.add(password.strip())
-    for name, member in (("primary", remote), ("restore", restore_member.remote)):
-        key = _read_text(member, paths.public_key)
-        hosts.public_keys[name] = " ".join((key or f"<{name} key, generated on apply>").split()[:2])
-
-    if golf1.backup_server.managed:
-        backup_member = fleet.one("backup")
-        step("backup server prepared like a Storage Box")(
-            lambda c: backup_server.prepare(c, list(hosts.public_keys.values()))
-        )(fleet.context(backup_member))
-        host_keys = golf1.backup_server.host_keys or backup_server.host_keys(backup_member.remote)
-    else:
-        host_keys = golf1.backup_server.host_keys
-    step("primary: access to the repository")(lambda c: restic.access(c, hosts.backup_address, host_keys))(
-        ctx
-    )
-    step("restore host: password and access to the repository")(
-        lambda c: restore.credentials(c, password, hosts.backup_address, host_keys)
-    )(restore_ctx)
-    step("restic repository")(restic.repository)(ctx)
-    restic.schedule(ctx)
-    return hosts
-
-
-@dataclass(frozen=True)
-class BackupRun:
-    nonce_key: str
-    nonce: str
-    started: float
-    taken: list[dict[str, Any]]  # the newest snapshot after each of the two runs
-    kept: list[str]  # the repository's snapshot ids after both runs
-    before: dict[str, str]
-    after: dict[str, str]
-    durations: list[float]
-    prometheus_window: list[Any]  # the primary's samples before the backup
-
-
-def _etcdctl(arguments: str) -> str:
-    return (
-        f"ETCDCTL_API=3 etcdctl --endpoints={etcd.CLIENT_URL} --cacert={etcd.CA} "
-        f"--cert={etcd.CLIENT_CERT} --key={etcd.CLIENT_KEY} {arguments}"
-    )
-
-
-def _snapshots(remote: Host) -> list[dict[str, Any]]:
-    output = remote.run(f"{restic.WRAPPER} snapshots --json --tag {restic.TAG} --host $(hostname)").stdout
-    return sorted(json.loads(output) or [], key=lambda snapshot: snapshot["time"])
-
-
-def _primary_samples(target, settings: Settings, at: float) -> list[Any]:
-    url = f"http://{target.address}:{settings.port('Charlie', 'prometheus')}/api/v1/query"
-    answer = requests.get(
-        url, params={"query": f"{PROBE_SERIES}[{SAMPLE_WINDOW}]", "time": f"{at:.3f}"}, timeout=10
-    )
-    answer.raise_for_status()
-    return answer.json()["data"]["result"]
+def applied(ctx: Context, fleet, restore_host, settings: Settings) -> backup.Access:
+    managed = settings.golf1.backup_server.managed
+    backup_host = fleet.context(fleet.one("backup")) if managed else None
+    return backup.apply(ctx, fleet.context(restore_host), backup_host)
 
 
 @pytest.fixture(scope="module")
-def backup_run(applied: Hosts, remote: Host, target, settings: Settings) -> Iterator[BackupRun]:
-    """Two runs of the backup service, after writing a key to etcd; the source's digests
-    before and after. The key is deleted again at the end; the snapshots stay (they are the
-    repository's, and retention prunes them)."""
-    golf1 = settings.golf1
-    paths = restic.backup_paths(settings)
-    nonce = secrets.token_hex(8)
-    nonce_key = f"/hvsuite/golf1/drill-{nonce}"
-    if golf1.etcd_snapshot:
-        remote.run(_etcdctl(f"put {nonce_key} {nonce}"))
-    try:
-        started = time.time()
-        window = _primary_samples(target, settings, started - 5) if golf1.prometheus_snapshot else []
-        durations, taken, before = [], [], {}
-        for run in range(2):
-            if run == 1:  # the source as the restored (second) backup starts reading it
-                before = backup_checks.digests(remote, "/", paths)
-            begin = time.monotonic()
-            remote.run(f"systemctl start {golf1.unit}.service", timeout=900)
-            durations.append(time.monotonic() - begin)
-            newest = _snapshots(remote)
-            assert newest, f"{golf1.unit}.service left no snapshot in the repository"
-            taken.append(newest[-1])
-        after = backup_checks.digests(remote, "/", paths)
-        kept = [snapshot["id"] for snapshot in _snapshots(remote)]
-        yield BackupRun(nonce_key, nonce, started, taken, kept, before, after, durations, window)
-    finally:
-        if golf1.etcd_snapshot:
-            remote.run(_etcdctl(f"del {nonce_key}"), check=False)
-
-
-@dataclass
-class Drill:
-    snapshot: str
-    restore_seconds: float
-    comparison: backup_checks.Comparison
-    etcd_value: str | None = None
-    etcd_cluster_keys: list[str] = field(default_factory=list)
-    prometheus_window: list[Any] = field(default_factory=list)
-    units_left: dict[str, str] = field(default_factory=dict)
-    trees_left: bool = True
-    etcd_errors: list[str] = field(default_factory=list)
-    prometheus_errors: list[str] = field(default_factory=list)
+def backup_run(applied: backup.Access, remote: Host, target, settings: Settings) -> Iterator[BackupRun]:
+    with backup_checks.backup_runs(remote, target.address, settings) as run:
+        yield run
 
 
 @pytest.fixture(scope="module")
-def drill(applied: Hosts, backup_run: BackupRun, settings: Settings) -> Drill:
-    """The restore onto the restore host: the files, then etcd and Prometheus served from the
-    restored snapshots by throwaway transient units, which are stopped and removed (with the
-    restored trees) before any check looks at the results."""
-    golf1 = settings.golf1
-    host: Host = applied.restore.remote
-    plan = restore.Drill(settings)
-    snapshot = backup_run.taken[-1]["id"]
-    for command in plan.stop():
-        host.run(command, check=False)
-    try:
-        begin = time.monotonic()
-        host.run(plan.restore(snapshot), timeout=1800)
-        seconds = time.monotonic() - begin
-        restored = backup_checks.digests(host, plan.target, restic.backup_paths(settings))
-        result = Drill(
-            snapshot,
-            seconds,
-            backup_checks.compare(
-                backup_run.before,
-                backup_run.after,
-                restored,
-                written_by_backup=(golf1.staging_dir.lstrip("/"),),
-            ),
-        )
-        allure.attach(
-            result.comparison.listing(withheld=(restic.files(settings).password, restic.files(settings).key)),
-            name="sha256 of the restored files",
-            attachment_type=allure.attachment_type.TEXT,
-        )
-        if golf1.etcd_snapshot:
-            host.run(f"mkdir -p {plan.work} && {plan.etcd_restore()}")
-            host.run(plan.etcd_serve())
-            health = eventually(
-                lambda: host.run(plan.etcdctl("endpoint health"), check=False),
-                lambda answer: answer.ok,
-                timeout=SERVE_TIMEOUT,
-            )
-            if health.ok:
-                got = host.run(plan.etcdctl(f"get {backup_run.nonce_key} --print-value-only"))
-                result.etcd_value = got.stdout.strip()
-                keys = host.run(plan.etcdctl("get /registry/namespaces/ --prefix --keys-only"))
-                result.etcd_cluster_keys = [line for line in keys.stdout.splitlines() if line]
-            else:
-                result.etcd_errors.append(f"restored etcd never healthy: {health.stderr or health.stdout}")
-        if golf1.prometheus_snapshot:
-            host.run(f"mkdir -p {plan.work} && {plan.prometheus_copy()}")
-            host.run(plan.prometheus_serve())
-            ready = eventually(
-                lambda: host.run(f"curl -fsS {plan.prometheus_url}/-/ready", check=False),
-                lambda answer: answer.ok,
-                timeout=SERVE_TIMEOUT,
-            )
-            if ready.ok:
-                answer = backup_checks.local_json(
-                    host,
-                    f"{plan.prometheus_url}/api/v1/query",
-                    data={
-                        "query": f"{PROBE_SERIES}[{SAMPLE_WINDOW}]",
-                        "time": f"{backup_run.started - 5:.3f}",
-                    },
-                )
-                result.prometheus_window = answer["data"]["result"]
-            else:
-                why = ready.stderr or ready.stdout
-                result.prometheus_errors.append(f"restored Prometheus never ready: {why}")
-    finally:
-        for command in plan.stop():
-            host.run(command, check=False)
-    result.units_left = {
-        unit: host.run(f"systemctl show -p LoadState --value {unit}", check=False).stdout.strip()
-        for unit in plan.units()
-    }
-    result.trees_left = host.run(f"test -e {plan.target} || test -e {plan.work}", check=False).ok
-    return result
-
-
-def _reports_dir(config: pytest.Config) -> Path:
-    value = config.getoption("engine_reports_dir", None) or config.getini("reports_dir")
-    path = Path(value)
-    return path if path.is_absolute() else config.rootpath / path
+def drill(applied: backup.Access, restore_host, backup_run: BackupRun, settings: Settings) -> Drill:
+    return backup_checks.restore_drill(restore_host.remote, settings, backup_run)
 
 
 @pytest.fixture(scope="module")
 def runbook_text(
-    request: pytest.FixtureRequest,
-    applied: Hosts,
+    reports_dir: Path,
+    applied: backup.Access,
+    restore_host,
     remote: Host,
     target,
     settings: Settings,
     drill: Drill,
     backup_run: BackupRun,
 ) -> str:
-    golf1 = settings.golf1
-    next_run = remote.run(
-        f"systemctl show -p NextElapseUSecRealtime --value {golf1.unit}.timer", check=False
-    ).stdout.strip()
-    facts = runbook.Facts(
-        primary=remote.run("hostname").stdout.strip(),
-        primary_address=target.address,
-        backup_address=applied.backup_address,
-        restore_address=applied.restore.target.address,
-        next_run=next_run or "not scheduled",
-        public_keys=applied.public_keys,
-        figures={
-            "backup runs (s)": ", ".join(f"{seconds:.1f}" for seconds in backup_run.durations),
-            "restore (s)": f"{drill.restore_seconds:.1f}",
-            "files compared byte for byte": str(len(drill.comparison.compared)),
-        },
+    facts = backup_checks.runbook_facts(
+        remote, settings, applied, backup_run, drill, target.address, restore_host.target.address
     )
     text = runbook.render(settings, facts)
-    path = _reports_dir(request.config) / runbook.FILE_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    (reports_dir / runbook.FILE_NAME).write_text(text)
     allure.attach(text, name="DR runbook", attachment_type=allure.attachment_type.TEXT, extension="md")
     return text
 
@@ -309,7 +90,7 @@ def test_the_repository_password_is_root_only_and_never_logged(
 ) -> None:
     path = restic.files(settings).password
     assert host.check_output(f"stat -c %U:%G:%a {shlex.quote(path)}") == "root:root:600"
-    secret = (_read_text(remote, path) or "").strip()
+    secret = (backup.read_text(remote, path) or "").strip()
     assert len(secret) >= 32
     # The runner's redactor knows it: no command output or report shows it.
     assert secret not in remote.redactor.redact(f"password {secret}")
@@ -334,20 +115,15 @@ def test_the_repository_is_reachable_from_the_primary_over_sftp(remote: Host) ->
 
 
 @pytest.mark.task("Backup system")
-def test_the_backup_user_gets_sftp_and_no_shell(applied: Hosts, remote: Host, settings: Settings) -> None:
+def test_the_backup_user_gets_sftp_and_no_shell(remote: Host, settings: Settings) -> None:
     if not settings.golf1.backup_server.managed:
         not_applicable(
             "golf1.backup_server.managed is false: the provider's SFTP-only server is not the suite's"
         )
-    paths = restic.files(settings)
     marker = secrets.token_hex(8)
-    shell = remote.run(
-        f"timeout 30 ssh -n -F {paths.ssh_config} {restic.SSH_ALIAS} echo {marker}", check=False
-    )
+    shell = backup_checks.as_backup_user(remote, settings, f"echo {marker}")
     assert marker not in shell.stdout, "the backup user ran a shell command"
-    listing = remote.run(
-        f"echo ls | timeout 30 sftp -F {paths.ssh_config} -b - {restic.SSH_ALIAS}", check=False
-    )
+    listing = backup_checks.sftp_as_backup_user(remote, settings, "ls")
     assert listing.ok, listing.stderr
 
 
@@ -366,9 +142,7 @@ def test_the_backup_service_makes_a_snapshot_of_what_is_configured(
 def test_retention_is_applied_after_each_backup(
     backup_run: BackupRun, remote: Host, settings: Settings
 ) -> None:
-    dry_run = remote.run(restic.forget_command(settings, dry_run=True) + " --json").stdout
-    groups = json.loads(dry_run) or []
-    would_remove = [snapshot["short_id"] for group in groups for snapshot in group.get("remove") or []]
+    would_remove = backup_checks.would_forget(remote, settings)
     assert would_remove == [], f"the policy was not applied: it would still remove {would_remove}"
     first, latest = backup_run.taken
     assert latest["id"] in backup_run.kept
@@ -442,7 +216,11 @@ def test_the_throwaway_servers_and_restored_trees_are_gone(drill: Drill) -> None
 
 @pytest.mark.task("DR procedures")
 def test_the_runbook_names_what_is_configured_and_the_proven_restore(
-    runbook_text: str, applied: Hosts, drill: Drill, settings: Settings, request: pytest.FixtureRequest
+    runbook_text: str,
+    applied: backup.Access,
+    restore_host,
+    settings: Settings,
+    reports_dir: Path,
 ) -> None:
     golf1 = settings.golf1
     plan = restore.Drill(settings)
@@ -457,6 +235,6 @@ def test_the_runbook_names_what_is_configured_and_the_proven_restore(
     ):
         assert expected in runbook_text, f"the runbook lacks {expected!r}"
     assert "not scheduled" not in runbook_text
-    password = (_read_text(applied.restore.remote, restic.files(settings).password) or "").strip()
+    password = (backup.read_text(restore_host.remote, restic.files(settings).password) or "").strip()
     assert password and password not in runbook_text
-    assert (_reports_dir(request.config) / runbook.FILE_NAME).read_text() == runbook_text
+    assert (reports_dir / runbook.FILE_NAME).read_text() == runbook_text

@@ -84,13 +84,6 @@ def comparison(
     return benchmarks.compare(baseline, after, settings.golf2.tolerance_percent)
 
 
-@pytest.fixture(scope="module")
-def reports_dir(request: pytest.FixtureRequest) -> Path:
-    """The engine's reports directory (--reports-dir, else the ini option reports_dir)."""
-    config = request.config
-    return config.rootpath / (config.getoption("engine_reports_dir") or config.getini("reports_dir"))
-
-
 @pytest.mark.task("Kernel tuning")
 def test_the_profile_file_is_valid_and_holds_every_key(
     host, settings: Settings, profile: EffectiveProfile
@@ -151,7 +144,6 @@ def test_before_and_after_figures_are_reported(
     table = benchmarks.table(comparison)
     png = benchmarks.chart(comparison, f"Golf-2 on {target.name}: before and after the tuning")
     assert png.startswith(PNG_SIGNATURE)
-    reports_dir.mkdir(parents=True, exist_ok=True)
     for suffix, data in (
         (".md", table.encode()),
         (".png", png),

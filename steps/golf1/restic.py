@@ -148,12 +148,17 @@ def render_backup_script(settings: Settings) -> str:
     )
 
 
-def etcd_snapshot_command(dest: str) -> str:
-    # The primary's own member, whatever members Foxtrot adds elsewhere.
+def etcdctl(arguments: str) -> str:
+    """etcdctl against this host's own etcd member (the primary's, whatever members Foxtrot
+    adds elsewhere), with Delta's client certificate."""
     return (
         f"ETCDCTL_API=3 etcdctl --endpoints={etcd.CLIENT_URL} --cacert={etcd.CA} "
-        f"--cert={etcd.CLIENT_CERT} --key={etcd.CLIENT_KEY} snapshot save {shlex.quote(dest)}"
+        f"--cert={etcd.CLIENT_CERT} --key={etcd.CLIENT_KEY} {arguments}"
     )
+
+
+def etcd_snapshot_command(dest: str) -> str:
+    return etcdctl(f"snapshot save {shlex.quote(dest)}")
 
 
 def forget_command(settings: Settings, *, dry_run: bool = False) -> str:

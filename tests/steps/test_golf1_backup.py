@@ -1,16 +1,20 @@
 """Team Golf-1's backup side as data: the settings it accepts, what it renders, the commands
-its steps would run on the primary and the backup server, its hook into Charlie's Prometheus."""
+its steps would run on the primary and the backup server, the order of its apply over the
+hosts (with the password a secret of each host that sees it), its hook into Charlie's
+Prometheus."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from apply import ops
+from apply.api import Context
 from apply.extensions import hooks
 from apply.facts import AptListsAge, CommandSucceeds, DebPackages, FileInfo, ServiceState
 from apply.runner import ApplyError, Host
@@ -19,7 +23,7 @@ from settings.loader import ConfigError, load_settings
 from settings.model import Settings
 from steps.charlie import prometheus
 from steps.charlie.grafana import password_commands
-from steps.golf1 import backup_server, restic
+from steps.golf1 import backup, backup_server, restic, restore
 from steps.golf1.settings import (
     BackupServerSettings,
     Golf1Settings,
@@ -301,3 +305,141 @@ def test_an_sftp_only_servers_user_and_port_must_agree_with_the_inventory() -> N
         load_settings(None, {"hosts": hosts, "golf1": {"backup_server": agreeing}}).golf1.backup_server.port
         == 23
     )
+
+
+def test_etcdctl_reaches_the_primarys_own_member_with_deltas_client_certificate() -> None:
+    command = restic.etcdctl("put /k v")
+    assert command.startswith("ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=")
+    assert command.endswith(" put /k v")
+    assert restic.etcd_snapshot_command("/var/backups/x y.part") == restic.etcdctl(
+        "snapshot save '/var/backups/x y.part'"
+    )
+
+
+# -- the apply over the hosts (steps.golf1.backup) -------------------------------------------
+
+SECRET = "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0"
+PRIMARY_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPrimary hvsuite-backup@hv-1"
+RESTORE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIRestore hvsuite-restore@restore"
+
+
+def _fleet(settings: Settings, *, password: str | None = SECRET) -> tuple[Context, Context, Context]:
+    paths = restic.files(settings)
+    primary_files = {paths.public_key: f"{PRIMARY_KEY}\n".encode()}
+    if password is not None:
+        primary_files[paths.password] = f"{password}\n".encode()
+    hosts = (
+        fake_host(FakeConnection(files=primary_files), name="primary"),
+        fake_host(FakeConnection(files={paths.public_key: f"{RESTORE_KEY}\n".encode()}), name="restore"),
+        fake_host(FakeConnection(), name="backup"),
+    )
+    peers = {"backup": ("203.0.113.20",)}
+    primary, restore_host, backup_host = (replace(fake_context(h, settings), peers=peers) for h in hosts)
+    return primary, restore_host, backup_host
+
+
+def _record(monkeypatch: pytest.MonkeyPatch, calls: list[tuple[str, str, object]]) -> None:
+    """Each component step replaced by a recorder of (host, what, arguments); the restore
+    host's credentials also record whether the password was a secret there already."""
+
+    def recorder(what: str):
+        def record(ctx: Context, *args: object) -> None:
+            if what == "restore.credentials":
+                args = (*args, SECRET not in ctx.host.redactor.redact(SECRET))
+            calls.append((ctx.host.name, what, args))
+
+        return record
+
+    for module, name in (
+        (restic, "client"),
+        (restic, "password"),
+        (restic, "access"),
+        (restic, "repository"),
+        (restic, "schedule"),
+        (restore, "prepare"),
+        (restore, "credentials"),
+        (backup_server, "prepare"),
+    ):
+        monkeypatch.setattr(module, name, recorder(f"{module.__name__.rsplit('.', 1)[1]}.{name}"))
+    monkeypatch.setattr(backup_server, "host_keys", lambda host: [KEY] if host.name == "backup" else [])
+
+
+def test_the_apply_orders_the_hosts_and_keeps_the_password_a_secret_on_both(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = _settings()
+    calls: list[tuple[str, str, object]] = []
+    _record(monkeypatch, calls)
+    primary, restore_host, backup_host = _fleet(settings)
+    access = backup.apply(primary, restore_host, backup_host)
+    assert access == backup.Access(
+        "203.0.113.20",
+        {"primary": " ".join(PRIMARY_KEY.split()[:2]), "restore": " ".join(RESTORE_KEY.split()[:2])},
+    )
+    assert [(host, what) for host, what, _ in calls] == [
+        ("primary", "restic.client"),
+        ("primary", "restic.password"),
+        ("restore", "restore.prepare"),
+        ("backup", "backup_server.prepare"),
+        ("primary", "restic.access"),
+        ("restore", "restore.credentials"),
+        ("primary", "restic.repository"),
+        ("primary", "restic.schedule"),
+    ]
+    arguments = {what: args for _, what, args in calls}
+    assert arguments["backup_server.prepare"] == (list(access.public_keys.values()),)
+    assert arguments["restic.access"] == ("203.0.113.20", [KEY])  # the managed server's own key
+    # The primary's file as it is, and a secret of the restore host before it arrives there.
+    assert arguments["restore.credentials"] == (f"{SECRET}\n", "203.0.113.20", [KEY], True)
+    for ctx in (primary, restore_host):
+        assert SECRET not in ctx.host.redactor.redact(f"password {SECRET}")
+
+
+def test_each_part_is_a_step_of_its_own_title(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _settings()
+    _record(monkeypatch, [])
+    titles: list[tuple[str, str]] = []
+    primary, restore_host, backup_host = _fleet(settings)
+    for ctx in (primary, restore_host, backup_host):
+        step = ctx.host.step
+
+        def recorded(title: str, step=step, name=ctx.host.name):
+            titles.append((name, title))
+            return step(title)
+
+        monkeypatch.setattr(ctx.host, "step", recorded)
+    backup.apply(primary, restore_host, backup_host)
+    assert titles == [
+        ("restore", "restore host: restic, etcd, Prometheus and its SSH key"),
+        ("backup", "backup server prepared like a Storage Box"),
+        ("primary", "primary: access to the repository"),
+        ("restore", "restore host: password and access to the repository"),
+        ("primary", "restic repository"),
+    ]
+
+
+def test_an_unmanaged_server_is_reached_with_its_pinned_keys_and_never_logged_into(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = _settings(backup_server={"managed": False, "host_keys": [KEY]})
+    calls: list[tuple[str, str, object]] = []
+    _record(monkeypatch, calls)
+    primary, restore_host, _ = _fleet(settings)
+    backup.apply(primary, restore_host, None)
+    assert "backup" not in {host for host, _, _ in calls}
+    assert ("primary", "restic.access", ("203.0.113.20", [KEY])) in calls
+
+
+def test_a_managed_server_needs_its_context_and_a_missing_password_stops_the_apply(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = _settings()
+    calls: list[tuple[str, str, object]] = []
+    _record(monkeypatch, calls)
+    primary, restore_host, _ = _fleet(settings)
+    with pytest.raises(ApplyError, match=r"managed is true: pass the backup host's context"):
+        backup.apply(primary, restore_host, None)
+    primary, restore_host, backup_host = _fleet(settings, password=None)
+    with pytest.raises(ApplyError, match=r"repository-password is missing after the password step"):
+        backup.apply(primary, restore_host, backup_host)
+    assert not any(what == "restore.credentials" for _, what, _ in calls)

@@ -1,15 +1,23 @@
 """Team Golf-1's restore side as data: the restore host's step, the drill's commands, the
-comparison of restored files with the source, and the DR runbook rendered from the config."""
+comparison of restored files with the source, the backup runs and the restore drill the checks
+measure (``checks.backup``, over fake hosts), and the DR runbook rendered from the config."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
+import pytest
+
 from apply.facts import AptListsAge, DebPackages, ServiceState
+from apply.runner import ApplyError
 from apply.testing import FakeConnection, fake_context, fake_host
+from checks import backup
 from checks.backup import compare, digest_command, parse_digests
 from settings.loader import load_settings
 from steps.golf1 import restic, restore, runbook
+from steps.golf1.backup import Access
 
 ACTIVE = "LoadState=loaded\nActiveState=active\nUnitFileState=enabled\nNeedDaemonReload=no\n"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC49V3U1mwues0GWEea2NTtNxQUtx258XCCME+3o+hbx"
@@ -166,3 +174,131 @@ def test_the_staged_snapshots_are_held_to_the_version_the_backup_read() -> None:
         "not restored: var/backups/hvsuite/prometheus/01Y/index",
         "differs: var/backups/hvsuite/etcd.db source new restored old",
     ]
+
+
+# -- the backup runs and the restore drill (checks.backup) -----------------------------------
+
+
+def test_snapshots_are_read_oldest_first_and_both_prometheus_servers_get_one_window() -> None:
+    listed = '[{"id": "b", "time": "2026-12-05T10:00:02Z"}, {"id": "a", "time": "2026-12-05T10:00:01Z"}]'
+    assert [snapshot["id"] for snapshot in backup.parse_snapshots(listed)] == ["a", "b"]
+    assert backup.parse_snapshots("null") == []
+    assert backup.probe_query(1000.0) == {"query": 'node_load1{job="node"}[2m]', "time": "1000.000"}
+
+
+def _snapshot_listing(*batches: list[str]):
+    answers = iter(batches)
+
+    def answer(command: str) -> tuple[int, str, str]:
+        ids = next(answers)
+        return 0, json.dumps([{"id": i, "time": f"2026-12-05T10:00:0{n}Z"} for n, i in enumerate(ids)]), ""
+
+    return answer
+
+
+def test_two_backup_runs_measure_the_source_around_the_second_and_delete_their_etcd_key(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(None, {"golf1": {"prometheus_snapshot": False}})
+    conn = FakeConnection()
+    conn.respond(re.compile(r".* snapshots --json .*"), _snapshot_listing(["a"], ["a", "b"], ["b"]))
+    conn.respond(re.compile(r"cd / && for p in .*"), (0, "ab12  etc/hosts\n", ""))
+    host = fake_host(conn, lock_dir=tmp_path)
+    with backup.backup_runs(host, "192.0.2.10", settings) as run:
+        assert [snapshot["id"] for snapshot in run.taken] == ["a", "b"] and run.kept == ["b"]
+        assert run.before == run.after == {"etc/hosts": "ab12"} and len(run.durations) == 2
+        assert run.prometheus_window == [] and not any(" del " in c for c in conn.commands)
+    assert restic.etcdctl(f"put {run.nonce_key} {run.nonce}") in conn.commands
+    starts = [i for i, c in enumerate(conn.commands) if c == "systemctl start hvsuite-backup.service"]
+    digests = [i for i, c in enumerate(conn.commands) if c.startswith("cd / && ")]
+    assert len(starts) == 2 and starts[0] < digests[0] < starts[1] < digests[1]
+    assert conn.commands[-1] == restic.etcdctl(f"del {run.nonce_key}")
+
+
+def test_a_backup_run_without_a_snapshot_fails_and_still_deletes_its_etcd_key(tmp_path: Path) -> None:
+    settings = load_settings(None, {"golf1": {"prometheus_snapshot": False}})
+    conn = FakeConnection()
+    conn.respond(re.compile(r".* snapshots --json .*"), (0, "[]", ""))
+    with (
+        pytest.raises(AssertionError, match="left no snapshot in the repository"),
+        backup.backup_runs(fake_host(conn, lock_dir=tmp_path), "192.0.2.10", settings),
+    ):
+        pass
+    assert conn.commands[-1].startswith(restic.etcdctl("del /hvsuite/golf1/drill-"))
+
+
+def _run(**values: object) -> backup.BackupRun:
+    fields = {
+        "nonce_key": "/hvsuite/golf1/drill-abc",
+        "nonce": "abc",
+        "started": 1000.0,
+        "taken": [{"id": "a"}, {"id": "b"}],
+        "kept": ["b"],
+        "before": {"etc/hosts": "ab12"},
+        "after": {"etc/hosts": "ab12"},
+        "durations": [1.0, 1.0],
+        "prometheus_window": [],
+    }
+    return backup.BackupRun(**(fields | values))  # type: ignore[arg-type]
+
+
+SAMPLES = [{"metric": {"job": "node"}, "values": [[995, "0.5"]]}]
+
+
+def test_the_drill_serves_the_restored_snapshots_then_removes_every_trace(tmp_path: Path) -> None:
+    settings = load_settings()
+    plan = restore.Drill(settings)
+    conn = FakeConnection()
+    conn.respond(re.compile(r"cd /var/tmp/hvsuite-golf1-restore && .*"), (0, "ab12  etc/hosts\n", ""))
+    conn.respond(plan.etcdctl("get /hvsuite/golf1/drill-abc --print-value-only"), (0, "abc\n", ""))
+    keys = "/registry/namespaces/default\n\n/registry/namespaces/kube-system\n"
+    conn.respond(plan.etcdctl("get /registry/namespaces/ --prefix --keys-only"), (0, keys, ""))
+    query = re.compile(r"curl -fsS --data-urlencode .*/api/v1/query'?")
+    conn.respond(query, (0, json.dumps({"data": {"result": SAMPLES}}), ""))
+    conn.respond(re.compile(r"systemctl show -p LoadState --value .*"), (0, "not-found\n", ""))
+    conn.respond(re.compile(r"test -e .*"), (1, "", ""))
+    drill = backup.restore_drill(fake_host(conn, lock_dir=tmp_path), settings, _run())
+    assert (drill.snapshot, drill.comparison.compared) == ("b", {"etc/hosts": "ab12"})
+    assert drill.etcd_value == "abc" and "/registry/namespaces/kube-system" in drill.etcd_cluster_keys
+    assert drill.prometheus_window == SAMPLES and not drill.etcd_errors and not drill.prometheus_errors
+    assert set(drill.units_left.values()) == {"not-found"} and not drill.trees_left
+    asked = next(c for c in conn.commands if query.fullmatch(c))
+    assert "time=995.000" in asked
+    restored = conn.commands.index(plan.restore("b"))
+    assert conn.commands[:restored] == plan.stop()  # nothing of an earlier drill is left
+    served = conn.commands.index(plan.prometheus_serve())
+    assert conn.commands[served:].count(plan.stop()[-1]) == 1  # and nothing of this one
+
+
+def test_a_failed_restore_still_stops_the_throwaway_servers_and_removes_the_trees(tmp_path: Path) -> None:
+    settings = load_settings()
+    plan = restore.Drill(settings)
+    conn = FakeConnection()
+    conn.respond(plan.restore("b"), (1, "", "no space left on device"))
+    with pytest.raises(ApplyError, match="no space left on device"):
+        backup.restore_drill(fake_host(conn, lock_dir=tmp_path), settings, _run())
+    assert conn.commands[conn.commands.index(plan.restore("b")) + 1 :] == plan.stop()
+
+
+def test_the_runbooks_facts_come_from_the_primary_and_the_drills_figures(tmp_path: Path) -> None:
+    settings = load_settings()
+    conn = FakeConnection()
+    conn.respond("hostname", (0, "hv-1\n", ""))
+    conn.respond("systemctl show -p NextElapseUSecRealtime --value hvsuite-backup.timer", (0, "\n", ""))
+    access = Access("203.0.113.20", {"primary": KEY})
+    drill = backup.Drill("b", 1.25, compare({"etc/a": "1"}, {"etc/a": "1"}, {"etc/a": "1"}))
+    facts = backup.runbook_facts(
+        fake_host(conn, lock_dir=tmp_path), settings, access, _run(), drill, "192.0.2.10", "192.0.2.30"
+    )
+    assert (facts.primary, facts.primary_address, facts.backup_address, facts.restore_address) == (
+        "hv-1",
+        "192.0.2.10",
+        "203.0.113.20",
+        "192.0.2.30",
+    )
+    assert facts.next_run == "not scheduled" and facts.public_keys == {"primary": KEY}
+    assert facts.figures == {
+        "backup runs (s)": "1.0, 1.0",
+        "restore (s)": "1.2",
+        "files compared byte for byte": "1",
+    }
