@@ -16,6 +16,7 @@ About 15 minutes of a whole scratch fleet: marked ``nightly`` and deselected by 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -59,7 +60,9 @@ def sh(server: str, command: str, *, stdin: bytes | None = None, timeout: float 
 def fleet() -> Iterator[str]:
     name = f"hvs-nuke-{uuid.uuid4().hex[:8]}"
     yield name
-    destroy(name)
+    # HVSUITE_E2E_KEEP=1 keeps the servers for a look at what went wrong.
+    if os.environ.get("HVSUITE_E2E_KEEP") != "1":
+        destroy(name)
 
 
 def test_a_destroyed_primary_is_rebuilt_and_its_cluster_restored(
@@ -86,11 +89,14 @@ def test_a_destroyed_primary_is_rebuilt_and_its_cluster_restored(
     # The identity, from the repository through the restore host, onto the new primary.
     includes = " ".join(f"--include {shlex.quote(path)}" for path in RESTORED)
     sh(restore, f"rm -rf {WORK} && {restic.WRAPPER} restore latest --target {WORK} {includes}")
+    # The restored paths only, never "." (the restore target's own mode would land on "/"); and
+    # directories that exist on the new host keep theirs.
+    relative = [path.lstrip("/") for path in RESTORED]
     archive = subprocess.run(
-        ["podman", "exec", restore, "tar", "-C", WORK, "-cf", "-", "."], capture_output=True, check=True
+        ["podman", "exec", restore, "tar", "-C", WORK, "-cf", "-", *relative], capture_output=True, check=True
     ).stdout
     sh(restore, f"rm -rf {WORK}")
-    sh(primary, "tar -C / -xf -", stdin=archive)
+    sh(primary, "tar -C / --no-overwrite-dir -xf -", stdin=archive)
     # etcd's data from the snapshot, as Delta's member on this host (etcd serves on the host's
     # address once control-plane hosts are declared); the package first, for its user.
     name = sh(primary, "hostname").strip().lower()
