@@ -49,6 +49,9 @@ class HostSettings(Strict):
     # How to reach it: ssh://user@host[:port] or an alias from ~/.ssh/config. Unset: a local
     # scratch server the suite creates on its podman network.
     ssh: str | None = None
+    # False: the suite never opens a shell there (an SFTP-only Hetzner Storage Box): the run
+    # knows its address, and the team that uses it reaches it by its own protocol.
+    login: bool = True
 
     @field_validator("roles")
     @classmethod
@@ -56,6 +59,15 @@ class HostSettings(Strict):
         if len(set(roles)) != len(roles):
             raise ValueError(f"roles {', '.join(roles)} name a role twice")
         return roles
+
+    @model_validator(mode="after")
+    def _login_needs_ssh(self) -> HostSettings:
+        if not self.login and self.ssh is None:
+            raise ValueError(
+                f"hosts[{self.name}].login = false, but it has no ssh URL: a scratch server is always "
+                "logged in to. Fix: give its ssh = URL, or drop login = false"
+            )
+        return self
 
 
 class SSHSettings(Strict):

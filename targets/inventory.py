@@ -29,6 +29,8 @@ class PlannedHost:
     name: str
     roles: tuple[str, ...]
     spec: ScratchSpec | SSHSpec
+    # False: never logged in to (HostSettings.login); only its address is used.
+    login: bool = True
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,10 @@ def plan_hosts(settings: Settings, cli_target: str | None) -> list[PlannedHost]:
                     f"hosts[{host.name}].ssh = {host.ssh!r}: write an ssh URL or alias, or leave ssh unset "
                     "for a scratch server"
                 )
-        planned.append(PlannedHost(_name(host, spec), tuple(str(role) for role in host.roles), spec))
+        roles = tuple(str(role) for role in host.roles)
+        planned.append(
+            PlannedHost(_name(host, spec), roles, spec, login=host.login or isinstance(spec, ScratchSpec))
+        )
     real = [h.name for h in planned if isinstance(h.spec, SSHSpec) and Role.PRIMARY in h.roles]
     local = [h.name for h in planned if isinstance(h.spec, ScratchSpec)]
     if real and local:
@@ -190,6 +195,10 @@ def resolve_fleet(
 def resolve_ssh(settings: Settings, host: PlannedHost) -> Target:
     spec = host.spec
     assert isinstance(spec, SSHSpec)
+    if not host.login:
+        # Never logged in to: no key, host key or facts of its own are read here.
+        key_file = Path(settings.ssh.key or spec.key_file or "/dev/null").expanduser()
+        return Target(host.name, spec.host, spec.port, spec.user, key_file, host.roles, "ssh")
     key = settings.ssh.key.expanduser() if settings.ssh.key else spec.key_file
     if key is None:
         raise TargetError(

@@ -191,6 +191,12 @@ class Golf1Settings(TeamSettings):
             return []
         problems = []
         for host in config.hosts:
+            if "backup" in host.roles and host.ssh is not None and host.login:
+                problems.append(
+                    "golf1.backup_server.managed is false, so the suite must never log in to hosts "
+                    f'"{host.name}" (an SFTP-only Storage Box has no shell): set login = false on its '
+                    "[[hosts]] entry"
+                )
             if "backup" not in host.roles or not (host.ssh or "").startswith("ssh://"):
                 continue
             url = urlsplit(host.ssh)

@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import allure
 import pytest
 
 from settings.loader import load_settings
@@ -124,5 +125,7 @@ def test_a_destroyed_primary_is_rebuilt_and_its_cluster_restored(
     for key, value in figures.items():
         record_property(key, value)
     (ROOT / "reports").mkdir(exist_ok=True)
-    (ROOT / "reports" / "nuclear-drill.json").write_text(json.dumps(figures, indent=2) + "\n")
+    text = json.dumps(figures, indent=2) + "\n"
+    (ROOT / "reports" / "nuclear-drill.json").write_text(text)
+    allure.attach(text, name="Nuclear drill: recovery time", attachment_type=allure.attachment_type.JSON)
     print(f"nuclear drill: {figures}")

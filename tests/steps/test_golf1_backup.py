@@ -297,6 +297,7 @@ def test_an_sftp_only_servers_user_and_port_must_agree_with_the_inventory() -> N
     for host in hosts:
         if "backup" in host["roles"]:
             host["ssh"] = "ssh://u123456@u123456.your-storagebox.de:23"
+            host["login"] = False
     unmanaged = {"managed": False, "host_keys": [KEY]}
     with pytest.raises(ConfigError, match=r'set golf1\.backup_server\.user = "u123456".*port = 23'):
         load_settings(None, {"hosts": hosts, "golf1": {"backup_server": unmanaged}})

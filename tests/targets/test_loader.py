@@ -7,7 +7,7 @@ from settings.loader import DEFAULT_CONFIG, ConfigError, load_settings
 from targets import TargetError
 from targets.inventory import effective_profile, plan_hosts
 from targets.spec import ScratchSpec, SSHSpec
-from tests.support.example import filled_text
+from tests.support.example import filled_example, filled_text
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -205,3 +205,28 @@ def test_hetzner_example_is_valid_once_its_checksums_are_filled_in(tmp_path: Pat
     pins = ("firecracker", "cloud-hypervisor", "flintlockd", "microvm-kernel", "microvm-rootfs", "grafana")
     for name in pins:
         assert settings.artifacts[name].url.startswith("https://"), name
+
+
+def test_a_host_that_is_never_logged_in_to_is_resolved_by_its_address_alone(tmp_path: Path) -> None:
+    from targets.inventory import resolve_ssh
+
+    settings = load_settings(filled_example(tmp_path))
+    storagebox = next(host for host in plan_hosts(settings, None) if host.name == "storagebox")
+    assert storagebox.login is False
+    # No key, no host key and no login: nothing answers at that documentation name.
+    target = resolve_ssh(settings, storagebox)
+    assert (target.address, target.port, target.user, target.roles) == (
+        "u123456.your-storagebox.de",
+        23,
+        "u123456",
+        ("backup",),
+    )
+
+
+def test_login_false_needs_an_ssh_url_and_an_unmanaged_backup_host_needs_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"hosts\[lab\].login = false, but it has no ssh URL"):
+        load_settings(None, {"hosts": [{"name": "lab", "roles": ["primary"], "login": False}]})
+    path = tmp_path / "logged-in.toml"
+    path.write_text(filled_text().replace("login = false\n", ""))
+    with pytest.raises(ConfigError, match=r'must never log in to hosts "storagebox".*set login = false'):
+        load_settings(path)
