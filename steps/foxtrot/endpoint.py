@@ -125,54 +125,31 @@ def _certificate(host: Host, spec: kubeadm_config.ClusterSpec) -> None:
         wait(host, "the API server with its new certificate", API_READY, spec.control_plane_timeout or 240)
 
 
-def _cluster_info(host: Host, url: str) -> None:
-    read = kubectl(
-        "-n", "kube-public", "get", "configmap", "cluster-info", "-o", "jsonpath={.data.kubeconfig}"
-    )
-    current = host.run(read).stdout
+def _configmap_server(host: Host, namespace: str, name: str, key: str, url: str) -> bool:
+    """The kubeconfig a ConfigMap holds under ``key`` pointed at ``url``; whether it changed."""
+    jsonpath = "jsonpath={.data." + key.replace(".", "\\.") + "}"
+    current = host.run(kubectl("-n", namespace, "get", "configmap", name, "-o", jsonpath)).stdout
     commands = []
     if server_of(current) != url:
-        patch = {"data": {"kubeconfig": with_server(current, url)}}
-        commands.append(
-            kubectl(
-                "-n",
-                "kube-public",
-                "patch",
-                "configmap",
-                "cluster-info",
-                "--type=merge",
-                "-p",
-                yaml.safe_dump(patch),
-            )
-        )
-    host.execute(f"cluster-info: server {url}", commands)
+        patch = yaml.safe_dump({"data": {key: with_server(current, url)}})
+        commands.append(kubectl("-n", namespace, "patch", "configmap", name, "--type=merge", "-p", patch))
+    return host.execute(f"{namespace}/{name}: server {url}", commands).changed
+
+
+def _cluster_info(host: Host, url: str) -> None:
+    # Where a joining node learns the API's address.
+    _configmap_server(host, "kube-public", "cluster-info", "kubeconfig", url)
 
 
 def _kube_proxy(host: Host, url: str, timeout: float) -> None:
-    read = kubectl(
-        "-n", "kube-system", "get", "configmap", "kube-proxy", "-o", "jsonpath={.data.kubeconfig\\.conf}"
-    )
-    current = host.run(read).stdout
-    commands = []
-    if server_of(current) != url:
-        patch = {"data": {"kubeconfig.conf": with_server(current, url)}}
-        commands += [
-            kubectl(
-                "-n",
-                "kube-system",
-                "patch",
-                "configmap",
-                "kube-proxy",
-                "--type=merge",
-                "-p",
-                yaml.safe_dump(patch),
-            ),
-            # kube-proxy reads its kubeconfig at start only.
-            kubectl("-n", "kube-system", "rollout", "restart", "daemonset/kube-proxy"),
-        ]
-    result = host.execute(f"kube-proxy: server {url}", commands)
-    if result.changed and host.mode == "apply":
-        wait_rollout(host, "kube-system", "daemonset/kube-proxy", timeout)
+    if _configmap_server(host, "kube-system", "kube-proxy", "kubeconfig.conf", url):
+        # kube-proxy reads its kubeconfig at start only.
+        host.execute(
+            "kube-proxy restarted",
+            [kubectl("-n", "kube-system", "rollout", "restart", "daemonset/kube-proxy")],
+        )
+        if host.mode == "apply":
+            wait_rollout(host, "kube-system", "daemonset/kube-proxy", timeout)
 
 
 def _kubeconfig(host: Host, path: str, url: str) -> bool:

@@ -224,3 +224,21 @@ def test_each_node_routes_every_other_nodes_pod_subnet_via_that_node() -> None:
         "10.244.2.0/24 dev cni0 proto kernel\n"
     )
     assert live == {("default", "10.231.0.1"), ("10.244.0.0/24", "10.231.0.2")}
+
+
+def test_a_configmaps_kubeconfig_is_patched_only_where_it_names_another_server() -> None:
+    old = yaml.safe_dump({"clusters": [{"name": "k", "cluster": {"server": "https://10.231.0.2:6443"}}]})
+    conn = FakeConnection(responses={re.compile(r".* get configmap kube-proxy .*"): (0, old, "")})
+    host = fake_host(conn)
+    assert endpoint._configmap_server(
+        host, "kube-system", "kube-proxy", "kubeconfig.conf", "https://10.231.0.250:8443"
+    )
+    (patch,) = [c for c in conn.commands if " patch configmap kube-proxy " in c]
+    assert "10.231.0.250:8443" in patch and "kubeconfig.conf" in patch
+    moved = endpoint.with_server(old, "https://10.231.0.250:8443")
+    conn = FakeConnection(responses={re.compile(r".* get configmap kube-proxy .*"): (0, moved, "")})
+    host = fake_host(conn)
+    assert not endpoint._configmap_server(
+        host, "kube-system", "kube-proxy", "kubeconfig.conf", "https://10.231.0.250:8443"
+    )
+    assert not [c for c in conn.commands if " patch " in c]
