@@ -9,7 +9,7 @@ Why the identity is restored before the plan runs again: a rebuilt cluster would
 and the restored objects (service-account tokens, ``kube-root-ca.crt``) would no longer match
 it. kubeadm's certificate phases and Alpha's TLS step keep valid files they find.
 
-About 15 minutes of a whole scratch fleet: marked ``nightly`` and deselected by default
+About 7 minutes of a whole scratch fleet on 2 cores: marked ``nightly`` and deselected by default
 (pytest.ini); ``.ci/nightly`` runs it.
 """
 
