@@ -6,9 +6,9 @@ The first run must build and verify every implemented team (only declared waiver
 although the controller's SSH connections to the primary are killed twice while it runs,
 run Bravo and Charlie, and the three phase-5 teams, side by side on different workers, write
 Allure results with the plan's labels that render offline as HTML; the second run must change
-nothing; a dry run
-must find nothing to change; a drifted sshd main config must be put back by the next run; a
-stopped kubelet is started again and a restarted server's cluster verified again.
+nothing; a dry run must find nothing to change; a drifted sshd main config must be put back
+by the next run; a stopped kubelet is started again and a restarted server's cluster
+verified again.
 
 Slow (about 16 minutes with the Kubernetes recipe cached, about 30 without) and needs podman
 (installed by scripts/bootstrap). HVSUITE_E2E=0 skips it for quick edit-test loops; CI always
