@@ -219,6 +219,10 @@ def holder_of(nodes: list[Node], address: str, *, skip: str | None = None) -> st
     return None
 
 
+# The drills, in the order they run; the last two need power over the hosts.
+DRILL_NAMES = ("api-server stopped", "keepalived stopped", "server stopped", "server killed")
+
+
 @dataclass
 class ControlPlaneDrills:
     """The failover drills of a control plane behind a virtual IP, on the host holding it:
@@ -305,14 +309,15 @@ class ControlPlaneDrills:
         def server_back(name: str) -> float | None:
             return self.back(name, power(name).start)
 
+        api_server, keepalived, stopped, killed = DRILL_NAMES
         found = [
-            Drill("api-server stopped", self.stop_api_server, api_server_back, self.graceful_bound),
-            Drill("keepalived stopped", keepalived_down, keepalived_back, self.graceful_bound),
+            Drill(api_server, self.stop_api_server, api_server_back, self.graceful_bound),
+            Drill(keepalived, keepalived_down, keepalived_back, self.graceful_bound),
         ]
         if all(n.power for n in self.nodes[:-1]):
             found += [
-                Drill("server stopped", lambda n: power(n).stop(), server_back, self.graceful_bound),
-                Drill("server killed", lambda n: power(n).kill(), server_back, self.hard_bound),
+                Drill(stopped, lambda n: power(n).stop(), server_back, self.graceful_bound),
+                Drill(killed, lambda n: power(n).kill(), server_back, self.hard_bound),
             ]
         return found
 

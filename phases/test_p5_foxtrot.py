@@ -33,8 +33,6 @@ from targets import scratch
 
 pytestmark = pytest.mark.usefixtures("applied")
 
-DRILLS = ("api-server stopped", "keepalived stopped", "server stopped", "server killed")
-
 
 @pytest.fixture(scope="module")
 def control_planes(fleet, artifacts) -> list[Context]:
@@ -219,21 +217,21 @@ def _result(drills, name: str) -> failover.DrillResult:
 
 
 @pytest.mark.task("Failover config")
-@pytest.mark.parametrize("drill", DRILLS)
+@pytest.mark.parametrize("drill", failover.DRILL_NAMES)
 def test_the_api_answers_through_the_virtual_ip_within_the_bound(drills, drill: str) -> None:
     result = _result(drills, drill)
     assert result.api_gap <= result.bound, result.row()
 
 
 @pytest.mark.task("Failover config")
-@pytest.mark.parametrize("drill", DRILLS)
+@pytest.mark.parametrize("drill", failover.DRILL_NAMES)
 def test_etcd_keeps_quorum_and_the_worker_keeps_serving(drills, drill: str) -> None:
     result = _result(drills, drill)
     assert (result.quorum_kept, result.marker_failed_polls) == (True, 0), result.row()
 
 
 @pytest.mark.task("Failover config")
-@pytest.mark.parametrize("drill", DRILLS)
+@pytest.mark.parametrize("drill", failover.DRILL_NAMES)
 def test_the_faulted_host_is_a_healthy_member_again(drills, drill: str) -> None:
     result = _result(drills, drill)
     assert result.recovered_seconds is not None, result.row()
