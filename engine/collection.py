@@ -19,6 +19,15 @@ from engine.state import RecordedVerdict, TeamGate, Verdict
 
 BOUNDARY_NAME = "engine-team-boundary"
 
+# Verification tiers, cheapest first. A check's tier is its closest "smoke" or "full" marker
+# (its own before its class's and module's); a check with neither is "full", so only what is
+# declared cheap and read-only runs in a smoke pass.
+TIERS = ("smoke", "full")
+
+
+def tier_of(item: pytest.Item) -> str:
+    return next((mark.name for mark in item.iter_markers() if mark.name in TIERS), "full")
+
 
 class TeamBoundary(pytest.Item):
     """A no-op item each worker appends after reporting its collection; the scheduler sends
@@ -88,6 +97,8 @@ class TeamCollector:
         self.collected = collected
         self.append_boundary = append_boundary
         self.deselected: Counter[str] = Counter()
+        # Checks left out by --tier: their team still counts as fully selected.
+        self.outside_tier: set[str] = set()
         # Per team: None = may run, else the skip reason for all its tests.
         self.decisions: dict[str, str | None] = {}
 
@@ -98,7 +109,7 @@ class TeamCollector:
     def pytest_deselected(self, items: Sequence[pytest.Item]) -> None:
         for item in items:
             team = self.team_of(item)
-            if team is not None:
+            if team is not None and item.nodeid not in self.outside_tier:
                 self.deselected[team] += 1
 
     @pytest.hookimpl(trylast=True)
@@ -112,6 +123,13 @@ class TeamCollector:
             if dropped:
                 config.hook.pytest_deselected(items=dropped)
                 items[:] = keep
+        if self.settings.tier != "full":
+            rank = TIERS.index(self.settings.tier)
+            above = [item for item in items if self.team_of(item) and TIERS.index(tier_of(item)) > rank]
+            if above:
+                self.outside_tier.update(item.nodeid for item in above)
+                config.hook.pytest_deselected(items=above)
+                items[:] = [item for item in items if item.nodeid not in self.outside_tier]
         selected: Counter[str] = Counter()
         problems: list[str] = []
         for item in items:
@@ -135,6 +153,11 @@ class TeamCollector:
                 item.add_marker(
                     pytest.mark.dependency(depends=[f"team:{req}" for req in spec.requires], scope="session")
                 )
+        tierless = {self.settings.team_of_nodeid(nodeid) for nodeid in self.outside_tier} - set(selected)
+        problems.extend(
+            f"Team {team} has no check in tier {self.settings.tier!r}; mark its cheap read-only checks smoke"
+            for team in sorted(tierless)
+        )
         problems.extend(selection_problems(self.settings, selected, self.deselected, recorded))
         order = {name: index for index, name in enumerate(plan.topological_order())}
         # Stable sort: tests outside the plan first, then teams in dependency order, each

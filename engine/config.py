@@ -30,6 +30,8 @@ class EngineSettings:
     reports_dir: Path
     teams: list[str] | None = None
     resume: bool = False
+    # "smoke": only the checks marked smoke run; "full": every check.
+    tier: str = "full"
     # team -> its module as node ids spell it (relative to rootdir, "/" separated)
     module_nodeid: dict[str, str] = field(default_factory=dict)
 

@@ -37,7 +37,7 @@ import pytest
 
 from engine import contract
 from engine.checkmode import CheckMode
-from engine.collection import TeamCollector
+from engine.collection import TIERS, TeamCollector
 from engine.config import ENVIRONMENT_KEY, EngineSettings
 from engine.contract import SkipKind
 from engine.controller import EngineController
@@ -68,6 +68,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="engine_resume",
         action="store_true",
         help="count prerequisites recorded green on this target by an earlier run instead of running them",
+    )
+    group.addoption(
+        "--tier",
+        dest="engine_tier",
+        choices=TIERS,
+        default="full",
+        help="smoke: only the checks marked smoke (read-only, cheap); full (default): every check",
     )
     group.addoption(
         "--reports-dir", dest="engine_reports_dir", metavar="DIR", help="where reports go (ini: reports_dir)"
@@ -154,6 +161,8 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "task(name): the plan task a check belongs to (the Allure story)")
+    config.addinivalue_line("markers", "smoke: a read-only, cheap check: runs in every tier (--tier smoke)")
+    config.addinivalue_line("markers", "full: a drill, measurement or restart: runs in the full tier only")
     mode = _mode(config)
     contract.set_mode(config, mode)
     if mode == "check":
@@ -179,6 +188,7 @@ def pytest_configure(config: pytest.Config) -> None:
         reports_dir=_resolve(config, reports),
         teams=teams,
         resume=bool(config.getoption("engine_resume")),
+        tier=config.getoption("engine_tier", "full"),
     )
     config.stash[SETTINGS_KEY] = settings
     workerinput = getattr(config, "workerinput", None)

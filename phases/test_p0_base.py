@@ -21,6 +21,8 @@ from engine import apply_fixture, task
 from settings.model import Settings
 from steps.base import flintlock, hypervisors
 
+pytestmark = pytest.mark.smoke
+
 
 @apply_fixture
 def applied_binaries(ctx: Context) -> Applied:
@@ -69,6 +71,7 @@ def test_flintlockd_unit_is_loaded_tls_only_and_on_the_host_network(
 @task("MicroVM boot")
 @pytest.mark.requires("kvm")
 @pytest.mark.requires("upstream-artifacts")
+@pytest.mark.full
 def test_a_firecracker_microvm_boots_to_its_marker(remote, settings: Settings, applied_binaries) -> None:
     result = flintlock.boot_microvm(remote, settings)
     assert result.exit_code == 0, result.stdout[-4000:]

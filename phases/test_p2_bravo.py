@@ -33,7 +33,7 @@ from steps.alpha import tls
 from steps.base import flintlock
 from steps.bravo import containerd, flintlock_runtime, registry
 
-pytestmark = pytest.mark.usefixtures("applied")
+pytestmark = [pytest.mark.usefixtures("applied"), pytest.mark.smoke]
 
 
 @apply_fixture
@@ -130,6 +130,7 @@ def test_devmapper_snapshotter_loads_on_its_thin_pool(remote, host, settings: Se
 
 
 @pytest.mark.task("Test OCI images")
+@pytest.mark.full
 def test_image_pulled_over_the_network_runs_to_its_marker(
     remote, settings: Settings, pull_case: PullCase
 ) -> None:

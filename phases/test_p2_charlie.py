@@ -18,7 +18,7 @@ from engine import apply_fixture
 from settings.model import Settings
 from steps.charlie import grafana, prometheus
 
-pytestmark = pytest.mark.usefixtures("applied")
+pytestmark = [pytest.mark.usefixtures("applied"), pytest.mark.smoke]
 
 # Prometheus scrapes every scrape_interval; a fresh server needs one round before "up".
 CONVERGE_TIMEOUT = 90.0

@@ -32,7 +32,7 @@ from settings.base import EffectiveProfile
 from settings.model import Settings
 from steps.delta import control_plane, etcd, kubectl, kubernetes, preflight
 
-pytestmark = pytest.mark.usefixtures("applied")
+pytestmark = [pytest.mark.usefixtures("applied"), pytest.mark.smoke]
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +118,7 @@ def test_etcd_is_healthy_and_serves_clients_over_tls_only(
 
 
 @pytest.mark.task("Test pod scheduling")
+@pytest.mark.full
 def test_a_pod_from_this_runs_image_runs_and_prints_the_nonce(workload: MarkerWorkload) -> None:
     assert workload.server_phase() == "Running"
     assert workload.server_node() in workload.cluster.node_conditions()
@@ -125,11 +126,13 @@ def test_a_pod_from_this_runs_image_runs_and_prints_the_nonce(workload: MarkerWo
 
 
 @pytest.mark.task("Test pod scheduling")
+@pytest.mark.full
 def test_service_cluster_ip_answers_from_a_pod(workload: MarkerWorkload) -> None:
     assert workload.fetch_from_pod() == workload.marker
 
 
 @pytest.mark.task("Test pod scheduling")
+@pytest.mark.full
 def test_service_cluster_ip_answers_from_the_node(workload: MarkerWorkload, host) -> None:
     answer = host.check_output(
         "python3 -c 'import sys, urllib.request; "
@@ -140,6 +143,7 @@ def test_service_cluster_ip_answers_from_the_node(workload: MarkerWorkload, host
 
 
 @pytest.mark.task("Test pod scheduling")
+@pytest.mark.full
 def test_an_unprivileged_service_account_cannot_read_secrets(workload: MarkerWorkload) -> None:
     # The same question for what its Role grants gets a yes: the review itself works.
     assert workload.account_may("get", "pods") is True
@@ -172,6 +176,7 @@ def test_kubelet_left_the_controllers_kernel_alone(
 
 @pytest.mark.task("Deploy K8s control plane")
 @pytest.mark.requires("upstream-artifacts")
+@pytest.mark.full
 def test_coredns_resolves_the_api_service(workload: MarkerWorkload) -> None:
     assert (
         workload.resolve_from_pod("kubernetes.default.svc.cluster.local") == workload.cluster.api_service_ip()

@@ -27,7 +27,7 @@ from steps.alpha import hardening
 from steps.delta import pod_network as bootstrap_network
 from steps.echo1 import load_balancer, network_policy, pod_network
 
-pytestmark = pytest.mark.usefixtures("applied")
+pytestmark = [pytest.mark.usefixtures("applied"), pytest.mark.smoke]
 
 
 @apply_fixture
@@ -55,11 +55,13 @@ def test_the_pod_network_is_echo1s_chain_on_the_nodes_pod_cidr(
 
 
 @pytest.mark.task("CNI plugin setup")
+@pytest.mark.full
 def test_pod_to_pod(check_namespace: CheckNamespace, web) -> None:
     assert check_namespace.fetch("to-pod", web.status.pod_ip) == check_namespace.marker
 
 
 @pytest.mark.task("CNI plugin setup")
+@pytest.mark.full
 def test_pod_to_service(check_namespace: CheckNamespace, web, host) -> None:
     service = check_namespace.service("web", {"app": "web"}, port=80)
     assert probes.service_programmed(host, service.spec.cluster_ip), (
@@ -69,6 +71,7 @@ def test_pod_to_service(check_namespace: CheckNamespace, web, host) -> None:
 
 
 @pytest.mark.task("CNI plugin setup")
+@pytest.mark.full
 def test_pod_to_a_host_outside_the_cluster(check_namespace: CheckNamespace, probe) -> None:
     directory = f"/run/hvsuite-check-{check_namespace.name}"
     probe.host.run_expect(
@@ -84,6 +87,7 @@ def test_pod_to_a_host_outside_the_cluster(check_namespace: CheckNamespace, prob
 
 
 @pytest.mark.task("CNI plugin setup")
+@pytest.mark.full
 def test_a_host_port_answers_the_controller_and_not_the_probe(
     check_namespace: CheckNamespace, settings: Settings, target, probe
 ) -> None:
@@ -97,6 +101,7 @@ def test_a_host_port_answers_the_controller_and_not_the_probe(
 
 
 @pytest.mark.task("CNI plugin setup")
+@pytest.mark.full
 def test_a_bandwidth_annotation_caps_a_transfer(
     check_namespace: CheckNamespace, settings: Settings, host
 ) -> None:
@@ -136,6 +141,7 @@ def test_default_deny_and_allows_are_in_the_api(cluster: Cluster, settings: Sett
 
 @pytest.mark.task("Network policies")
 @pytest.mark.requires("netpol-enforcement")
+@pytest.mark.full
 def test_a_denied_connection_times_out_and_an_allowed_one_answers(
     check_namespace: CheckNamespace, settings: Settings
 ) -> None:
@@ -158,6 +164,7 @@ def test_a_denied_connection_times_out_and_an_allowed_one_answers(
 
 
 @pytest.mark.task("Load balancer")
+@pytest.mark.full
 def test_a_load_balancer_service_answers_on_a_pool_address(
     check_namespace: CheckNamespace, settings: Settings, web, probe, host
 ) -> None:

@@ -26,7 +26,7 @@ from settings.model import Settings
 from steps.delta.kubernetes import node_name
 from steps.echo2 import storage
 
-pytestmark = pytest.mark.usefixtures("applied")
+pytestmark = [pytest.mark.usefixtures("applied"), pytest.mark.smoke]
 
 
 @apply_fixture
@@ -75,6 +75,7 @@ def test_exactly_one_default_storage_class_binding_on_first_use(cluster: Cluster
 
 
 @pytest.mark.task("Persistent volumes")
+@pytest.mark.full
 def test_a_claim_binds_on_first_use_and_its_data_outlives_the_pod(volumes: VolumeChecks) -> None:
     nonce = secrets.token_hex(8)
     volumes.new_claim("data")
@@ -86,6 +87,7 @@ def test_a_claim_binds_on_first_use_and_its_data_outlives_the_pod(volumes: Volum
 
 
 @pytest.mark.task("Storage classes")
+@pytest.mark.full
 def test_retain_keeps_the_data_of_a_deleted_claim(volumes: VolumeChecks, host) -> None:
     nonce = secrets.token_hex(8)
     volumes.new_claim("kept")
@@ -101,6 +103,7 @@ def test_retain_keeps_the_data_of_a_deleted_claim(volumes: VolumeChecks, host) -
 
 @pytest.mark.task("Volume snapshots")
 @pytest.mark.requires("csi-snapshots")
+@pytest.mark.full
 def test_a_snapshot_restores_the_data_it_was_taken_of(volumes: VolumeChecks) -> None:
     echo2, first, second = volumes.echo2, secrets.token_hex(8), secrets.token_hex(8)
     volumes.new_claim("snapped", storage_class=echo2.csi_storage_class)

@@ -31,7 +31,7 @@ from steps.delta import control_plane, etcd, kubectl, kubernetes
 from steps.foxtrot import endpoint, ha_cluster, nodes, vip
 from targets import scratch
 
-pytestmark = pytest.mark.usefixtures("applied")
+pytestmark = [pytest.mark.usefixtures("applied"), pytest.mark.smoke]
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +157,7 @@ def worker_marker(
 
 
 @pytest.mark.task("Multi-node setup")
+@pytest.mark.full
 def test_a_pod_on_the_primary_reaches_a_pod_on_the_worker(
     check_namespace: CheckNamespace, worker_marker
 ) -> None:
@@ -218,6 +219,7 @@ def _result(drills, name: str) -> failover.DrillResult:
 
 @pytest.mark.task("Failover config")
 @pytest.mark.parametrize("drill", failover.DRILL_NAMES)
+@pytest.mark.full
 def test_the_api_answers_through_the_virtual_ip_within_the_bound(drills, drill: str) -> None:
     result = _result(drills, drill)
     assert result.api_gap <= result.bound, result.row()
@@ -225,6 +227,7 @@ def test_the_api_answers_through_the_virtual_ip_within_the_bound(drills, drill: 
 
 @pytest.mark.task("Failover config")
 @pytest.mark.parametrize("drill", failover.DRILL_NAMES)
+@pytest.mark.full
 def test_etcd_keeps_quorum_and_the_worker_keeps_serving(drills, drill: str) -> None:
     result = _result(drills, drill)
     assert (result.quorum_kept, result.marker_failed_polls) == (True, 0), result.row()
@@ -232,6 +235,7 @@ def test_etcd_keeps_quorum_and_the_worker_keeps_serving(drills, drill: str) -> N
 
 @pytest.mark.task("Failover config")
 @pytest.mark.parametrize("drill", failover.DRILL_NAMES)
+@pytest.mark.full
 def test_the_faulted_host_is_a_healthy_member_again(drills, drill: str) -> None:
     result = _result(drills, drill)
     assert result.recovered_seconds is not None, result.row()

@@ -35,7 +35,7 @@ from settings.model import Settings
 from steps.delta import etcd
 from steps.golf1 import backup, restic, restore, runbook
 
-pytestmark = pytest.mark.usefixtures("applied")
+pytestmark = [pytest.mark.usefixtures("applied"), pytest.mark.smoke]
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +128,7 @@ def test_the_backup_user_gets_sftp_and_no_shell(remote: Host, settings: Settings
 
 
 @pytest.mark.task("Backup system")
+@pytest.mark.full
 def test_the_backup_service_makes_a_snapshot_of_what_is_configured(
     backup_run: BackupRun, settings: Settings, host
 ) -> None:
@@ -139,6 +140,7 @@ def test_the_backup_service_makes_a_snapshot_of_what_is_configured(
 
 
 @pytest.mark.task("Backup system")
+@pytest.mark.full
 def test_retention_is_applied_after_each_backup(
     backup_run: BackupRun, remote: Host, settings: Settings
 ) -> None:
@@ -153,6 +155,7 @@ def test_retention_is_applied_after_each_backup(
 
 
 @pytest.mark.task("Backup system")
+@pytest.mark.full
 def test_the_repository_passes_restic_check(backup_run: BackupRun, remote: Host, settings: Settings) -> None:
     result = remote.run(restic.check_command(settings), check=False, timeout=1800)
     assert result.ok, result.stdout + result.stderr
@@ -163,6 +166,7 @@ def test_the_repository_passes_restic_check(backup_run: BackupRun, remote: Host,
 
 
 @pytest.mark.task("Restore testing")
+@pytest.mark.full
 def test_every_restored_file_is_byte_identical_to_the_primarys(drill: Drill, settings: Settings) -> None:
     comparison = drill.comparison
     assert not comparison.problems, "\n".join(comparison.problems[:50])
@@ -175,6 +179,7 @@ def test_every_restored_file_is_byte_identical_to_the_primarys(drill: Drill, set
 
 
 @pytest.mark.task("Restore testing")
+@pytest.mark.full
 def test_the_restored_etcd_answers_a_key_written_before_the_backup(
     drill: Drill, backup_run: BackupRun, settings: Settings
 ) -> None:
@@ -186,6 +191,7 @@ def test_the_restored_etcd_answers_a_key_written_before_the_backup(
 
 
 @pytest.mark.task("Restore testing")
+@pytest.mark.full
 def test_the_restored_prometheus_serves_the_samples_from_before_the_backup(
     drill: Drill, backup_run: BackupRun, settings: Settings
 ) -> None:
@@ -199,6 +205,7 @@ def test_the_restored_prometheus_serves_the_samples_from_before_the_backup(
 @pytest.mark.task("Restore testing")
 @pytest.mark.requires("upstream-artifacts")
 @pytest.mark.requires("devmapper")
+@pytest.mark.full
 def test_flintlocks_state_is_restored(drill: Drill, settings: Settings) -> None:
     state = settings.base.state_dir.lstrip("/") + "/"
     restored = [path for path in drill.comparison.compared if path.startswith(state)]
@@ -206,6 +213,7 @@ def test_flintlocks_state_is_restored(drill: Drill, settings: Settings) -> None:
 
 
 @pytest.mark.task("Restore testing")
+@pytest.mark.full
 def test_the_throwaway_servers_and_restored_trees_are_gone(drill: Drill) -> None:
     assert set(drill.units_left.values()) == {"not-found"}, drill.units_left
     assert not drill.trees_left
@@ -215,6 +223,7 @@ def test_the_throwaway_servers_and_restored_trees_are_gone(drill: Drill) -> None
 
 
 @pytest.mark.task("DR procedures")
+@pytest.mark.full
 def test_the_runbook_names_what_is_configured_and_the_proven_restore(
     runbook_text: str,
     applied: backup.Access,

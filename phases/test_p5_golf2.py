@@ -28,7 +28,10 @@ from steps.golf2 import benchmarks as tools
 from steps.golf2 import tuning
 
 # The baseline is measured before the tuning is applied (fixtures set up in this order).
-pytestmark = pytest.mark.usefixtures("applied_tools", "applied_peer_tools", "baseline", "applied")
+pytestmark = [
+    pytest.mark.usefixtures("applied_tools", "applied_peer_tools", "baseline", "applied"),
+    pytest.mark.smoke,
+]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -133,6 +136,7 @@ def test_the_host_wide_sysctls_and_modules_are_live(host, settings: Settings) ->
 
 
 @pytest.mark.task("Benchmarking")
+@pytest.mark.full
 def test_before_and_after_figures_are_reported(
     comparison: list[benchmarks.Figure], settings: Settings, reports_dir: Path, target
 ) -> None:
@@ -155,6 +159,7 @@ def test_before_and_after_figures_are_reported(
 
 
 @pytest.mark.task("Optimization")
+@pytest.mark.full
 def test_no_figure_regressed_beyond_its_tolerance(comparison: list[benchmarks.Figure]) -> None:
     regressed = [
         f"{f.name}: {f.before_median:.6g} -> {f.after_median:.6g} {f.unit} ({f.change_percent:+.1f} %, "
