@@ -339,7 +339,7 @@ class Host:
             with allure.step(self.redactor.redact(_truncate(title, _TITLE_LIMIT))):
                 self.connection = reconnect(self.name, self._connect, self.backoff)
         except ConnectionDropped as dropped:
-            raise ApplyError(self.redactor.redact(f"{dropped} (while running {what!r})")) from exc
+            raise ApplyError(self.redactor.redact(f"{dropped} (while running {what!r})")) from dropped
         except HostKeyError as refused:
             raise ApplyError(f"[{self.name}] reconnecting after a drop: {refused}") from exc
         except CONNECTION_ERRORS as refused:

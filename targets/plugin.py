@@ -44,7 +44,7 @@ from targets.inventory import (
 )
 from targets.spec import ScratchSpec
 from transport import local_state as cache
-from transport.ssh import checks_host, fabric_connection
+from transport.ssh import ConnectionDropped, checks_host, dropped_in, fabric_connection, reconnect
 
 # testinfra's pytest11 entry point name.
 TESTINFRA_PLUGIN = "pytest11.testinfra"
@@ -78,6 +78,8 @@ class TargetsState:
     last_change_count: int = 0
     # Per host name: how many of its results were already reported (--check).
     reported_results: dict[str, int] = field(default_factory=dict)
+    # Hosts that stopped answering in this process: later requests fail at once.
+    gone: dict[str, ConnectionDropped] = field(default_factory=dict)
 
     @property
     def mode(self) -> contract.Mode:
@@ -90,11 +92,18 @@ class TargetsState:
     def member(self, target: Target) -> Member:
         """This process's connections to ``target`` (opened once)."""
         if target.name not in self.members:
+            if target.name in self.gone:
+                raise self.gone[target.name]
             endpoint, timeout = target.endpoint, self.settings.ssh.connect_timeout
             connect = functools.partial(fabric_connection, endpoint, timeout=timeout)
+            try:
+                connection = reconnect(target.name, connect)
+            except ConnectionDropped as exc:
+                self.gone[target.name] = exc
+                raise
             remote = Host(
                 target.name,
-                connect(),
+                connection,
                 mode=self.mode,
                 lock_dir=self.lock_dir(),
                 redactor=Redactor(),
@@ -103,6 +112,17 @@ class TargetsState:
             host = checks_host(endpoint, timeout=timeout)
             self.members[target.name] = Member(target, remote, host)
         return self.members[target.name]
+
+    def unreachable(self, dropped: ConnectionDropped) -> str:
+        """One line for a host that stopped answering: its name, roles, address and the cause."""
+        found = [t for t in (self.fleet.members if self.fleet else ()) if t.name == dropped.host]
+        if not found:
+            return str(dropped)
+        target = found[0]
+        return (
+            f"host {target.name} ({', '.join(target.roles)}) at {target.address}:{target.port} "
+            f"stopped answering: {dropped.reason}"
+        )
 
     def change_count(self) -> int:
         return sum(len(member.remote.changes) for member in self.members.values())
@@ -394,6 +414,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
     state = item.config.stash.get(STATE, None)
+    dropped = dropped_in(call.excinfo.value) if call.excinfo is not None else None
+    if state is not None and dropped is not None:
+        # A lost host is one line, not paramiko's traceback: what the operator acts on.
+        report.longrepr = state.unreachable(dropped)
     if state is not None:
         count = state.change_count()
         would_change = state.new_would_change() if state.mode == "check" else []

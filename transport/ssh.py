@@ -64,7 +64,29 @@ class Backoff:
 
 
 class ConnectionDropped(Exception):
-    """Reconnecting failed within the bound; the message names the host and the last cause."""
+    """Reconnecting failed within the bound: ``host`` (its name) stopped answering, ``cause``
+    is the last attempt's error."""
+
+    def __init__(self, message: str, *, host: str = "", cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.host = host
+        self.cause = cause
+
+    @property
+    def reason(self) -> str:
+        cause = self.cause
+        return f"{type(cause).__name__}: {cause}" if cause is not None else str(self)
+
+
+def dropped_in(exc: BaseException | None) -> ConnectionDropped | None:
+    """The :class:`ConnectionDropped` behind ``exc`` (itself, or a cause or context of it)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, ConnectionDropped):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def reconnect(name: str, connect: Callable[[], T], backoff: Backoff | None = None) -> T:
@@ -86,7 +108,9 @@ def reconnect(name: str, connect: Callable[[], T], backoff: Backoff | None = Non
         if delay is None:
             raise ConnectionDropped(
                 f"[{name}] the SSH connection dropped and {backoff.attempts} reconnect attempts "
-                f"failed: {type(last).__name__}: {last}"
+                f"failed: {type(last).__name__}: {last}",
+                host=name,
+                cause=last,
             ) from last
         time.sleep(delay)
 
@@ -230,22 +254,50 @@ def _testinfra_backend() -> type:
         def __init__(self, hostspec: str, *, endpoint: Endpoint, backoff: Backoff, **kwargs: Any) -> None:
             self.endpoint = endpoint
             self.backoff = backoff
+            # Once the bound is spent the host is gone for this process: later checks fail at
+            # once with the same cause instead of waiting out the bound again each.
+            self.gone: ConnectionDropped | None = None
             super().__init__(hostspec, **kwargs)
 
         @functools.cached_property
         def client(self) -> paramiko.SSHClient:
             endpoint = self.endpoint
-            return reconnect(endpoint.name, lambda: open_client(endpoint, timeout=self.timeout), self.backoff)
+            if self.gone is not None:
+                raise ConnectionDropped(str(self.gone), host=self.gone.host, cause=self.gone.cause)
+            try:
+                return reconnect(
+                    endpoint.name, lambda: open_client(endpoint, timeout=self.timeout), self.backoff
+                )
+            except ConnectionDropped as exc:
+                self.gone = exc
+                raise
 
         def run(self, command: str, *args: str, **kwargs: Any) -> Any:
+            # Checks are read-only: a command cut off by a dropped connection runs again, once,
+            # on a new one.
             try:
-                return super().run(command, *args, **kwargs)
+                result = super().run(command, *args, **kwargs)
             except CONNECTION_ERRORS:
-                transport = self.client.get_transport()
-                if transport is not None and transport.is_active():
+                if self._alive():
                     raise
                 self.close()
                 return super().run(command, *args, **kwargs)
+            # A drop mid-command closes the channel without an exit status: paramiko says -1.
+            if result.rc == -1 and not self._alive():
+                self.close()
+                return super().run(command, *args, **kwargs)
+            return result
+
+        def _alive(self) -> bool:
+            """Whether the open connection is still up; paramiko's transport thread notices a
+            reset socket within moments, so give it those."""
+            client = self.__dict__.get("client")
+            for _ in range(5):
+                transport = client.get_transport() if client is not None else None
+                if transport is None or not transport.is_active():
+                    return False
+                time.sleep(0.1)
+            return True
 
         def close(self) -> None:
             """Close the connection, if one was opened; the next command opens a new one."""

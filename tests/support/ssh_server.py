@@ -15,8 +15,9 @@ import paramiko
 
 class ExecServer:
     """Accepts password or any public key, and runs ``exit N``, ``say OUT ERR N`` (prints OUT,
-    ERR on stderr, exits N), ``cat`` (echoes stdin until EOF), ``hang`` (never exits) and
-    ``id -un`` (prints the user name)."""
+    ERR on stderr, exits N), ``cat`` (echoes stdin until EOF), ``hang`` (never exits),
+    ``hang-once OUT`` (hangs the first time, then prints OUT) and ``id -un`` (prints the user
+    name)."""
 
     def __init__(self) -> None:
         self.key = paramiko.RSAKey.generate(2048)
@@ -73,6 +74,10 @@ class ExecServer:
             transport.close()
 
     def close(self) -> None:
+        # shutdown() first: close() alone leaves a listener that another thread's accept()
+        # blocks on still accepting.
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         self.drop_connections()
 
@@ -81,12 +86,21 @@ class ExecServer:
         return f"{host} {self.key.get_name()} {self.key.get_base64()}\n"
 
 
+_seen: set[str] = set()
+
+
+def _first_time(command: str) -> bool:
+    first = command not in _seen
+    _seen.add(command)
+    return first
+
+
 def _serve(channel: Any, command: str) -> None:
     # paramiko sends the exec request's reply after check_channel_exec_request returns:
     # answering before it would close the channel under the client's feet.
     time.sleep(0.05)
     words = command.split()
-    if words[0] == "hang":
+    if words[0] == "hang" or (words[0] == "hang-once" and _first_time(command)):
         return
     code = 0
     if words[0] == "exit":
@@ -100,6 +114,8 @@ def _serve(channel: Any, command: str) -> None:
         while chunk := channel.recv(65536):
             received += chunk
         channel.sendall(bytes(received))
+    elif words[0] == "hang-once":
+        channel.sendall(words[1].encode())
     elif words[:2] == ["id", "-un"]:
         channel.sendall(channel.get_transport().get_username().encode() + b"\n")
     channel.send_exit_status(code)

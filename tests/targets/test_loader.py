@@ -35,6 +35,7 @@ def test_default_is_a_scratch_fleet_of_a_host_per_role() -> None:
         ("hvs-scratch-worker1", ("worker",)),
         ("hvs-scratch-backup", ("backup",)),
         ("hvs-scratch-restore", ("restore",)),
+        ("hvs-scratch-logs", ("logs",)),
     ]
     assert all(isinstance(h.spec, ScratchSpec) for h in hosts)
     profile = effective_profile(settings, hosts)
@@ -186,7 +187,7 @@ def test_profile_follows_the_primary_host_unless_the_config_names_one() -> None:
 def test_a_real_primary_with_local_scratch_peers_is_refused() -> None:
     with pytest.raises(
         TargetError,
-        match=r"hvs-scratch-probe, .*hvs-scratch-restore would be local scratch servers.*\[\[hosts\]\]",
+        match=r"hvs-scratch-probe, .*hvs-scratch-logs would be local scratch servers.*\[\[hosts\]\]",
     ):
         plan_hosts(load_settings(), "ssh://root@198.51.100.9")
 
