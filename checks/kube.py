@@ -68,6 +68,17 @@ class Cluster:
     def api_service_ip(self) -> str:
         return self.core.read_namespaced_service("kubernetes", "default").spec.cluster_ip
 
+    def load_balancer_addresses(self) -> dict[str, set[str]]:
+        """Every Service of type LoadBalancer ("namespace/name") with the addresses it holds."""
+        services = self.core.list_service_for_all_namespaces().items
+        return {
+            f"{svc.metadata.namespace}/{svc.metadata.name}": {
+                entry.ip for entry in (svc.status.load_balancer.ingress or ()) if entry.ip
+            }
+            for svc in services
+            if svc.spec.type == "LoadBalancer"
+        }
+
     def deployment_available(self, namespace: str, name: str) -> bool:
         deployment = self.apps.read_namespaced_deployment(name, namespace)
         conditions = {c.type: c.status for c in deployment.status.conditions or []}
@@ -267,6 +278,10 @@ def pod(
     )
 
 
+# The checks' own namespaces: everything else in the cluster may be the platform's users'.
+CHECK_NAMESPACE_PREFIX = "hvsuite-check-"
+
+
 @dataclass
 class CheckNamespace:
     """A namespace of one check, deleted afterwards, with pods from the run's marker image
@@ -301,7 +316,7 @@ class CheckNamespace:
             nonce=nonce,
             marker=marker,
         )
-        name = f"hvsuite-check-{nonce[:8]}"
+        name = f"{CHECK_NAMESPACE_PREFIX}{nonce[:8]}"
         cluster.create_namespace(name, timeout)
         try:
             yield cls(cluster, name, image, marker, timeout)

@@ -7,6 +7,9 @@ The small API for test modules and other plugins:
 - `not_applicable(reason)`: skip the running check because a valid config choice makes it
   irrelevant (``engine.not_applicable("alpha.tls.client_auth is off")``); reported as "not
   applicable", which, unlike a plain ``pytest.skip``, does not fail the team.
+- the `notice` fixture: ``notice("hvsuite-pv-0 is Released: ...")`` names something the
+  platform's users made that a check found and left alone; it is listed with the team's
+  issues ("noticed: ...") and in Allure, and never fails the team.
 - `add_environment(config, key, value)`: a line in Allure's environment.properties.
 - `set_target_name(config, name)`: the target team verdicts are recorded for (--resume).
 - `set_signal_webhook(config, url, timeout)`: the chat webhook for completion signals.

@@ -25,6 +25,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _APPLY_ATTRIBUTE = "hvsuite_apply_fixture"
 _CHANGES = "hvsuite_changes"
 _WOULD_CHANGE = "hvsuite_would_change"
+_NOTICE = "hvsuite_notice"
 
 _WAIVED = "waived: "
 _NOT_APPLICABLE = "not applicable: "
@@ -166,3 +167,15 @@ def changes(report: _Report) -> tuple[int, list[WouldChange]]:
                     diff = entry.get("diff")
                     would.append(WouldChange(str(entry.get("op", "")), None if diff is None else str(diff)))
     return count, would
+
+
+def notice(item: pytest.Item, text: str) -> None:
+    """Name on ``item``'s reports something the platform's users made that the check found
+    and left alone (a Released volume that holds data, a Service of their own on the pool).
+    It is listed with the team's issues and never fails it."""
+    item.user_properties.append((_NOTICE, text))
+
+
+def notices(report: _Report) -> list[str]:
+    """The notices recorded on ``report``, in order."""
+    return [str(value) for key, value in getattr(report, "user_properties", ()) or () if key == _NOTICE]

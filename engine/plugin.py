@@ -30,9 +30,10 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import allure
 import pytest
 
 from engine import contract
@@ -135,6 +136,18 @@ def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, tuple
     if kind is SkipKind.CHECK:
         return "checked", "c", ("CHECKED", {"cyan": True})
     return None
+
+
+@pytest.fixture
+def notice(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """``notice(text)``: report by name, with the team's issues and in Allure, something of
+    the platform's users that the check found and leaves alone; it never fails the team."""
+
+    def add(text: str) -> None:
+        contract.notice(request.node, text)
+        allure.attach(text, name="noticed", attachment_type=allure.attachment_type.TEXT)
+
+    return add
 
 
 def _resolve(config: pytest.Config, value: str) -> Path:

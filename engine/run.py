@@ -78,6 +78,8 @@ class TeamStatus:
     checked: list[str] = field(default_factory=list)
     # Ops that would change (--check), in order.
     would_change: list[WouldChange] = field(default_factory=list)
+    # What the checks found of the platform's users' own and left alone (engine.notice).
+    notices: list[str] = field(default_factory=list)
     # Set when a failure is seen; the verdict is final when the last test finishes.
     failing: bool = False
     start: float | None = None
@@ -123,6 +125,7 @@ class TeamStatus:
             *self.failures,
             *(f"{count} check(s) {reason}" for reason, count in reasons.items()),
             *(f"{reason} ({', '.join(names)})" for reason, names in inapplicable.items()),
+            *(f"noticed: {text}" for text in self.notices),
         ]
 
 
@@ -235,6 +238,8 @@ class TeamRun:
         count, would_change = contract.changes(report)
         status.changes += count
         status.would_change.extend(would_change)
+        # Each phase's report carries the item's properties so far: keep each notice once.
+        status.notices.extend(text for text in contract.notices(report) if text not in status.notices)
         problem: str | None = None
         if report.outcome == "failed":
             problem = report.nodeid if report.when in ("call", "???") else f"{report.nodeid} ({report.when})"

@@ -12,6 +12,7 @@ answering the controller with this run's marker.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import allure
 import pytest
@@ -20,7 +21,7 @@ import requests
 from apply.api import Applied, Context
 from apply.poll import eventually
 from checks import probes
-from checks.kube import CheckNamespace, Cluster
+from checks.kube import CHECK_NAMESPACE_PREFIX, CheckNamespace, Cluster
 from engine import apply_fixture
 from settings.model import Settings
 from steps.alpha import hardening
@@ -190,7 +191,14 @@ def test_a_load_balancer_service_answers_on_a_pool_address(
 
 
 @pytest.mark.task("Load balancer")
-def test_the_load_balancer_runs(host, cluster: Cluster, settings: Settings, profile) -> None:
+def test_the_load_balancer_runs(
+    host, cluster: Cluster, settings: Settings, profile, notice: Callable[[str], None]
+) -> None:
+    # The pool serves the platform's users too: their Services are named, never touched.
+    pool = set(settings.echo1.load_balancer.addresses())
+    for service, addresses in sorted(cluster.load_balancer_addresses().items()):
+        if not service.startswith(CHECK_NAMESPACE_PREFIX) and addresses & pool:
+            notice(f"Service {service} holds pool address {', '.join(sorted(addresses & pool))}")
     if settings.echo1.load_balancer.resolved_implementation(profile) == "metallb":
         assert cluster.deployment_available(load_balancer.METALLB_NAMESPACE, "controller")
         return

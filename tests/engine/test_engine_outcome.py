@@ -282,3 +282,25 @@ def test_teams_not_collected_do_not_count_but_what_they_block_does() -> None:
     run = team_run({"test_a.py::test_1": "passed", "test_b.py::test_1": "passed"}, {"A", "B"})
     assert run.teams["C"].verdict is Verdict.NOT_IMPLEMENTED
     assert run_outcome(run, 0, check_mode=False).status is RunStatus.PASSED
+
+
+def test_a_notice_is_listed_with_the_issues_of_a_green_team(pytester: pytest.Pytester) -> None:
+    body = "\n".join(
+        [
+            "import pytest",
+            "",
+            "@pytest.mark.task('Main task')",
+            "def test_volumes(notice):",
+            "    notice('pv-0 is Released: it holds the data of deleted claim apps/data')",
+            "    notice('pv-0 is Released: it holds the data of deleted claim apps/data')",
+            "",
+        ]
+    )
+    write_suite(pytester, {"Alpha": (1, [])}, {"Alpha": body})
+    result = run(pytester)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*ALPHA COMPLETE*", "*noticed: pv-0 is Released: it holds the data of*"])
+    assert timeline(pytester)["Alpha"]["outcome"] == "green"
+    assert [line for line in result.stdout.lines if "noticed:" in line] == [
+        "Issues: noticed: pv-0 is Released: it holds the data of deleted claim apps/data"
+    ]
