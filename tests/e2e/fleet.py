@@ -55,14 +55,23 @@ def config(reports: Path, addresses: Addresses = E2E) -> Path:
     return path
 
 
-def build(
+@dataclass(frozen=True)
+class Run:
+    """A finished run of the phases: its exit status, output and the teams of its timeline."""
+
+    returncode: int
+    output: str
+    teams: dict[str, dict]
+
+
+def run_phases(
     fleet: str,
     reports: Path,
     *extra: str,
     during: Callable[[], None] | None = None,
     addresses: Addresses = E2E,
-) -> dict[str, dict]:
-    """A run of the phases on ``fleet``; the teams of its timeline by name. It must pass."""
+) -> Run:
+    """A run of the phases on ``fleet``, as an operator starts it; ``during`` runs beside it."""
     command = [
         str(PYTEST), "-p", "no:cacheprovider", "-n", "auto", "phases/", "--target", f"scratch:{fleet}",
         "--config", str(config(reports, addresses)),
@@ -75,10 +84,40 @@ def build(
             threading.Thread(target=during, daemon=True).start()
         output, _ = run.communicate(timeout=RUN_TIMEOUT)
     (reports / "pytest.log").write_text(output)
-    assert run.returncode == 0, output[-10000:]
-    assert " failed" not in output.splitlines()[-1], output.splitlines()[-1]
-    timeline = json.loads((reports / "timeline.json").read_text())
-    return {team["team"]: team for team in timeline["teams"]}
+    timeline = reports / "timeline.json"
+    teams = json.loads(timeline.read_text())["teams"] if timeline.exists() else []
+    return Run(run.returncode, output, {team["team"]: team for team in teams})
+
+
+def build(
+    fleet: str,
+    reports: Path,
+    *extra: str,
+    during: Callable[[], None] | None = None,
+    addresses: Addresses = E2E,
+) -> dict[str, dict]:
+    """A run of the phases on ``fleet`` that must pass; the teams of its timeline by name."""
+    run = run_phases(fleet, reports, *extra, during=during, addresses=addresses)
+    assert run.returncode == 0, run.output[-10000:]
+    assert " failed" not in run.output.splitlines()[-1], run.output.splitlines()[-1]
+    return run.teams
+
+
+def connected(server_address: str, timeout: float = FIRST_CONNECTION_TIMEOUT) -> None:
+    """Wait until the controller holds an SSH connection to ``server_address``: the teams are
+    at work (the scratch image and servers are ready)."""
+    deadline = time.monotonic() + timeout
+    while not established(server_address) and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def established(server_address: str, *, kill: bool = False) -> list[str]:
+    """The controller's established SSH connections to ``server_address`` (`ss`); with
+    ``kill``, each is cut (`ss -K`), as a flaky link would."""
+    flags = ["-K"] if kill else []
+    command = ["ss", *flags, "-t", "-n", "dst", server_address, "dport", "=", ":22"]
+    out = subprocess.run(command, capture_output=True, text=True, check=False).stdout
+    return [line for line in out.splitlines()[1:] if "ESTAB" in line]
 
 
 def address(server: str) -> str:

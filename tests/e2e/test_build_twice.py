@@ -3,12 +3,15 @@ per host of the embedded inventory): `pytest -n auto phases/` twice (Molecule's 
 gate).
 
 The first run must build and verify every implemented team (only declared waivers skipped)
-although the controller's SSH connections to the primary are killed twice while it runs,
-run Bravo and Charlie, and the three phase-5 teams, side by side on different workers, write
-Allure results with the plan's labels that render offline as HTML; the second run must change
-nothing; a dry run must find nothing to change; a drifted sshd main config must be put back
-by the next run; a stopped kubelet is started again and a restarted server's cluster
-verified again.
+although the controller's SSH connections to the primary are killed at five points while it
+runs, run Bravo and Charlie, and the teams of phases 5 and 6, side by side on different
+workers, write Allure results with the plan's labels that render offline as HTML. Then the
+platform is used as its users would (a workload whose claim is released, a Service of their
+own on the pool, a namespace of their own): the second run must change nothing, touch none of
+it and name the released volume. A probe stopped in the middle of a run fails only the checks
+that need it, each in one line naming it; the next run (a dry run) starts it again and finds
+nothing to change. A drifted sshd main config must be put back by the next run; a stopped
+kubelet is started again and a restarted server's cluster verified again.
 
 Slow (about 16 minutes with the Kubernetes recipe cached, about 30 without) and needs podman
 (installed by scripts/bootstrap). HVSUITE_E2E=0 skips it for quick edit-test loops; CI always
@@ -29,14 +32,16 @@ import pytest
 
 from engine.plan import load_plan
 from tests.e2e.fleet import (
-    FIRST_CONNECTION_TIMEOUT,
     PYTEST,
     ROOT,
     RUN_TIMEOUT,
     address,
     build,
     config,
+    connected,
     destroy,
+    established,
+    run_phases,
 )
 
 PLAN = load_plan(ROOT / "phases" / "plan.toml")
@@ -45,8 +50,9 @@ IMPLEMENTED = {team.name for team in PLAN if (PLAN.directory / team.module).exis
 # On scratch every check of Base needs kvm or upstream artifacts: verified by nothing, waived.
 OUTCOMES = dict.fromkeys(IMPLEMENTED, "green") | {"Base": "waived"}
 # Seconds after the teams' first SSH connection to the primary at which every connection from
-# the controller to it is killed (`ss -K`): during Alpha, and during Bravo and Charlie.
-DROPS = (5.0, 60.0)
+# the controller to it is killed (`ss -K`): during Alpha, Bravo and Charlie, Delta, the Echo
+# teams and phase 5.
+DROPS = (5.0, 60.0, 140.0, 240.0, 360.0)
 pytestmark = pytest.mark.skipif(os.environ.get("HVSUITE_E2E") == "0", reason="HVSUITE_E2E=0")
 
 
@@ -64,21 +70,13 @@ def first(fleet: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, d
     reports = tmp_path_factory.mktemp("first")
     killed: list[str] = []
 
-    def ss(*args: str) -> list[str]:
-        out = subprocess.run(["ss", *args], capture_output=True, text=True, check=False).stdout
-        return [line for line in out.splitlines()[1:] if "ESTAB" in line]
-
     def drop_connections() -> None:
         primary = address(f"{fleet}-host1")
-        to_primary = ("-t", "-n", "dst", primary, "dport", "=", ":22")
-        # The teams are at work once the controller holds an SSH connection to the primary.
-        deadline = time.monotonic() + FIRST_CONNECTION_TIMEOUT
-        while not ss(*to_primary) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        connected(primary)
         started = time.monotonic()
         for at in DROPS:
             time.sleep(max(0.0, at - (time.monotonic() - started)))
-            killed.extend(ss("-K", *to_primary))
+            killed.extend(established(primary, kill=True))
 
     teams = build(fleet, reports, during=drop_connections)
     return reports, teams, killed
@@ -106,7 +104,7 @@ def test_kubernetes_artifacts_were_prepared_in_the_background(
 def test_killed_connections_were_survived(first: tuple[Path, dict[str, dict], list[str]]) -> None:
     reports, _, killed = first
     # Proves something only if connections were really cut while the teams ran...
-    assert len(killed) >= 2, killed
+    assert len(killed) >= len(DROPS), killed
     # ...and the runner noticed: each reconnect is an Allure step of the test or fixture (a
     # "container" file) it served.
     steps = " ".join(path.read_text() for path in (reports / "allure-results").glob("*.json"))
@@ -161,19 +159,145 @@ def test_allure_results_carry_the_plan_and_render_offline(
     assert (html / "index.html").stat().st_size > 0
 
 
-def test_second_build_changes_nothing(
-    fleet: str, first: tuple[Path, dict[str, dict], list[str]], tmp_path_factory: pytest.TempPathFactory
+def kubectl(fleet: str, *args: str, stdin: str | None = None) -> str:
+    """kubectl on the primary with the cluster's admin credentials, as an operator uses it."""
+    command = ["podman", "exec", "-i", f"{fleet}-host1", "kubectl", "--kubeconfig", ADMIN_CONFIG, *args]
+    return subprocess.run(
+        command, input=stdin, capture_output=True, text=True, check=True, timeout=180
+    ).stdout
+
+
+ADMIN_CONFIG = "/etc/kubernetes/admin.conf"
+# The platform's users' own: a workload with a claim, a Service on the load balancer's pool
+# and a namespace of their own. None carries the suite's labels.
+USERS = ("e2e-users-data", "e2e-users-web", "e2e-users-empty")
+USERS_MANIFEST = json.dumps(
+    {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            *({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}} for name in USERS),
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "data", "namespace": USERS[0]},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "app", "namespace": USERS[0]},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": "localhost/hvsuite-k8s/pause:3.2",
+                            "imagePullPolicy": "Never",
+                            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                        }
+                    ],
+                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "web", "namespace": USERS[1]},
+                "spec": {"type": "LoadBalancer", "selector": {"app": "web"}, "ports": [{"port": 80}]},
+            },
+        ],
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def used(fleet: str, first: tuple[Path, dict[str, dict], list[str]]) -> dict[str, str]:
+    """The built platform used between two runs: a workload writes to a claim bound to one of
+    the suite's volumes and its namespace is deleted (the volume is Released, its data kept),
+    a Service of type LoadBalancer takes a pool address, a namespace stays empty."""
+    kubectl(fleet, "apply", "-f", "-", stdin=USERS_MANIFEST)
+    kubectl(fleet, "wait", "--for=condition=Ready", "pod/app", "-n", USERS[0], "--timeout=180s")
+    volume = kubectl(fleet, "get", "pvc", "data", "-n", USERS[0], "-o", "jsonpath={.spec.volumeName}")
+    path = kubectl(fleet, "get", "pv", volume, "-o", "jsonpath={.spec.local.path}")
+    write = f"echo users-data > {path}/users.txt"
+    subprocess.run(["podman", "exec", f"{fleet}-host1", "sh", "-c", write], check=True, timeout=60)
+    kubectl(fleet, "delete", "namespace", USERS[0], "--timeout=180s")
+    kubectl(fleet, "wait", "--for=jsonpath={.status.phase}=Released", f"pv/{volume}", "--timeout=120s")
+    kubectl(
+        fleet, "wait", "--for=jsonpath={.status.loadBalancer.ingress[0].ip}", "service/web", "-n", USERS[1],
+        "--timeout=120s",
+    )  # fmt: skip
+    ip = kubectl(
+        fleet, "get", "service", "web", "-n", USERS[1], "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"
+    )
+    return {"volume": volume, "path": path, "service_ip": ip}
+
+
+def test_second_build_changes_nothing_and_leaves_the_users_objects_alone(
+    fleet: str, used: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     teams = build(fleet, tmp_path_factory.mktemp("second"))
     assert {name: teams[name]["changes"] for name in IMPLEMENTED} == dict.fromkeys(IMPLEMENTED, 0)
     assert {name: teams[name]["outcome"] for name in IMPLEMENTED} == OUTCOMES
+    # Named, not failed: the released volume and the Service on the pool.
+    volume, ip = used["volume"], used["service_ip"]
+    assert any(f"noticed: {volume} is Released" in issue for issue in teams["Echo-2"]["issues"]), teams[
+        "Echo-2"
+    ]
+    assert f"noticed: Service {USERS[1]}/web holds pool address {ip}" in teams["Echo-1"]["issues"]
+    # Untouched: the volume still Released with the users' data, their Service and namespaces.
+    assert kubectl(fleet, "get", "pv", volume, "-o", "jsonpath={.status.phase}") == "Released"
+    read = ["podman", "exec", f"{fleet}-host1", "cat", f"{used['path']}/users.txt"]
+    assert subprocess.run(read, capture_output=True, text=True, check=True).stdout == "users-data\n"
+    assert (
+        kubectl(
+            fleet,
+            "get",
+            "service",
+            "web",
+            "-n",
+            USERS[1],
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        )
+        == ip
+    )
+    assert kubectl(fleet, "get", "namespace", USERS[2], "-o", "name") == f"namespace/{USERS[2]}"
+
+
+def test_a_probe_lost_mid_run_fails_only_the_checks_that_need_it(
+    fleet: str, used: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The probe stops answering once Alpha is at work: Alpha's checks that use it fail, each
+    with one line naming the probe, its roles, address and the cause; the others pass."""
+    probe = f"{fleet}-probe"
+    probe_address = address(probe)
+
+    def stop_probe() -> None:
+        connected(address(f"{fleet}-host1"))
+        time.sleep(15.0)
+        subprocess.run(["podman", "stop", "--time", "0", probe], check=True, timeout=60)
+
+    reports = tmp_path_factory.mktemp("lost-probe")
+    run = run_phases(fleet, reports, "--teams", "Alpha", during=stop_probe)
+    assert run.returncode != 0 and run.teams["Alpha"]["outcome"] == "failed", run.output[-4000:]
+    failures = [line for line in run.output.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+    assert failures, run.output[-4000:]
+    # Each failure's report is the one line, and no library's frames are printed.
+    one_line = f"host {probe} (probe, bench-peer) at {probe_address}:22 stopped answering: "
+    assert run.output.count(one_line) >= len(failures), run.output[-8000:]
+    assert "site-packages" not in run.output, run.output[-8000:]
+    results = [json.loads(path.read_text()) for path in (reports / "allure-results").glob("*-result.json")]
+    alpha_passed = [r for r in results if r["status"] == "passed" and "test_p1_alpha" in r["fullName"]]
+    assert alpha_passed, "a lost probe must not fail the checks that do not need it"
 
 
 def test_check_run_on_the_built_server_would_change_nothing(
     fleet: str, first: tuple[Path, dict[str, dict], list[str]], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """After the second build (the test above runs first): a dry run (`--check`) lists no
-    would-change op, every team ends "checked" and the run exits 0 (Molecule's idempotence gate)."""
+    """After the tests above (the probe stopped by the last one is started again by this run):
+    a dry run (`--check`) lists no would-change op, every team ends "checked" and the run exits
+    0 (Molecule's idempotence gate)."""
     reports = tmp_path_factory.mktemp("check")
     command = [
         str(PYTEST), "-p", "no:cacheprovider", "-n", "auto", "phases/", "--target", f"scratch:{fleet}",
