@@ -392,7 +392,17 @@ _STEADY_RATE = """
 import socket, sys, threading, time
 address, port, device = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 after, seconds = int(sys.argv[4]), float(sys.argv[5])
-sock = socket.create_connection((address, port), timeout=30)
+deadline = time.monotonic() + 60
+while True:
+    try:
+        sock = socket.create_connection((address, port), timeout=30)
+        break
+    except ConnectionRefusedError:
+        # The sink takes one stream at a time: a run of this cut off by a dropped connection
+        # may still be sending to it for a few seconds.
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.5)
 sent = [0]
 def pump():
     chunk = bytes(1 << 16)
