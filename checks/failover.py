@@ -283,7 +283,7 @@ class ControlPlaneDrills:
 
     def stop_api_server(self, name: str) -> None:
         self.node(name).run(f"mv {self.manifest} {self.parked}")
-        # kubelet looks at its manifests every 20 s.
+        # kubelet looks at its manifests every delta fileCheckFrequency (5 s).
         if wait_until(lambda: not self.api_server_ready(name), 90) is None:
             raise AssertionError(f"kube-apiserver on {name} still answers 90 s after its manifest left")
 

@@ -607,6 +607,7 @@ KUBELET_CONFIGURATION = {
     **TYPE_META,
     "cgroupDriver": Scalar("string", _one_of("systemd", "cgroupfs")),
     "protectKernelDefaults": BOOL,
+    "fileCheckFrequency": DURATION,
 }
 KUBE_PROXY_CONFIGURATION = {
     **TYPE_META,
