@@ -33,6 +33,18 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
+class RunHooks:
+    """The one extension point outside the teams: the controller calls it itself."""
+
+    @staticmethod
+    @hookspec
+    def run_finished(host: Any, settings: Settings, reports_dir: Any, target_name: str, fleet: Any) -> None:
+        """A run (not a dry run) has ended and its verdicts, signals and timeline are written
+        to ``reports_dir``: a team that shows them on the primary (``host``, the runner's
+        `apply.runner.Host`) takes them there. ``fleet`` is the run's hosts as
+        (name, address, roles) tuples. It never changes the run's outcome."""
+
+
 def team_packages() -> list[str]:
     """The packages of the plan's teams ("steps.<team>"), in plan order."""
     # The config was composed from the plan's sections: no second read of the plan.
@@ -46,6 +58,7 @@ def _optional_module(name: str) -> Any | None:
 @functools.cache
 def plugin_manager() -> pluggy.PluginManager:
     manager = pluggy.PluginManager(PROJECT)
+    manager.add_hookspecs(RunHooks)
     packages = team_packages()
     for package in packages:
         if (specs := _optional_module(f"{package}.hookspecs")) is not None:

@@ -389,9 +389,14 @@ def temporary_listener(
 # host's interface ``device`` delivers (after ``after`` bytes have passed it: a token bucket
 # lets its burst through first); without a device, the bytes the socket accepts.
 _STEADY_RATE = """
-import socket, sys, threading, time
+import os, socket, sys, threading, time
 address, port, device = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 after, seconds = int(sys.argv[4]), float(sys.argv[5])
+session = os.getppid()
+def orphaned():
+    # The SSH session that started this is gone (a dropped connection): stop sending, so the
+    # sink is free for the run that replaces this one.
+    return os.getppid() != session
 deadline = time.monotonic() + 60
 while True:
     try:
@@ -407,7 +412,7 @@ sent = [0]
 def pump():
     chunk = bytes(1 << 16)
     try:
-        while True:
+        while not orphaned():
             sock.sendall(chunk)
             sent[0] += len(chunk)
     except OSError:
@@ -419,12 +424,15 @@ def delivered():
     with open("/sys/class/net/%s/statistics/tx_bytes" % device) as counter:
         return int(counter.read())
 start, deadline = delivered(), time.monotonic() + 120
-while delivered() - start < after and time.monotonic() < deadline:
+while delivered() - start < after and time.monotonic() < deadline and not orphaned():
     time.sleep(0.1)
 t0, b0 = time.monotonic(), delivered()
-time.sleep(seconds)
+while time.monotonic() - t0 < seconds and not orphaned():
+    time.sleep(0.1)
 t1, b1 = time.monotonic(), delivered()
 sock.close()
+if orphaned():
+    sys.exit(1)
 print((b1 - b0) * 8 / (t1 - t0))
 """
 

@@ -25,10 +25,13 @@ from typing import Any
 
 import pytest
 
+import engine
 from apply.api import Context
 from apply.artifacts import ArtifactStore
+from apply.extensions import hooks
 from apply.redact import Redactor
 from apply.runner import Host
+from engine import config as engine_config
 from engine import contract
 from settings.base import EffectiveProfile, Role, Waiver
 from settings.loader import ConfigError, load_settings
@@ -392,13 +395,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     contract.waive(item, capability, state.profile.name)
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionfinish(session: pytest.Session) -> Any:
+    result = yield  # the engine (trylast) has written the run's verdicts and timeline
     state = session.config.stash.get(STATE, None)
     if state is None:
-        return
+        return result
+    if state.is_controller:
+        _run_finished(session.config, state)
     state.close()
     if not state.is_controller:
-        return
+        return result
     handoff = _handoff_file(state)
     if state.fleet is None and handoff.exists():
         # A worker resolved the fleet lazily: the controller still reports the environment.
@@ -408,6 +415,28 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             handoff.parent.rmdir()
+    return result
+
+
+def _run_finished(config: pytest.Config, state: TargetsState) -> None:
+    """Hand the finished run's reports to the teams that show them on the primary (the
+    ``run_finished`` extension point). Never in a dry run; a failure is reported, not raised."""
+    if state.mode == "check" or state.fleet is None or not engine.teams_to_run(config):
+        return
+    fleet = [(t.name, t.address, tuple(t.roles)) for t in state.fleet.members]
+    try:
+        primary = state.member(state.fleet.one(Role.PRIMARY))
+        hooks().run_finished(
+            host=primary.remote,
+            settings=state.settings,
+            reports_dir=engine.reports_dir(config),
+            target_name=engine_config.target_name(config),
+            fleet=fleet,
+        )
+    except Exception as exc:  # the run's outcome is settled; say why the reports stayed here
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"hvsuite: reports not published to the primary: {type(exc).__name__}: {exc}")
 
 
 @pytest.hookimpl(wrapper=True)
