@@ -1,4 +1,6 @@
-"""fail2ban with an sshd jail reading the journal and banning with nftables.
+"""fail2ban with an sshd jail reading the journal and banning with nftables, its settings
+in the local jail file (``/etc/fail2ban/jail.local``, which package updates never change),
+the service sandboxed.
 
 The jail file is validated with ``fail2ban-client -t`` after it is written and restored if
 the check fails; the service restarts only when the jail changed. Loopback, the
@@ -18,12 +20,16 @@ from apply.api import Context, step
 from apply.facts import SSHSession
 from apply.poll import eventually
 from apply.runner import ApplyError
+from steps.alpha import sandbox
 from steps.alpha.settings import Fail2banSettings
 
 TEMPLATES = Path(__file__).parent / "templates"
 
 
-JAIL = "/etc/fail2ban/jail.d/hvsuite-sshd.local"
+JAIL = "/etc/fail2ban/jail.local"
+# Where earlier versions kept the jail: removed, so one file holds the suite's settings.
+OLD_JAIL = "/etc/fail2ban/jail.d/hvsuite-sshd.local"
+UNIT = "fail2ban.service"
 STATUS = "fail2ban-client status sshd"
 ACTIONS = "fail2ban-client get sshd actions"
 
@@ -37,14 +43,15 @@ def ignore_list(f2b: Fail2banSettings, controller: str | None) -> list[str]:
 
 def render(f2b: Fail2banSettings, *, ssh_port: int, controller: str | None) -> str:
     return ops.render(
-        TEMPLATES / "fail2ban-sshd.local.j2",
+        TEMPLATES / "fail2ban-jail.local.j2",
         {"f2b": f2b, "ssh_port": ssh_port, "ignoreip": ignore_list(f2b, controller)},
     )
 
 
 @step("fail2ban")
 def apply(ctx: Context) -> None:
-    """fail2ban's sshd jail on the journal, banning with nftables; never the controller."""
+    """fail2ban's sshd jail on the journal, banning with nftables; never the controller;
+    the service sandboxed."""
     host, f2b, ssh_port = ctx.host, ctx.settings.alpha.fail2ban, ctx.settings.port("Alpha", "ssh")
     # python3-systemd: the journal backend; nftables: the ban action.
     ops.packages(host, ["fail2ban", "python3-systemd", "nftables"])
@@ -65,7 +72,10 @@ def apply(ctx: Context) -> None:
                 f"[{host.name}] fail2ban rejected {JAIL}; the previous jail was restored:\n"
                 f"{(check.stderr or check.stdout).strip()[-2000:]}"
             )
-    ops.service(host, "fail2ban.service", enabled=True, running=True, restart=jail.changed)
+    old = ops.absent(host, OLD_JAIL)
+    confined = sandbox.sandbox(host, UNIT, sandbox.PROFILES[UNIT])
+    restart = jail.changed or old.changed or confined.changed
+    ops.service(host, UNIT, enabled=True, running=True, restart=restart)
 
 
 _BANNED = re.compile(r"Banned IP list:\s*(?P<ips>.*)$", re.MULTILINE)

@@ -1,5 +1,7 @@
-"""Host baseline an auditor expects: hardened network sysctls, automatic security updates,
-and no listening service that no team declared.
+"""Host baseline an auditor expects: hardened network sysctls, the security suite and
+automatic security updates, the CIS / dev-sec items of ``steps.alpha.baseline`` (login
+defaults, core dumps, modules, password quality, integrity, accounting and audit), the
+sandbox of the services it installs, and no listening service that no team declared.
 
 Sysctls: on a profile with ``namespaced_sysctls_only`` (a scratch server shares its kernel
 with the developer's machine) only per-network-namespace ``net.*`` keys are written; any
@@ -20,6 +22,7 @@ from apply.facts import Fact
 from apply.runner import Host, OpResult
 from settings.base import EffectiveProfile
 from settings.model import Settings
+from steps.alpha import baseline, sandbox
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -67,12 +70,32 @@ def automatic_updates(host: Host) -> list[OpResult]:
     ]
 
 
+def accounting(host: Host) -> list[OpResult]:
+    """Process accounting, sandboxed, on at boot and now."""
+    confined = sandbox.sandbox(host, "acct.service", sandbox.PROFILES["acct.service"])
+    return [confined, ops.service(host, "acct.service", enabled=True, running=True, restart=confined.changed)]
+
+
 @step("Host baseline")
 def apply(ctx: Context) -> None:
-    """Network sysctls hardened and persisted; automatic security updates."""
-    sysctls(ctx.host, ctx.settings, ctx.profile)
-    if ctx.settings.alpha.unattended_upgrades:
-        automatic_updates(ctx.host)
+    """Network sysctls hardened and persisted; the security suite and automatic security
+    updates; then the baseline of ``steps.alpha.baseline``, its tools configured before
+    they are installed."""
+    host, settings, profile = ctx.host, ctx.settings, ctx.profile
+    sysctls(host, settings, profile)
+    # First, so every package below comes with its security fixes.
+    baseline.security_updates(host, settings)
+    if settings.alpha.unattended_upgrades:
+        automatic_updates(host)
+    baseline.login_defs(host, settings)
+    baseline.core_dumps(host, profile)
+    baseline.disabled_modules(host, settings)
+    baseline.tools_config(host, settings)
+    baseline.mask_auditd_first(host, profile)
+    ops.packages(host, baseline.PACKAGES)
+    baseline.integrity_baseline(host, settings)
+    accounting(host)
+    baseline.accounting_and_audit(host, settings, profile)
 
 
 @dataclass(frozen=True)

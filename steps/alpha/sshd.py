@@ -28,6 +28,7 @@ from apply.api import Context, step
 from apply.facts import Fact, OsRelease, SSHSession
 from apply.guard import Guard, guarded_change
 from apply.runner import ApplyError, Command, Host, OpResult, Put
+from steps.alpha import baseline
 from steps.alpha.settings import SSHHardening
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -45,6 +46,8 @@ SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-serve
 # socket-activated sshd when the service is not running.
 RELOAD = "systemctl try-reload-or-restart ssh.service"
 MIN_MODULI_BITS = 3071
+# The legal banner sshd sends before authentication (written by this step, from alpha.banner).
+BANNER = "/etc/issue.net"
 
 HOST_KEY_ALGORITHMS: dict[str, tuple[str, ...]] = {
     "ed25519": ("ssh-ed25519", "ssh-ed25519-cert-v01@openssh.com"),
@@ -92,6 +95,7 @@ def render(ssh: SSHHardening, *, extra: Sequence[str] = ()) -> str:
             "permit_root_login": ssh.permit_root_login,
             "host_key_algorithms": host_key_algorithms(ssh),
             "host_keys": [host_key_path(kind) for kind in ssh.host_key_types],
+            "banner": BANNER,
             "extra": list(extra),
         },
     )
@@ -115,6 +119,9 @@ def expected_effective(ssh: SSHHardening) -> dict[str, tuple[str, ...]]:
         "maxauthtries": (str(ssh.max_auth_tries),),
         "clientaliveinterval": (str(ssh.client_alive_interval),),
         "clientalivecountmax": (str(ssh.client_alive_count_max),),
+        "maxsessions": (str(ssh.max_sessions),),
+        "tcpkeepalive": ("no",),
+        "banner": (BANNER,),
         "kexalgorithms": (",".join(ssh.kex),),
         "ciphers": (",".join(ssh.ciphers),),
         "macs": (",".join(ssh.macs),),
@@ -399,6 +406,8 @@ def apply(ctx: Context) -> None:
     before the drop-in names them; the main config and the drop-in converge together (a
     drifted main config is repaired first); weak keys go only after sshd stopped loading them."""
     host, ssh = ctx.host, ctx.settings.alpha.ssh
+    # The banner files exist before the drop-in names one of them.
+    baseline.banner(host, ctx.settings)
     host_keys(host, ssh)
     install_config(host, ssh, render(ssh), guard_seconds=ctx.settings.alpha.guard_seconds)
     weak_host_keys(host, ssh)

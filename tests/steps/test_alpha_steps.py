@@ -24,7 +24,7 @@ from checks import probes
 from settings.base import PortRule, ProtocolRule
 from settings.loader import load_settings
 from settings.model import Settings
-from steps.alpha import fail2ban, firewall, hardening, sshd, tls
+from steps.alpha import baseline, fail2ban, firewall, hardening, sshd, tls
 from steps.alpha.settings import SSHHardening, TLSSettings
 from steps.base import flintlock
 
@@ -368,7 +368,13 @@ def _sshd_host(conn: FakeConnection, mode: Mode = "apply") -> Host:
 
 
 def _desired() -> dict[str, bytes]:
-    return {sshd.SSHD_CONFIG: _main().encode(), sshd.DROPIN: sshd.render(SSHHardening()).encode()}
+    """The converged files of the "SSH hardening" step: both configs and the banner files."""
+    banner = baseline.banner_text(load_settings()).encode()
+    return {
+        sshd.SSHD_CONFIG: _main().encode(),
+        sshd.DROPIN: sshd.render(SSHHardening()).encode(),
+        **dict.fromkeys(baseline.ISSUE_FILES, banner),
+    }
 
 
 def _swap(conn: FakeConnection, path: str) -> int:

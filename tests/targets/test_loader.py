@@ -167,6 +167,7 @@ def test_hetzner_example_without_artifacts_is_a_valid_production_inventory(tmp_p
         ("worker1", ("worker",)),
         ("storagebox", ("backup",)),
         ("restore1", ("restore",)),
+        ("logs1", ("logs",)),
     ]
     assert all(isinstance(h.spec, SSHSpec) for h in hosts)
     assert effective_profile(settings, hosts).waivers == frozenset()
