@@ -34,7 +34,14 @@ import filelock
 
 from apply.redact import Redactor
 from transport.hostkeys import HostKeyError
-from transport.ssh import CONNECTION_ERRORS, Backoff, ConnectionDropped, reconnect
+from transport.ssh import (
+    CONNECTION_ERRORS,
+    Backoff,
+    ConnectionDropped,
+    login_session,
+    reconnect,
+    stop_session_command,
+)
 
 if TYPE_CHECKING:
     from apply.facts import Fact
@@ -200,6 +207,8 @@ class Host:
         self.backoff = backoff or Backoff()
         # Reconnects after a dropped connection (for the report), and whether op commands run.
         self.reconnects = 0
+        # The connection's login session, whose processes a reconnect stops (None: unknown).
+        self._session = login_session(getattr(connection, "client", None))
         self._op_depth = 0
         # Ops that changed in an earlier attempt of the step being re-run after a drop: they
         # still count as changed (a restart that depends on them must happen), once.
@@ -335,9 +344,16 @@ class Host:
         title = f"[{self.name}] reconnect after a dropped connection ({type(exc).__name__}: {exc})"
         with contextlib.suppress(Exception):
             self.connection.close()
+        dropped_session = self._session
         try:
             with allure.step(self.redactor.redact(_truncate(title, _TITLE_LIMIT))):
                 self.connection = reconnect(self.name, self._connect, self.backoff)
+                self._session = login_session(getattr(self.connection, "client", None))
+                if dropped_session is not None:
+                    # What the dropped connection still runs (a cut-off command) stops first.
+                    self.connection.run(
+                        stop_session_command(dropped_session), hide=True, warn=True, in_stream=False
+                    )
         except ConnectionDropped as dropped:
             raise ApplyError(self.redactor.redact(f"{dropped} (while running {what!r})")) from dropped
         except HostKeyError as refused:

@@ -154,6 +154,35 @@ def run(client: paramiko.SSHClient, command: str, *, timeout: float = 30.0) -> t
     return stdout.channel.recv_exit_status(), out, err
 
 
+# The kernel's audit session of a login (pam_loginuid): every process a connection starts
+# inherits it, so what a dropped connection left running on the host can be found and stopped.
+_NO_SESSION = "4294967295"
+
+
+def login_session(client: Any) -> str | None:
+    """The audit session id of ``client``'s login (None without one, or for a stand-in)."""
+    if not isinstance(client, paramiko.SSHClient) or client.get_transport() is None:
+        return None
+    try:
+        _, out, _ = run(client, "cat /proc/self/sessionid", timeout=10)
+    except CONNECTION_ERRORS:
+        return None
+    value = out.strip()
+    return value if value.isdigit() and value != _NO_SESSION else None
+
+
+def stop_session_command(session: str) -> str:
+    """Stops every process of the audit session ``session``: a dropped connection's commands
+    keep running on the host, and a command run again must not meet its cut-off twin (a
+    repository lock, a busy port). Run on a new connection, whose session differs."""
+    if not session.isdigit():
+        raise ValueError(f"not a session id: {session!r}")
+    return (
+        'for p in /proc/[0-9]*; do [ "$(cat "$p/sessionid" 2>/dev/null)" = '
+        f'{session} ] && kill "${{p#/proc/}}" 2>/dev/null; done; true'
+    )
+
+
 def read_facts(client: paramiko.SSHClient) -> tuple[str, str]:
     """(PRETTY_NAME from /etc/os-release, kernel release) of the connected server."""
     code, out, _ = run(client, ". /etc/os-release && printf '%s\\n' \"$PRETTY_NAME\"; uname -r")
@@ -257,6 +286,7 @@ def _testinfra_backend() -> type:
             # Once the bound is spent the host is gone for this process: later checks fail at
             # once with the same cause instead of waiting out the bound again each.
             self.gone: ConnectionDropped | None = None
+            self.session: str | None = None  # the open connection's login session
             super().__init__(hostspec, **kwargs)
 
         @functools.cached_property
@@ -265,12 +295,14 @@ def _testinfra_backend() -> type:
             if self.gone is not None:
                 raise ConnectionDropped(str(self.gone), host=self.gone.host, cause=self.gone.cause)
             try:
-                return reconnect(
+                client = reconnect(
                     endpoint.name, lambda: open_client(endpoint, timeout=self.timeout), self.backoff
                 )
             except ConnectionDropped as exc:
                 self.gone = exc
                 raise
+            self.session = login_session(client)
+            return client
 
         def run(self, command: str, *args: str, **kwargs: Any) -> Any:
             # Checks are read-only: a command cut off by a dropped connection runs again, once,
@@ -280,13 +312,19 @@ def _testinfra_backend() -> type:
             except CONNECTION_ERRORS:
                 if self._alive():
                     raise
-                self.close()
-                return super().run(command, *args, **kwargs)
+                return self._run_again(command, *args, **kwargs)
             # A drop mid-command closes the channel without an exit status: paramiko says -1.
             if result.rc == -1 and not self._alive():
-                self.close()
-                return super().run(command, *args, **kwargs)
+                return self._run_again(command, *args, **kwargs)
             return result
+
+        def _run_again(self, command: str, *args: str, **kwargs: Any) -> Any:
+            """On a new connection, once the dropped one's processes are stopped."""
+            dropped = self.session
+            self.close()
+            if dropped is not None:
+                run(self.client, stop_session_command(dropped))
+            return super().run(command, *args, **kwargs)
 
         def _alive(self) -> bool:
             """Whether the open connection is still up; paramiko's transport thread notices a

@@ -16,8 +16,8 @@ import paramiko
 class ExecServer:
     """Accepts password or any public key, and runs ``exit N``, ``say OUT ERR N`` (prints OUT,
     ERR on stderr, exits N), ``cat`` (echoes stdin until EOF), ``hang`` (never exits),
-    ``hang-once OUT`` (hangs the first time, then prints OUT) and ``id -un`` (prints the user
-    name)."""
+    ``hang-once OUT`` (hangs the first time, then prints OUT), ``id -un`` (prints the user
+    name) and ``cat /proc/self/sessionid`` (a number per connection); anything else exits 0."""
 
     def __init__(self) -> None:
         self.key = paramiko.RSAKey.generate(2048)
@@ -109,6 +109,9 @@ def _serve(channel: Any, command: str) -> None:
         channel.sendall(words[1].encode())
         channel.sendall_stderr(words[2].encode())
         code = int(words[3])
+    elif command == "cat /proc/self/sessionid":
+        # A login session per connection, as pam_loginuid gives one.
+        channel.sendall(str(id(channel.get_transport()) % 100000).encode())
     elif words[0] == "cat":
         received = bytearray()
         while chunk := channel.recv(65536):

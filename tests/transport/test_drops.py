@@ -11,7 +11,15 @@ import pytest
 
 from tests.support.ssh_server import ExecServer
 from transport.hostkeys import KnownHosts
-from transport.ssh import Backoff, ConnectionDropped, Endpoint, checks_host, dropped_in
+from transport.ssh import (
+    Backoff,
+    ConnectionDropped,
+    Endpoint,
+    checks_host,
+    dropped_in,
+    login_session,
+    stop_session_command,
+)
 
 
 def _endpoint(ssh_server: ExecServer, tmp_path: Path) -> Endpoint:
@@ -58,3 +66,11 @@ def test_the_drop_is_found_behind_the_errors_that_wrap_it() -> None:
         assert dropped_in(wrapper) is dropped
     assert dropped.reason == "TimeoutError: timed out"
     assert dropped_in(ValueError("unrelated")) is None
+
+
+def test_a_dropped_sessions_processes_are_found_by_their_audit_session() -> None:
+    command = stop_session_command("4388")
+    assert '= 4388 ] && kill "${p#/proc/}"' in command
+    with pytest.raises(ValueError, match="not a session id"):
+        stop_session_command("4388; reboot")
+    assert login_session(object()) is None  # a stand-in connection has none
