@@ -193,6 +193,7 @@ class Host:
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
         backoff: Backoff | None = None,
+        report: bool = True,
     ) -> None:
         if not name:
             raise ValueError("Host name must not be empty (it names the host in logs and lock files)")
@@ -205,6 +206,9 @@ class Host:
         self.command_timeout = command_timeout
         self._connect = connect
         self.backoff = backoff or Backoff()
+        # Each command and reconnect an Allure step; False outside a test or fixture (at the end
+        # of a run), where Allure has nothing to attach them to.
+        self.report = report
         # Reconnects after a dropped connection (for the report), and whether op commands run.
         self.reconnects = 0
         # The connection's login session, whose processes a reconnect stops (None: unknown).
@@ -240,10 +244,13 @@ class Host:
         log = StepLog(title)
         self._steps.append(log)
         try:
-            with allure.step(self.redactor.redact(title)):
+            with self._allure_step(self.redactor.redact(title)):
                 yield log
         finally:
             self._steps.remove(log)
+
+    def _allure_step(self, title: str) -> contextlib.AbstractContextManager[Any]:
+        return allure.step(title) if self.report else contextlib.nullcontext()
 
     # -- commands --------------------------------------------------------------------
 
@@ -263,25 +270,21 @@ class Host:
         """
         redactor = self.redactor.extended(secrets)
         title = f"[{self.name}] $ {_truncate(redactor.redact(command), _TITLE_LIMIT)}"
-        with allure.step(title):
+        with self._allure_step(title):
             result = self._exec(command, timeout=timeout, stdin=stdin, redactor=redactor)
-            allure.attach(
-                f"exit code: {result.exit_code}\nduration: {result.duration:.3f}s\n",
-                name="exit code",
-                attachment_type=allure.attachment_type.TEXT,
-            )
-            if result.stdout:
+            if self.report:
                 allure.attach(
-                    _truncate(redactor.redact(result.stdout), _ATTACH_LIMIT),
-                    name="stdout",
+                    f"exit code: {result.exit_code}\nduration: {result.duration:.3f}s\n",
+                    name="exit code",
                     attachment_type=allure.attachment_type.TEXT,
                 )
-            if result.stderr:
-                allure.attach(
-                    _truncate(redactor.redact(result.stderr), _ATTACH_LIMIT),
-                    name="stderr",
-                    attachment_type=allure.attachment_type.TEXT,
-                )
+                for name, output in (("stdout", result.stdout), ("stderr", result.stderr)):
+                    if output:
+                        allure.attach(
+                            _truncate(redactor.redact(output), _ATTACH_LIMIT),
+                            name=name,
+                            attachment_type=allure.attachment_type.TEXT,
+                        )
         if check and not result.ok:
             raise ApplyError(
                 redactor.redact(
@@ -346,11 +349,12 @@ class Host:
             self.connection.close()
         dropped_session = self._session
         try:
-            with allure.step(self.redactor.redact(_truncate(title, _TITLE_LIMIT))):
+            with self._allure_step(self.redactor.redact(_truncate(title, _TITLE_LIMIT))):
                 self.connection = reconnect(self.name, self._connect, self.backoff)
                 self._session = login_session(getattr(self.connection, "client", None))
-                if dropped_session is not None:
-                    # What the dropped connection still runs (a cut-off command) stops first.
+                if dropped_session is not None and not self._op_depth:
+                    # A cut-off read still running stops first; a cut-off change is left to
+                    # finish (killing dpkg half-way is worse), and its step runs again from facts.
                     self.connection.run(
                         stop_session_command(dropped_session), hide=True, warn=True, in_stream=False
                     )
@@ -472,7 +476,7 @@ class Host:
             raise ApplyError(f"[{self.name}] mktemp returned an unexpected path {tmp!r}")
         qtmp = shlex.quote(tmp)
         try:
-            with allure.step(f"[{self.name}] upload {put.path} ({len(put.data)} bytes)"):
+            with self._allure_step(f"[{self.name}] upload {put.path} ({len(put.data)} bytes)"):
                 try:
                     self._reopen_if_dropped()
                     _prepare(self.connection)

@@ -425,14 +425,20 @@ def _run_finished(config: pytest.Config, state: TargetsState) -> None:
         return
     fleet = [(t.name, t.address, tuple(t.roles)) for t in state.fleet.members]
     try:
-        primary = state.member(state.fleet.one(Role.PRIMARY))
-        hooks().run_finished(
-            host=primary.remote,
-            settings=state.settings,
-            reports_dir=engine.reports_dir(config),
-            target_name=engine_config.target_name(config),
-            fleet=fleet,
-        )
+        primary = state.fleet.one(Role.PRIMARY)
+        connection = fabric_connection(primary.endpoint, timeout=state.settings.ssh.connect_timeout)
+        # No test is running: its commands are not Allure steps.
+        host = Host(primary.name, connection, mode=state.mode, lock_dir=state.lock_dir(), report=False)
+        try:
+            hooks().run_finished(
+                host=host,
+                settings=state.settings,
+                reports_dir=engine.reports_dir(config),
+                target_name=engine_config.target_name(config),
+                fleet=fleet,
+            )
+        finally:
+            host.close()
     except Exception as exc:  # the run's outcome is settled; say why the reports stayed here
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
