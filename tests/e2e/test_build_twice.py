@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -244,15 +244,31 @@ def used(fleet: str, first: tuple[Path, dict[str, dict], list[str]]) -> dict[str
     write = f"echo users-data > {path}/users.txt"
     subprocess.run(["podman", "exec", f"{fleet}-host1", "sh", "-c", write], check=True, timeout=60)
     kubectl(fleet, "delete", "namespace", USERS[0], "--timeout=180s")
-    kubectl(fleet, "wait", "--for=jsonpath={.status.phase}=Released", f"pv/{volume}", "--timeout=120s")
-    kubectl(
-        fleet, "wait", "--for=jsonpath={.status.loadBalancer.ingress[0].ip}", "service/web", "-n", USERS[1],
-        "--timeout=120s",
-    )  # fmt: skip
-    ip = kubectl(
-        fleet, "get", "service", "web", "-n", USERS[1], "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"
+    # kubectl 1.20 has no `wait --for=jsonpath`: poll.
+    assert (
+        field(fleet, "pv", volume, "{.status.phase}", until=lambda phase: phase == "Released") == "Released"
     )
+    ip = field(fleet, "service", "web", "{.status.loadBalancer.ingress[0].ip}", "-n", USERS[1], until=bool)
+    assert ip, f"service {USERS[1]}/web got no address from the pool"
     return {"volume": volume, "path": path, "service_ip": ip}
+
+
+def field(
+    fleet: str,
+    kind: str,
+    name: str,
+    path: str,
+    *namespace: str,
+    until: Callable[[str], bool],
+    timeout: float = 120,
+) -> str:
+    """An object's field (a jsonpath), read until ``until`` holds or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = kubectl(fleet, "get", kind, name, *namespace, "-o", f"jsonpath={path}")
+        if until(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(2)
 
 
 @pytest.fixture(scope="module")
