@@ -117,10 +117,10 @@ def test_port_scan_shows_exactly_the_allowed_ports(
 ) -> None:
     admins = settings.firewall.admin_sources
     allowed = firewall.allowed_ports(settings, admins, controller_address, peers=ctx.peers)
-    before = hardening.public_tcp_ports(probes.read_fact(host, hardening.Listeners()))
+    before = hardening.public_tcp_ports(probes.read_fact(host, hardening.Listeners()), target.address)
     plan = probes.scan_plan(rule.port for rule in settings.ports)
     scan = probes.scan_ports(target.address, plan, timeout=1.0, concurrency=128)
-    after = hardening.public_tcp_ports(probes.read_fact(host, hardening.Listeners()))
+    after = hardening.public_tcp_ports(probes.read_fact(host, hardening.Listeners()), target.address)
     # A service may start while the scan runs (a just-restarted host): what listened
     # throughout must answer, what answered must be allowed and listen once the scan is over.
     assert allowed & before & after <= scan.open <= allowed & after, (
@@ -134,10 +134,10 @@ def test_port_scan_shows_exactly_the_allowed_ports(
 
 
 @pytest.fixture
-def admin_only_port(host, settings: Settings) -> Iterator[int]:
+def admin_only_port(host, settings: Settings, target) -> Iterator[int]:
     """A declared admin-only port that listens: a service's, or (before Bravo and Charlie
     start theirs) a throwaway listener on one, so the probe's scan has something to miss."""
-    listening = hardening.public_tcp_ports(probes.read_fact(host, hardening.Listeners()))
+    listening = hardening.public_tcp_ports(probes.read_fact(host, hardening.Listeners()), target.address)
     # Open to the admins (the controller proves it answers), not to the world.
     admin_only = [
         r.port
@@ -166,7 +166,7 @@ def test_a_host_that_is_no_admin_reaches_only_the_ports_open_to_it(
     assert admin_only_port not in allowed, f"{address} is inside firewall.admin_sources: this proves nothing"
     # The controller (an admin) reaches the admin-only port: it answers, so a miss is the firewall.
     assert probes.scan_ports(target.address, [admin_only_port], timeout=2.0).open == {admin_only_port}
-    listening = hardening.public_tcp_ports(probes.read_fact(host, hardening.Listeners()))
+    listening = hardening.public_tcp_ports(probes.read_fact(host, hardening.Listeners()), target.address)
     plan = probes.scan_plan(rule.port for rule in settings.ports)
     scan = probes.scan_ports(target.address, plan, timeout=1.0, concurrency=128, via=probe.remote)
     assert scan.open == allowed & listening, (

@@ -143,9 +143,21 @@ class Listeners(Fact[list[Listener]]):
         return parse_ss(output)
 
 
-def public_tcp_ports(listeners: list[Listener]) -> set[int]:
-    """TCP ports something listens on beyond loopback."""
-    return {listener.port for listener in listeners if listener.proto == "tcp" and not listener.loopback_only}
+# How ss shows a socket bound to every address.
+_ANY_ADDRESS = {"*", "0.0.0.0", "::"}
+
+
+def public_tcp_ports(listeners: list[Listener], address: str | None = None) -> set[int]:
+    """TCP ports something listens on beyond loopback; with ``address``, only those that a
+    connection to it reaches (bound to it or to every address): HAProxy on a load balancer
+    pool address the host also holds is not behind the host's own address."""
+    return {
+        listener.port
+        for listener in listeners
+        if listener.proto == "tcp"
+        and not listener.loopback_only
+        and (address is None or listener.address in _ANY_ADDRESS or listener.address == address)
+    }
 
 
 def undeclared_listeners(listeners: list[Listener], settings: Settings) -> list[Listener]:

@@ -1,7 +1,7 @@
 """Team Echo-1: NetworkPolicies, a default deny per managed namespace plus the config's allows.
 
 The objects go through the API like any other (applied from one manifest, compared with
-``kubectl diff``); policies the suite made earlier and the config no longer names are deleted.
+``kubectl diff``); policies Echo-1 made earlier and the config no longer names are deleted.
 Whether they are *enforced* is the pod network's business: Calico does, the bridge chain
 does not (a profile without enforcement waives ``netpol-enforcement``).
 """
@@ -16,6 +16,9 @@ from steps.delta.kubectl import MANAGED_BY, apply_manifest, kubectl
 from steps.echo1.settings import NetworkPolicySettings, PolicyAllow
 
 DEFAULT_DENY = "default-deny"
+# Echo-1's own objects: other teams' policies (Golf-3's tenants) carry the suite's label too,
+# and only these are Echo-1's to delete when the config no longer names them.
+LABELS = {**MANAGED_BY, "hvsuite.io/team": "echo1"}
 
 
 def _peer(peer: str) -> dict[str, Any]:
@@ -34,7 +37,7 @@ def allow_policy(rule: PolicyAllow) -> dict[str, Any]:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {"name": rule.name, "namespace": rule.namespace, "labels": MANAGED_BY},
+        "metadata": {"name": rule.name, "namespace": rule.namespace, "labels": LABELS},
         "spec": {
             "podSelector": {"matchLabels": dict(rule.pods)} if rule.pods else {},
             "policyTypes": [direction],
@@ -48,13 +51,13 @@ def documents(policies: NetworkPolicySettings) -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = []
     for namespace in policies.namespaces:
         docs.append(
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": MANAGED_BY}}
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": LABELS}}
         )
         docs.append(
             {
                 "apiVersion": "networking.k8s.io/v1",
                 "kind": "NetworkPolicy",
-                "metadata": {"name": DEFAULT_DENY, "namespace": namespace, "labels": MANAGED_BY},
+                "metadata": {"name": DEFAULT_DENY, "namespace": namespace, "labels": LABELS},
                 "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
             }
         )
@@ -75,7 +78,7 @@ LIST_MANAGED = kubectl(
     "networkpolicies",
     "--all-namespaces",
     "-l",
-    ",".join(f"{key}={value}" for key, value in MANAGED_BY.items()),
+    ",".join(f"{key}={value}" for key, value in LABELS.items()),
     "-o",
     "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}{'\\n'}{end}",
 )

@@ -68,21 +68,28 @@ def run_phases(
     fleet: str,
     reports: Path,
     *extra: str,
-    during: Callable[[], None] | None = None,
+    during: Callable[[threading.Event], None] | None = None,
     addresses: Addresses = E2E,
 ) -> Run:
-    """A run of the phases on ``fleet``, as an operator starts it; ``during`` runs beside it."""
+    """A run of the phases on ``fleet``, as an operator starts it. ``during(done)`` runs beside
+    it, and stops what it still has to do once ``done`` is set (the run has ended)."""
     command = [
         str(PYTEST), "-p", "no:cacheprovider", "-n", "auto", "phases/", "--target", f"scratch:{fleet}",
         "--config", str(config(reports, addresses)),
         "--reports-dir", str(reports), "--alluredir", str(reports / "allure-results"), *extra,
     ]  # fmt: skip
+    done = threading.Event()
+    beside = threading.Thread(target=during, args=(done,), daemon=True) if during else None
     with subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as run:
-        if during is not None:
-            threading.Thread(target=during, daemon=True).start()
+        if beside is not None:
+            beside.start()
         output, _ = run.communicate(timeout=RUN_TIMEOUT)
+    # A drill never outlives its run: it would fault the next one.
+    done.set()
+    if beside is not None:
+        beside.join(timeout=120)
     (reports / "pytest.log").write_text(output)
     timeline = reports / "timeline.json"
     teams = json.loads(timeline.read_text())["teams"] if timeline.exists() else []
@@ -93,7 +100,7 @@ def build(
     fleet: str,
     reports: Path,
     *extra: str,
-    during: Callable[[], None] | None = None,
+    during: Callable[[threading.Event], None] | None = None,
     addresses: Addresses = E2E,
 ) -> dict[str, dict]:
     """A run of the phases on ``fleet`` that must pass; the teams of its timeline by name."""
@@ -103,12 +110,14 @@ def build(
     return run.teams
 
 
-def connected(server_address: str, timeout: float = FIRST_CONNECTION_TIMEOUT) -> None:
-    """Wait until the controller holds an SSH connection to ``server_address``: the teams are
-    at work (the scratch image and servers are ready)."""
+def connected(server_address: str, done: threading.Event, timeout: float = FIRST_CONNECTION_TIMEOUT) -> bool:
+    """Wait until the controller holds an SSH connection to ``server_address`` (the teams are
+    at work: the scratch image and servers are ready); False if the run ended first."""
     deadline = time.monotonic() + timeout
     while not established(server_address) and time.monotonic() < deadline:
-        time.sleep(0.5)
+        if done.wait(0.5):
+            return False
+    return not done.is_set()
 
 
 def established(server_address: str, *, kill: bool = False) -> list[str]:

@@ -854,3 +854,14 @@ def test_eventually_returns_the_first_done_value_or_the_last_one_at_the_bound() 
     started = time.monotonic()
     assert eventually(lambda: 0, timeout=0.2, interval=0.05) == 0
     assert 0.2 <= time.monotonic() - started < 2
+
+
+def test_a_listener_on_another_address_of_the_host_is_not_behind_its_own() -> None:
+    output = (
+        'tcp LISTEN 0 4096 0.0.0.0:22 0.0.0.0:* users:(("sshd",pid=1,fd=3))\n'
+        'tcp LISTEN 0 4096 10.0.0.241:80 0.0.0.0:* users:(("haproxy",pid=2,fd=7))\n'
+        'tcp LISTEN 0 4096 10.0.0.5:9100 0.0.0.0:* users:(("node_exporter",pid=3,fd=3))\n'
+    )
+    listeners = hardening.Listeners().parse(output)
+    assert hardening.public_tcp_ports(listeners) == {22, 80, 9100}
+    assert hardening.public_tcp_ports(listeners, "10.0.0.5") == {22, 9100}
