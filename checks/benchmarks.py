@@ -26,8 +26,9 @@ from steps.golf2.settings import FIGURES, Benchmarks
 
 # The transient unit of the network benchmark's server on the peer; stopped by this name.
 SERVER_UNIT = "hvsuite-golf2-iperf3"
-# What iperf3's server answers while it still serves (or winds down) the previous test.
-SERVER_BUSY = "the server is busy"
+# What iperf3's client says while the server still serves (or winds down) the previous test,
+# and while it listens anew after one (3.12 closes its listener between tests).
+SERVER_BETWEEN_TESTS = ("the server is busy", "unable to connect to server: Connection refused")
 FIO_FILE = "hvsuite-golf2-fio.bin"
 
 
@@ -160,11 +161,11 @@ def run_once(host: Host, peer: str, bench: Benchmarks) -> dict[str, float]:
 
 def network(host: Host, command: str, bench: Benchmarks, *, busy_timeout: float = 15.0) -> float:
     """One iperf3 run. The server serves one test at a time and, once a test ends, takes a
-    moment before it accepts the next (it answers "busy" meanwhile): a bounded wait for that
-    answer only; any other error is the run's."""
+    moment before it accepts the next (it answers "busy", or its port refuses, meanwhile): a
+    bounded wait for those answers only; any other error is the run's."""
     output = eventually(
         lambda: host.run(command, check=False, timeout=bench.network_seconds + 30).stdout,
-        lambda text: SERVER_BUSY not in text,
+        lambda text: not any(answer in text for answer in SERVER_BETWEEN_TESTS),
         timeout=busy_timeout,
         interval=1.0,
     )
